@@ -1,0 +1,282 @@
+r"""The octahedral groups O_h and O, their exact action on voxel grids, and the bridge to escnn.
+
+**Elements and their order.** An element is a signed 3x3 permutation matrix ``R`` with
+``R[i, perm[i]] = signs[i]``. :func:`group_matrices` lists them in one fixed order, which is the
+index of every "function on G" in this library (relaxed weights, stabilizers, reports):
+
+* rotations first: ``perm`` runs over ``itertools.permutations(range(3))`` and, for each, ``signs``
+  over ``itertools.product((1, -1), repeat=3)``; only ``det R = +1`` is kept (24 elements, the group
+  O, identity first);
+* then their negatives ``-R`` in the same order (the 24 improper elements of O_h).
+
+**Public tensor convention.** A velocity frame is a tensor ``(3, N, N, N)``: spatial axis ``a`` is the
+coordinate ``x_a`` (measured from the grid centre) and channel ``a`` is the component ``u_a``. ``T``
+frames are stacked as ``3 T`` channels. An element acts by ``(R.u)(p) = R u(R^-1 p)``; on a
+scalar field by ``(R.f)(p) = f(R^-1 p)``. On the grid this is an axis permutation plus flips:
+exact, no interpolation.
+
+**escnn.** escnn reads voxel axes as ``(-Z, -Y, X)`` and stores vectors as ``(X, Y, Z)``. We identify
+tensor axes one-to-one (public axis ``a`` *is* escnn's axis ``a``), so the adapter never moves
+voxels: a public vector ``(u_0, u_1, u_2)`` is escnn's ``(u_X, u_Y, u_Z) = (u_2, -u_1, -u_0)``, i.e.
+``v_escnn = C u`` with :data:`PUBLIC_TO_ESCNN` ``= C``, and element ``R`` is the escnn element whose
+basespace action is ``C R C^T``.
+"""
+from __future__ import annotations
+
+import functools
+import itertools
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+
+GROUPS = ("Oh", "O")
+FIELDS = ("vector", "scalar")
+
+#: Public coordinates -> escnn's (X, Y, Z): X = x_2, Y = -x_1, Z = -x_0.
+PUBLIC_TO_ESCNN = np.array([[0.0, 0.0, 1.0], [0.0, -1.0, 0.0], [-1.0, 0.0, 0.0]])
+
+
+def _check_group(group: str) -> None:
+    if group not in GROUPS:
+        raise ValueError(f"unknown group {group!r}; allowed values: {', '.join(GROUPS)}")
+
+
+@functools.lru_cache(maxsize=None)
+def _matrices_np(group: str) -> np.ndarray:
+    _check_group(group)
+    rotations = []
+    for perm in itertools.permutations(range(3)):
+        for signs in itertools.product((1, -1), repeat=3):
+            R = np.zeros((3, 3))
+            R[np.arange(3), perm] = signs
+            if round(np.linalg.det(R)) == 1:
+                rotations.append(R)
+    mats = rotations if group == "O" else rotations + [-R for R in rotations]
+    out = np.stack(mats)
+    out.setflags(write=False)
+    return out
+
+
+def group_matrices(group: str = "Oh") -> torch.Tensor:
+    """The elements of ``group`` ("Oh": 48, "O": 24) as float64 signed permutation matrices.
+
+    Returns a tensor ``(|G|, 3, 3)`` in the documented order (identity first, rotations before
+    improper elements).
+    """
+    return torch.from_numpy(_matrices_np(group).copy())
+
+
+def group_order(group: str = "Oh") -> int:
+    return len(_matrices_np(group))
+
+
+@functools.lru_cache(maxsize=None)
+def cayley_table(group: str = "Oh") -> np.ndarray:
+    """``table[a, b]`` = index of ``g_a @ g_b`` (int64 array ``(|G|, |G|)``)."""
+    mats = _matrices_np(group)
+    keys = {m.astype(int).tobytes(): i for i, m in enumerate(mats)}
+    prod = np.einsum("aij,bjk->abik", mats, mats).astype(int)
+    table = np.array([[keys[prod[a, b].tobytes()] for b in range(len(mats))] for a in range(len(mats))])
+    table.setflags(write=False)
+    return table
+
+
+@functools.lru_cache(maxsize=None)
+def inverses(group: str = "Oh") -> np.ndarray:
+    """``inv[a]`` = index of ``g_a^-1``."""
+    table = cayley_table(group)
+    return np.argmax(table == 0, axis=1)
+
+
+def element_index(R: torch.Tensor | np.ndarray, group: str = "Oh") -> int:
+    """Index of matrix ``R`` in :func:`group_matrices`; ``ValueError`` if ``R`` is not in the group."""
+    R = np.asarray(R.detach().cpu() if isinstance(R, torch.Tensor) else R, dtype=np.float64)
+    if R.shape != (3, 3):
+        raise ValueError(f"a group element is a 3x3 matrix, got shape {R.shape}")
+    hits = np.flatnonzero(np.all(np.abs(_matrices_np(group) - R) < 1e-6, axis=(1, 2)))
+    if len(hits) == 0:
+        raise ValueError(f"matrix {R.tolist()} is not an element of {group} (signed permutation matrices"
+                         f"{' with det +1' if group == 'O' else ''})")
+    return int(hits[0])
+
+
+def _perm_signs(R: torch.Tensor | np.ndarray) -> tuple[list[int], list[int]]:
+    R = np.asarray(R.detach().cpu() if isinstance(R, torch.Tensor) else R, dtype=np.float64)
+    element_index(R, "Oh")
+    perm = [int(np.argmax(np.abs(R[i]))) for i in range(3)]
+    signs = [int(np.sign(R[i, perm[i]])) for i in range(3)]
+    return perm, signs
+
+
+def act(x: torch.Tensor, R: torch.Tensor | np.ndarray, field: str = "vector") -> torch.Tensor:
+    r"""Apply the group element ``R`` to a batch of fields in the public convention, exactly.
+
+    Args:
+        x: ``(..., C, N, N, N)``; for ``field="vector"``, ``C = 3 T`` (``T`` stacked frames).
+        R: a signed permutation matrix (3, 3).
+        field: ``"vector"`` (``(R.u)(p) = R u(R^-1 p)``) or ``"scalar"`` (``f(R^-1 p)``, any ``C``).
+
+    Returns:
+        A tensor of the same shape: voxels permuted and flipped, vector components permuted with
+        signs. No arithmetic other than sign flips, so the result is exact.
+    """
+    if field not in FIELDS:
+        raise ValueError(f"unknown field {field!r}; allowed values: {', '.join(FIELDS)}")
+    if x.dim() < 4:
+        raise ValueError(f"expected a tensor (..., C, N, N, N), got shape {tuple(x.shape)}")
+    spatial = tuple(x.shape[-3:])
+    if len(set(spatial)) != 1:
+        raise ValueError(f"the octahedral action needs a cubic volume, got spatial shape {spatial}")
+    channels = x.shape[-4]
+    if field == "vector" and channels % 3:
+        raise ValueError(f"a stack of vector fields needs a channel count divisible by 3, got {channels}")
+    perm, signs = _perm_signs(R)
+    d = x.dim()
+    # (R.f)(p) = f(R^-1 p): output axis i reads input axis perm[i], reversed where signs[i] = -1.
+    order = list(range(d - 3)) + [d - 3 + perm[i] for i in range(3)]
+    y = x.permute(order)
+    flips = [d - 3 + i for i in range(3) if signs[i] < 0]
+    if flips:
+        y = y.flip(flips)
+    if field == "vector":
+        frames = y.reshape(*y.shape[:-4], channels // 3, 3, *spatial)
+        sign = torch.tensor(signs, dtype=y.dtype, device=y.device).view(3, 1, 1, 1)
+        y = (frames[..., perm, :, :, :] * sign).reshape(y.shape)
+    return y.contiguous()
+
+
+def grid_permutation(R: torch.Tensor | np.ndarray, size: int) -> np.ndarray:
+    """``out[q] = p``: the flat voxel index of ``R^-1 q`` in a ``size^3`` grid (so ``f'(q) = f(p)``)."""
+    idx = torch.arange(size ** 3, dtype=torch.float64).view(1, size, size, size)
+    return act(idx, R, "scalar").reshape(-1).long().numpy()
+
+
+# --------------------------------------------------------------------------------------------
+# escnn bridge
+# --------------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=None)
+def gspace(group: str = "Oh"):
+    """The escnn gspace: ``fullOctaOnR3()`` for "Oh", ``octaOnR3()`` for "O" (cached per process)."""
+    _check_group(group)
+    from escnn import gspaces
+
+    return gspaces.fullOctaOnR3() if group == "Oh" else gspaces.octaOnR3()
+
+
+@functools.lru_cache(maxsize=None)
+def escnn_elements(group: str = "Oh") -> tuple:
+    """The escnn group elements, in the order of :func:`group_matrices`.
+
+    Element ``i`` is the one whose escnn basespace action equals ``C R_i C^T``.
+    """
+    gs = gspace(group)
+    C = PUBLIC_TO_ESCNN
+    by_matrix = {}
+    for g in gs.fibergroup.elements:
+        by_matrix[np.rint(gs.basespace_action(g)).astype(int).tobytes()] = g
+    return tuple(by_matrix[np.rint(C @ R @ C.T).astype(int).tobytes()] for R in _matrices_np(group))
+
+
+def representation_matrices(rep) -> np.ndarray:
+    """Matrices ``(|G|, d, d)`` of an escnn representation, in the order of :func:`group_matrices`."""
+    return _representation_matrices(_group_name(rep.group), rep.name)
+
+
+@functools.lru_cache(maxsize=None)
+def _representation_matrices(group: str, name: str) -> np.ndarray:
+    rep = gspace(group).fibergroup.representations[name]
+    out = np.stack([rep(g) for g in escnn_elements(group)]).astype(np.float64)
+    out.setflags(write=False)
+    return out
+
+
+def _group_name(G) -> str:
+    for name in GROUPS:
+        if gspace(name).fibergroup is G:
+            return name
+    raise ValueError(f"field types must live on the gspace of O_h or O from steerable_sr.groups.gspace, got {G}")
+
+
+def group_of(field_type) -> str:
+    """The name ("Oh" or "O") of the gspace an escnn field type lives on."""
+    return _group_name(field_type.gspace.fibergroup)
+
+
+def velocity_type(group: str = "Oh", frames: int = 1):
+    """``frames`` velocity (polar vector, escnn basespace action) fields."""
+    from escnn import nn as enn
+
+    gs = gspace(group)
+    return enn.FieldType(gs, [gs.basespace_action] * frames)
+
+
+def regular_type(group: str = "Oh", fields: int = 1):
+    """``fields`` copies of the regular representation (|G| channels each)."""
+    from escnn import nn as enn
+
+    gs = gspace(group)
+    return enn.FieldType(gs, [gs.regular_repr] * fields)
+
+
+def irrep_names(group: str = "Oh") -> list[str]:
+    """Human names of the irreps of ``group``, in escnn's order (e.g. "A1g", "T1u")."""
+    return [_IRREP_NAMES[group][irr.id] for irr in gspace(group).fibergroup.irreps()]
+
+
+# escnn ids -> spectroscopic names. O: j = 0 A1, 1 T1 (vector), -1 T2, 2 E, 3 A2; O_h: (inversion k, j).
+_O_NAMES = {0: "A1", 1: "T1", -1: "T2", 2: "E", 3: "A2"}
+_IRREP_NAMES = {
+    "O": {(j,): name for j, name in _O_NAMES.items()},
+    "Oh": {((k,), (j,), 0): name + ("g" if k == 0 else "u") for k in (0, 1) for j, name in _O_NAMES.items()},
+}
+
+
+def irrep_type(group: str = "Oh", fields: int = 1, irreps: Sequence[str] | None = None):
+    """``fields`` copies of a band of irreps (default: every irrep of the group once, 20 channels for
+    O_h, 10 for O). Each irrep is its own escnn representation, grouped field by field."""
+    from escnn import nn as enn
+
+    gs = gspace(group)
+    G = gs.fibergroup
+    names = irrep_names(group)
+    chosen = names if irreps is None else list(irreps)
+    unknown = [n for n in chosen if n not in names]
+    if unknown:
+        raise ValueError(f"unknown irreps {unknown} for {group}; allowed values: {', '.join(names)}")
+    reps = [G.irreps()[names.index(n)] for n in chosen]
+    return enn.FieldType(gs, reps * fields)
+
+
+@dataclass(frozen=True)
+class VectorAdapter:
+    """The public <-> escnn map for stacks of velocity fields: per frame ``v = C u`` (a signed
+    channel permutation, exact). Works on ``(B, 3 T, ...)`` tensors."""
+
+    perm: tuple[int, ...] = (2, 1, 0)
+    signs: tuple[float, ...] = (1.0, -1.0, -1.0)
+
+    def to_escnn(self, u: torch.Tensor) -> torch.Tensor:
+        return self._apply(u, self.perm, self.signs)
+
+    def to_public(self, v: torch.Tensor) -> torch.Tensor:
+        # u = C^T v: u_0 = -v_2, u_1 = -v_1, u_2 = v_0.
+        return self._apply(v, self.perm, (-1.0, -1.0, 1.0))
+
+    @staticmethod
+    def _apply(x: torch.Tensor, perm: Sequence[int], signs: Sequence[float]) -> torch.Tensor:
+        if x.shape[1] % 3:
+            raise ValueError(f"a stack of vector fields needs a channel count divisible by 3, got {x.shape[1]}")
+        frames = x.reshape(x.shape[0], x.shape[1] // 3, 3, *x.shape[2:])
+        sign = torch.tensor(signs, dtype=x.dtype, device=x.device).view(3, *([1] * (x.dim() - 2)))
+        return (frames[:, :, list(perm)] * sign).reshape(x.shape)
+
+    @staticmethod
+    def matrix() -> np.ndarray:
+        return PUBLIC_TO_ESCNN.copy()
+
+
+adapter = VectorAdapter()
