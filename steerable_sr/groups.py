@@ -182,16 +182,17 @@ def escnn_elements(group: str = "Oh") -> tuple:
 
 
 def representation_matrices(rep) -> np.ndarray:
-    """Matrices ``(|G|, d, d)`` of an escnn representation, in the order of :func:`group_matrices`."""
-    return _representation_matrices(_group_name(rep.group), rep.name)
+    """Matrices ``(|G|, d, d)`` of an escnn representation, in the order of :func:`group_matrices`
+    (computed once per representation name, read-only)."""
+    key = (_group_name(rep.group), rep.name)
+    if key not in _REPRESENTATION_MATRICES:
+        out = np.stack([rep(g) for g in escnn_elements(key[0])]).astype(np.float64)
+        out.setflags(write=False)
+        _REPRESENTATION_MATRICES[key] = out
+    return _REPRESENTATION_MATRICES[key]
 
 
-@functools.lru_cache(maxsize=None)
-def _representation_matrices(group: str, name: str) -> np.ndarray:
-    rep = gspace(group).fibergroup.representations[name]
-    out = np.stack([rep(g) for g in escnn_elements(group)]).astype(np.float64)
-    out.setflags(write=False)
-    return out
+_REPRESENTATION_MATRICES: dict[tuple[str, str], np.ndarray] = {}
 
 
 def _group_name(G) -> str:
@@ -236,19 +237,26 @@ _IRREP_NAMES = {
 
 
 def irrep_type(group: str = "Oh", fields: int = 1, irreps: Sequence[str] | None = None):
-    """``fields`` copies of a band of irreps (default: every irrep of the group once, 20 channels for
-    O_h, 10 for O). Each irrep is its own escnn representation, grouped field by field."""
+    """``fields`` copies of a band of irreps (default: every irrep of the group once: 20 channels for
+    O_h, 10 for O). Each field is one escnn representation, the direct sum of the band (no change of
+    basis), so that a field can be read as one function on G (Fourier nonlinearity, relaxed mixing)."""
     from escnn import nn as enn
+    from escnn.group import directsum
 
     gs = gspace(group)
     G = gs.fibergroup
     names = irrep_names(group)
     chosen = names if irreps is None else list(irreps)
     unknown = [n for n in chosen if n not in names]
-    if unknown:
-        raise ValueError(f"unknown irreps {unknown} for {group}; allowed values: {', '.join(names)}")
-    reps = [G.irreps()[names.index(n)] for n in chosen]
-    return enn.FieldType(gs, reps * fields)
+    if unknown or not chosen:
+        raise ValueError(f"unknown or empty irreps {chosen} for {group}; allowed values: {', '.join(names)}")
+    key = (group, f"band[{','.join(chosen)}]")
+    if key not in _BANDS:
+        _BANDS[key] = directsum([G.irreps()[names.index(n)] for n in chosen], name=key[1])
+    return enn.FieldType(gs, [_BANDS[key]] * fields)
+
+
+_BANDS: dict[tuple[str, str], object] = {}
 
 
 @dataclass(frozen=True)

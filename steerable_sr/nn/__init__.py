@@ -1,0 +1,4 @@
+"""Equivariant layers over O_h / O: exact and relaxed convolutions, normalisation, nonlinearities."""
+from .conv import GridR3Conv, GridR3ConvTransposed, OctahedralConv, RelaxedR3Conv, RelaxedR3ConvTransposed
+
+__all__ = ["OctahedralConv", "GridR3Conv", "GridR3ConvTransposed", "RelaxedR3Conv", "RelaxedR3ConvTransposed"]

@@ -1,0 +1,362 @@
+r"""Exact and relaxed octahedral convolutions between escnn field types.
+
+One implementation, :class:`OctahedralConv`, four public faces:
+
+=========================  ==========  =======================================================
+class                      transposed  filter
+=========================  ==========  =======================================================
+``GridR3Conv``             no          ``K`` (exactly equivariant)
+``GridR3ConvTransposed``   yes         ``K``
+``RelaxedR3Conv``          no          ``sum_l M_out(w_l) K_l`` (Wang et al., output-indexed w)
+``RelaxedR3ConvTransposed`` yes        ``sum_l M_out(w_l) K_l``
+=========================  ==========  =======================================================
+
+Filters ``K_l`` are linear combinations of the exact voxel-grid basis of :mod:`.basis`, built per
+pair of irreps and moved to the field types' bases with escnn's change of basis ``Q``:
+``K = Q_out [irrep blocks] Q_in^-1``. The relaxed mixing ``M_out(w_l)`` (:mod:`.relaxed`) acts on the
+output fields and is folded into the filter, so a forward pass is *one* ``conv3d`` /
+``conv_transpose3d`` with a combined filter, exported as a plain ``torch.nn.Conv3d`` /
+``ConvTranspose3d``. The bias lives in the invariant subspace of each output field and is added
+after the mixing.
+
+Shapes: input ``GeometricTensor`` ``(B, in_type.size, N, N, N)``; output ``(B, out_type.size, M, M, M)``
+with ``M = N`` (convolution, stride 1, ``padding = (k - 1) / 2``) or ``M = s N`` (transposed, stride
+``s``, ``padding = (k - s) / 2``). These are the only exact choices on a voxel grid (DESIGN.md 4).
+"""
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from escnn import nn as enn
+
+from ..groups import group_of, representation_matrices
+from .basis import invariant_subspace, irrep_pair_basis
+from .relaxed import RelaxedWeights
+
+
+class FieldLayout:
+    """Where the fields of an escnn ``FieldType`` sit: channel indices per distinct representation and,
+    in the irrep basis, the channel offset of every irrep copy."""
+
+    def __init__(self, field_type: enn.FieldType):
+        self.reps: "OrderedDict[str, object]" = OrderedDict()
+        channels: dict[str, list[np.ndarray]] = {}
+        self.irrep_offsets: "OrderedDict[str, list[int]]" = OrderedDict()
+        self.irrep_dims: dict[str, int] = {}
+        G = field_type.gspace.fibergroup
+        start = 0
+        for rep in field_type.representations:
+            self.reps.setdefault(rep.name, rep)
+            channels.setdefault(rep.name, []).append(np.arange(start, start + rep.size))
+            offset = start
+            for irrep_id in rep.irreps:
+                irrep = G.irrep(*irrep_id)
+                self.irrep_offsets.setdefault(irrep.name, []).append(offset)
+                self.irrep_dims[irrep.name] = irrep.size
+                offset += irrep.size
+            start += rep.size
+        self.channels = {name: np.stack(idx) for name, idx in channels.items()}
+        self.size = start
+
+    def irrep_channels(self, irrep: str) -> np.ndarray:
+        """Channels (in the irrep basis) of every copy of ``irrep``, flattened copy-major."""
+        offsets = np.array(self.irrep_offsets[irrep])
+        return (offsets[:, None] + np.arange(self.irrep_dims[irrep])).reshape(-1)
+
+    def change_of_basis(self, name: str) -> tuple[np.ndarray, np.ndarray] | None:
+        """``(Q, Q^-1)`` of representation ``name``, or ``None`` if it is the identity."""
+        rep = self.reps[name]
+        Q, Q_inv = rep.change_of_basis, rep.change_of_basis_inv
+        if np.allclose(Q, np.eye(rep.size)):
+            return None
+        return Q, Q_inv
+
+
+class OctahedralConv(enn.EquivariantModule):
+    r"""Convolution between field types over O_h or O with the exact voxel-grid kernel basis.
+
+    Args:
+        in_type, out_type: escnn field types on the same gspace (``steerable_sr.groups.gspace``).
+        kernel_size: ``k``.
+        stride: 1 for a convolution; the upsampling factor ``s`` for a transposed one.
+        transposed: ``conv_transpose3d`` instead of ``conv3d``.
+        num_filter_banks: ``None`` for an exactly equivariant layer; ``L >= 1`` for a relaxed layer
+            with ``L`` filter banks and relaxed weights on the output element.
+        bias: learn a bias in the invariant subspace of every output field.
+
+    Equivariance: ``layer(x.transform(g)) == layer(x).transform(g)`` for every ``g`` in G (exact
+    layer) or every ``g`` in the stabilizer of the relaxed weights (relaxed layer), to float
+    round-off.
+    """
+
+    def __init__(self, in_type: enn.FieldType, out_type: enn.FieldType, kernel_size: int, *, stride: int = 1,
+                 transposed: bool = False, num_filter_banks: int | None = None, bias: bool = True):
+        super().__init__()
+        if in_type.gspace is not out_type.gspace:
+            raise ValueError(f"in_type and out_type live on different gspaces: {in_type.gspace} vs {out_type.gspace}")
+        self.group = group_of(in_type)
+        self.in_type, self.out_type = in_type, out_type
+        self.kernel_size, self.stride, self.transposed = int(kernel_size), int(stride), bool(transposed)
+        self.padding = self._exact_padding()
+        self.relaxed = None if num_filter_banks is None else RelaxedWeights(self.group, num_filter_banks)
+        banks = 1 if self.relaxed is None else self.relaxed.num_filter_banks
+        self._in_layout, self._out_layout = FieldLayout(in_type), FieldLayout(out_type)
+        self._build_pairs()
+        self.weights = torch.nn.Parameter(torch.empty(banks, self.num_basis))
+        self._build_output_transforms()
+        self._build_bias(bias)
+        self._cache: tuple[tuple, torch.Tensor] | None = None
+        self.reset_parameters()
+
+    # ---- construction -------------------------------------------------------------------------
+
+    def _exact_padding(self) -> int:
+        k, s = self.kernel_size, self.stride
+        if k < 1 or s < 1:
+            raise ValueError(f"kernel_size and stride must be >= 1, got {k} and {s}")
+        if not self.transposed:
+            if s != 1 or k % 2 == 0:
+                raise ValueError(f"an exactly equivariant convolution needs stride 1 and an odd kernel "
+                                 f"(got kernel {k}, stride {s}); upsample with the transposed layer")
+            return (k - 1) // 2
+        if (k - s) % 2 or k < s:
+            raise ValueError(f"a transposed convolution is equivariant on the grid only if kernel - stride is even "
+                             f"and >= 0 (got kernel {k}, stride {s}); e.g. kernel 4, stride 2")
+        return (k - s) // 2
+
+    def _build_pairs(self) -> None:
+        """One basis per (out irrep, in irrep): buffers ``basis_i`` ``(n_b, d_out, d_in, k^3)``."""
+        self._pairs = []
+        start = 0
+        for j, out_irrep in enumerate(self._out_layout.irrep_offsets):
+            for i, in_irrep in enumerate(self._in_layout.irrep_offsets):
+                basis = irrep_pair_basis(self.group, out_irrep, in_irrep, self.kernel_size)
+                if len(basis) == 0:
+                    continue
+                rows = torch.from_numpy(self._out_layout.irrep_channels(out_irrep))
+                cols = torch.from_numpy(self._in_layout.irrep_channels(in_irrep))
+                m_out, m_in = len(self._out_layout.irrep_offsets[out_irrep]), len(self._in_layout.irrep_offsets[in_irrep])
+                name = f"basis_{j}_{i}"
+                self.register_buffer(name, torch.tensor(basis, dtype=torch.float32), persistent=False)
+                self.register_buffer(f"rows_{j}_{i}", rows, persistent=False)
+                self.register_buffer(f"cols_{j}_{i}", cols, persistent=False)
+                count = m_out * m_in * len(basis)
+                self._pairs.append((f"{j}_{i}", slice(start, start + count), m_out, m_in))
+                start += count
+        self.num_basis = start
+
+    def _build_output_transforms(self) -> None:
+        """Per output representation: ``Q_out`` (and the relaxed mixing basis); per input one ``Q_in^-1``."""
+        self._out_groups, self._in_groups = [], []
+        for n, name in enumerate(self._out_layout.reps):
+            self.register_buffer(f"out_idx_{n}", torch.from_numpy(self._out_layout.channels[name]), persistent=False)
+            cob = self._out_layout.change_of_basis(name)
+            Q = torch.eye(self._out_layout.reps[name].size) if cob is None else torch.from_numpy(cob[0]).float()
+            self.register_buffer(f"out_cob_{n}", Q, persistent=False)
+            if self.relaxed is not None:
+                basis = self.relaxed.mixing_basis(self._out_layout.reps[name])
+                self.register_buffer(f"mix_{n}", torch.tensor(basis, dtype=torch.float32), persistent=False)
+            self._out_groups.append((n, self.relaxed is not None or cob is not None))
+        for n, name in enumerate(self._in_layout.reps):
+            cob = self._in_layout.change_of_basis(name)
+            if cob is None:
+                continue
+            self.register_buffer(f"in_idx_{n}", torch.from_numpy(self._in_layout.channels[name]), persistent=False)
+            self.register_buffer(f"in_cob_{n}", torch.from_numpy(cob[1]).float(), persistent=False)
+            self._in_groups.append(n)
+
+    def _build_bias(self, bias: bool) -> None:
+        self.bias = None
+        if not bias:
+            return
+        parts, count = [], 0
+        for n, name in enumerate(self._out_layout.reps):
+            V = invariant_subspace(representation_matrices(self._out_layout.reps[name]))
+            if len(V) == 0:
+                continue
+            self.register_buffer(f"bias_basis_{n}", torch.from_numpy(V).float(), persistent=False)
+            fields = len(self._out_layout.channels[name])
+            parts.append((n, slice(count, count + fields * len(V)), fields))
+            count += fields * len(V)
+        self._bias_parts = parts
+        if count:
+            self.bias = torch.nn.Parameter(torch.zeros(count))
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """He initialisation of the expanded filter: each entry has variance ``2 / (C_in k^3)``
+        (``/ L`` for ``L`` banks, whose relaxed weights start at 1)."""
+        banks = self.weights.shape[0]
+        fan_in = self.in_type.size * self.kernel_size ** 3
+        for key, span, _, _ in self._pairs:
+            basis = getattr(self, f"basis_{key}")
+            n_b, d_out, d_in, k3 = basis.shape
+            # Orthonormal basis: entry variance = sigma^2 n_b / (d_out d_in k^3).
+            std = math.sqrt(2.0 / fan_in * d_out * d_in * k3 / n_b / banks)
+            self.weights[:, span].normal_(0.0, std)
+        if self.bias is not None:
+            self.bias.zero_()
+        self._cache = None
+
+    # ---- the filter ---------------------------------------------------------------------------
+
+    def _expand_banks(self) -> torch.Tensor:
+        """``(L, C_out, C_in, k^3)``: every bank's filter in the irrep bases."""
+        banks = self.weights.shape[0]
+        k3 = self.kernel_size ** 3
+        kernel = self.weights.new_zeros(banks, self._out_layout.size, self._in_layout.size, k3)
+        for key, span, m_out, m_in in self._pairs:
+            basis = getattr(self, f"basis_{key}")
+            w = self.weights[:, span].view(banks, m_out, m_in, basis.shape[0])
+            block = torch.einsum("lmnb,bxyt->lmxnyt", w, basis).reshape(banks, m_out * basis.shape[1],
+                                                                          m_in * basis.shape[2], k3)
+            kernel[:, getattr(self, f"rows_{key}")[:, None], getattr(self, f"cols_{key}")[None, :]] = block
+        return kernel
+
+    def _output_maps(self, n: int) -> torch.Tensor:
+        """``(L, d, d)``: ``M_out(w_l) Q_out`` for output representation group ``n``."""
+        Q = getattr(self, f"out_cob_{n}")
+        if self.relaxed is None:
+            return Q.unsqueeze(0)
+        mixing = torch.einsum("lk,kij->lij", self.relaxed.coefficients, getattr(self, f"mix_{n}"))
+        return mixing @ Q
+
+    def filter(self) -> torch.Tensor:
+        """The combined filter ``(C_out, C_in, k, k, k)`` in the field types' bases (conv3d layout)."""
+        banks = self._expand_banks()
+        kernel = banks[0]
+        for n, mapped in self._out_groups:
+            if not mapped:
+                continue
+            idx = getattr(self, f"out_idx_{n}")  # (fields, d)
+            rows = banks[:, idx.reshape(-1)].view(banks.shape[0], *idx.shape, *banks.shape[2:])
+            mixed = torch.einsum("lde,lfecx->fdcx", self._output_maps(n), rows)
+            kernel = kernel.index_copy(0, idx.reshape(-1), mixed.reshape(-1, *banks.shape[2:]))
+        for n in self._in_groups:
+            idx = getattr(self, f"in_idx_{n}")
+            cols = kernel[:, idx.reshape(-1)].view(kernel.shape[0], *idx.shape, kernel.shape[-1])
+            kernel = kernel.index_copy(1, idx.reshape(-1), torch.einsum("ofex,ed->ofdx", cols, getattr(
+                self, f"in_cob_{n}")).reshape(kernel.shape[0], -1, kernel.shape[-1]))
+        k = self.kernel_size
+        return kernel.reshape(kernel.shape[0], kernel.shape[1], k, k, k)
+
+    def expanded_bias(self) -> torch.Tensor | None:
+        """``(C_out,)``: the bias, non-zero only on invariant components of the output fields."""
+        if self.bias is None:
+            return None
+        out = self.bias.new_zeros(self._out_layout.size)
+        for n, span, fields in self._bias_parts:
+            V = getattr(self, f"bias_basis_{n}")
+            idx = getattr(self, f"out_idx_{n}")
+            out = out.index_copy(0, idx.reshape(-1), (self.bias[span].view(fields, -1) @ V).reshape(-1))
+        return out
+
+    def _filter_and_bias(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Expanded in every training step; cached in eval mode until a parameter changes."""
+        if self.training:
+            self._cache = None
+            return self.filter(), self.expanded_bias()
+        key = tuple((p.data_ptr(), p._version) for p in self.parameters())
+        if self._cache is None or self._cache[0] != key:
+            with torch.no_grad():
+                self._cache = (key, (self.filter(), self.expanded_bias()))
+        return self._cache[1]
+
+    # ---- forward / export ---------------------------------------------------------------------
+
+    def forward(self, x: enn.GeometricTensor) -> enn.GeometricTensor:
+        if not isinstance(x, enn.GeometricTensor) or x.type != self.in_type:
+            got = x.type if isinstance(x, enn.GeometricTensor) else type(x).__name__
+            raise ValueError(f"expected a GeometricTensor of type {self.in_type}, got {got}")
+        return enn.GeometricTensor(self._conv(x.tensor), self.out_type)
+
+    def _conv(self, x: torch.Tensor) -> torch.Tensor:
+        weight, bias = self._filter_and_bias()
+        if self.transposed:
+            return F.conv_transpose3d(x, weight.transpose(0, 1), bias, stride=self.stride, padding=self.padding)
+        return F.conv3d(x, weight, bias, padding=self.padding)
+
+    def evaluate_output_shape(self, input_shape: tuple) -> tuple:
+        b, c, *spatial = input_shape
+        if c != self.in_type.size:
+            raise ValueError(f"expected {self.in_type.size} input channels, got {c}")
+        scale = self.stride if self.transposed else 1
+        return (b, self.out_type.size, *[n * scale for n in spatial])
+
+    @torch.no_grad()
+    def export(self) -> torch.nn.Module:
+        """A plain ``torch.nn.Conv3d`` / ``ConvTranspose3d`` computing the same output."""
+        weight, bias = self.filter(), self.expanded_bias()
+        cls = torch.nn.ConvTranspose3d if self.transposed else torch.nn.Conv3d
+        conv = cls(self.in_type.size, self.out_type.size, self.kernel_size, stride=self.stride,
+                   padding=self.padding, bias=bias is not None)
+        conv.weight.copy_(weight.transpose(0, 1) if self.transposed else weight)
+        if bias is not None:
+            conv.bias.copy_(bias)
+        return conv.to(weight.device)
+
+    # ---- relaxed weights ----------------------------------------------------------------------
+
+    def _relaxed(self) -> RelaxedWeights:
+        if self.relaxed is None:
+            raise AttributeError(f"{type(self).__name__} is exactly equivariant and has no relaxed weights")
+        return self.relaxed
+
+    def relaxed_weights_on_group(self) -> torch.Tensor:
+        """``(L, |G|)``: ``w_l(g)``, indexed like ``steerable_sr.groups.group_matrices``."""
+        return self._relaxed().on_group()
+
+    def set_relaxed_weights_on_group(self, weights: torch.Tensor) -> None:
+        self._relaxed().set_on_group(weights)
+
+    def irrep_energies(self) -> dict[str, torch.Tensor]:
+        """Per irrep name: ``||w_l(psi)||`` for each bank, ``(L,)``."""
+        return self._relaxed().irrep_energies()
+
+    def equivariance_penalty(self) -> torch.Tensor:
+        """Sum of the non-trivial irrep norms of the relaxed weights (0 for an exact layer)."""
+        if self.relaxed is None:
+            return self.weights.new_zeros(())
+        return self.relaxed.penalty()
+
+    def extra_repr(self) -> str:
+        banks = "" if self.relaxed is None else f", num_filter_banks={self.relaxed.num_filter_banks}"
+        return (f"{self.in_type.size} -> {self.out_type.size} channels, kernel_size={self.kernel_size}, "
+                f"stride={self.stride}, transposed={self.transposed}{banks}, basis={self.num_basis}")
+
+
+class GridR3Conv(OctahedralConv):
+    """Exactly equivariant convolution (stride 1, odd kernel, 'same' padding)."""
+
+    def __init__(self, in_type: enn.FieldType, out_type: enn.FieldType, kernel_size: int = 3, bias: bool = True):
+        super().__init__(in_type, out_type, kernel_size, bias=bias)
+
+
+class GridR3ConvTransposed(OctahedralConv):
+    """Exactly equivariant transposed convolution upsampling by ``stride`` (kernel - stride even)."""
+
+    def __init__(self, in_type: enn.FieldType, out_type: enn.FieldType, kernel_size: int = 4, stride: int = 2,
+                 bias: bool = True):
+        super().__init__(in_type, out_type, kernel_size, stride=stride, transposed=True, bias=bias)
+
+
+class RelaxedR3Conv(OctahedralConv):
+    """Relaxed group convolution with ``num_filter_banks`` banks and relaxed weights on the output element."""
+
+    def __init__(self, in_type: enn.FieldType, out_type: enn.FieldType, kernel_size: int = 3,
+                 num_filter_banks: int = 2, bias: bool = True):
+        super().__init__(in_type, out_type, kernel_size, num_filter_banks=num_filter_banks, bias=bias)
+
+
+class RelaxedR3ConvTransposed(OctahedralConv):
+    """Relaxed transposed group convolution (upsampling by ``stride``)."""
+
+    def __init__(self, in_type: enn.FieldType, out_type: enn.FieldType, kernel_size: int = 4, stride: int = 2,
+                 num_filter_banks: int = 2, bias: bool = True):
+        super().__init__(in_type, out_type, kernel_size, stride=stride, transposed=True,
+                         num_filter_banks=num_filter_banks, bias=bias)

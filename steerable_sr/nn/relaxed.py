@@ -1,0 +1,78 @@
+r"""Relaxed weights ``w_l : G -> R`` stored by their Fourier blocks (DESIGN.md section 3).
+
+``RelaxedWeights`` holds ``L`` functions on the group as coefficients ``(L, |G|)`` in the
+Peter-Weyl basis (one ``d_psi x d_psi`` block per irrep ``psi``). Multiplying a field by ``w_l``
+acts on any field type through its Fourier embedding ``F`` (:mod:`steerable_sr.nn.fourier`):
+
+    M_rho(w) = F^T diag(w) F            (d x d, one per field representation)
+
+which, on a regular field, is Wang et al.'s pointwise product ``f(g) -> w(g) f(g)`` on the output
+element. ``M_rho(w)`` commutes with ``rho(k)`` whenever ``w(k^-1 g) = w(g)``: the layer stays
+equivariant exactly to the stabilizer of the weights.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from ..groups import group_order
+from .fourier import fourier_embedding, peter_weyl_basis
+
+
+class RelaxedWeights(torch.nn.Module):
+    """``L`` learnable functions on G, initialised to the constant 1 (trivial irrep only).
+
+    Attributes:
+        coefficients: Parameter ``(L, |G|)``, Fourier coefficients grouped by irrep block.
+    """
+
+    def __init__(self, group: str, num_filter_banks: int):
+        super().__init__()
+        if not isinstance(num_filter_banks, int) or num_filter_banks < 1:
+            raise ValueError(f"num_filter_banks must be an integer >= 1, got {num_filter_banks!r}")
+        self.group = group
+        phi, blocks = peter_weyl_basis(group)
+        self.blocks = blocks
+        self.register_buffer("phi", torch.from_numpy(phi.copy()).float(), persistent=False)
+        coefficients = torch.zeros(num_filter_banks, len(phi))
+        # The trivial irrep's basis function is the constant 1/sqrt(|G|): w = 1 everywhere.
+        coefficients[:, blocks[0][1]] = math.sqrt(len(phi))
+        self.coefficients = torch.nn.Parameter(coefficients)
+
+    @property
+    def num_filter_banks(self) -> int:
+        return self.coefficients.shape[0]
+
+    def on_group(self) -> torch.Tensor:
+        """The weights sampled on the elements, ``(L, |G|)``, in the order of ``group_matrices``."""
+        return self.coefficients @ self.phi
+
+    @torch.no_grad()
+    def set_on_group(self, weights: torch.Tensor) -> None:
+        """Set the weights from their values on the elements, ``(L, |G|)``."""
+        weights = torch.as_tensor(weights, dtype=self.coefficients.dtype, device=self.coefficients.device)
+        expected = tuple(self.coefficients.shape)
+        if tuple(weights.shape) != expected:
+            raise ValueError(f"relaxed weights must have shape (L, |G|) = {expected}, got {tuple(weights.shape)}")
+        if not torch.isfinite(weights).all():
+            raise ValueError("relaxed weights contain NaN or Inf")
+        self.coefficients.copy_(weights @ self.phi.T)
+
+    def irrep_energies(self) -> dict[str, torch.Tensor]:
+        """Per irrep ``psi``: the Frobenius norm of each bank's block ``w_l(psi)``, a tensor ``(L,)``."""
+        return {name: self.coefficients[:, block].norm(dim=1) for name, block in self.blocks}
+
+    def penalty(self) -> torch.Tensor:
+        """``sum_l sum_{psi != trivial} ||w_l(psi)||``: zero iff every bank is G-invariant."""
+        return sum(energy.sum() for name, energy in list(self.irrep_energies().items())[1:])
+
+    def mixing_basis(self, rep) -> np.ndarray:
+        """``(|G|, d, d)``: ``T[k] = M_rho(phi_k)``, so that ``M_rho(w_l) = sum_k coefficients[l, k] T[k]``."""
+        F = fourier_embedding(rep)
+        phi, _ = peter_weyl_basis(self.group)
+        return np.einsum("kg,gi,gj->kij", phi, F, F)
+
+    def extra_repr(self) -> str:
+        return f"group={self.group}, num_filter_banks={self.num_filter_banks}, |G|={group_order(self.group)}"
