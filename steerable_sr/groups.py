@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import functools
 import itertools
-from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -259,32 +258,30 @@ def irrep_type(group: str = "Oh", fields: int = 1, irreps: Sequence[str] | None 
 _BANDS: dict[tuple[str, str], object] = {}
 
 
-@dataclass(frozen=True)
-class VectorAdapter:
-    """The public <-> escnn map for stacks of velocity fields: per frame ``v = C u`` (a signed
-    channel permutation, exact). Works on ``(B, 3 T, ...)`` tensors."""
+class FrameAdapter(torch.nn.Module):
+    """The public <-> escnn map for stacks of velocity frames ``(B, 3 T, ...)``.
 
-    perm: tuple[int, ...] = (2, 1, 0)
-    signs: tuple[float, ...] = (1.0, -1.0, -1.0)
+    ``"to_escnn"``: per frame ``v = C u``, i.e. ``(u_X, u_Y, u_Z) = (u_2, -u_1, -u_0)``;
+    ``"to_public"``: ``u = C^T v``. A signed channel permutation: exact, voxels untouched.
+    """
 
-    def to_escnn(self, u: torch.Tensor) -> torch.Tensor:
-        return self._apply(u, self.perm, self.signs)
+    def __init__(self, direction: str = "to_escnn"):
+        super().__init__()
+        matrices = {"to_escnn": PUBLIC_TO_ESCNN, "to_public": PUBLIC_TO_ESCNN.T}
+        if direction not in matrices:
+            raise ValueError(f"unknown direction {direction!r}; allowed values: {', '.join(matrices)}")
+        self.direction = direction
+        C = matrices[direction]
+        perm = np.argmax(np.abs(C), axis=1)
+        self.register_buffer("perm", torch.from_numpy(perm).long(), persistent=False)
+        self.register_buffer("sign", torch.tensor(C[np.arange(3), perm], dtype=torch.float32).view(1, 1, 3, 1, 1, 1),
+                             persistent=False)
 
-    def to_public(self, v: torch.Tensor) -> torch.Tensor:
-        # u = C^T v: u_0 = -v_2, u_1 = -v_1, u_2 = v_0.
-        return self._apply(v, self.perm, (-1.0, -1.0, 1.0))
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 5 or x.shape[1] % 3 != 0:
+            raise ValueError("expected a stack of velocity frames (B, 3 T, N1, N2, N3)")
+        frames = x.reshape(x.shape[0], x.shape[1] // 3, 3, x.shape[2], x.shape[3], x.shape[4])
+        return (frames.index_select(2, self.perm) * self.sign.to(x.dtype)).reshape(x.shape)
 
-    @staticmethod
-    def _apply(x: torch.Tensor, perm: Sequence[int], signs: Sequence[float]) -> torch.Tensor:
-        if x.shape[1] % 3:
-            raise ValueError(f"a stack of vector fields needs a channel count divisible by 3, got {x.shape[1]}")
-        frames = x.reshape(x.shape[0], x.shape[1] // 3, 3, *x.shape[2:])
-        sign = torch.tensor(signs, dtype=x.dtype, device=x.device).view(3, *([1] * (x.dim() - 2)))
-        return (frames[:, :, list(perm)] * sign).reshape(x.shape)
-
-    @staticmethod
-    def matrix() -> np.ndarray:
-        return PUBLIC_TO_ESCNN.copy()
-
-
-adapter = VectorAdapter()
+    def extra_repr(self) -> str:
+        return self.direction

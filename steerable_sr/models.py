@@ -1,0 +1,286 @@
+r"""Super-resolution networks (Wang et al. 2024, Sec. 5.5): one topology, five model kinds.
+
+Public convention in and out: ``(B, 3 T, n, n, n)`` (``T`` velocity frames) ->
+``(B, 3, s n, s n, s n)`` (one velocity frame, ``s`` = ``upscale``, a power of two)::
+
+    input_map -> lift -> [UpBlock(x2), ResBlock] x log2(s) -> head -> output_map
+
+* ``lift``: conv k=3 (velocity frames -> hidden) + norm + nonlinearity;
+* ``UpBlock``: transposed conv (k=4, s=2, p=1: exact on the grid) + norm + nonlinearity + conv,
+  added to the trilinear upsampling of its input (align_corners=False: exact), then norm + nonlinearity;
+* ``ResBlock``: two convs with a residual;
+* ``head``: conv k=3, hidden -> one velocity field.
+
+Kinds (``KINDS``): ``cnn`` (plain Conv3d), ``gcnn`` (regular fields, :class:`GridR3Conv`), ``rgcnn``
+(regular fields, relaxed), ``steer`` (bands of irreps with a Fourier ReLU), ``rsteer`` (steer,
+relaxed). ``input_map`` / ``output_map`` convert between the public convention and escnn's
+(:mod:`steerable_sr.groups`). Every equivariant kind is exactly equivariant to the whole group in
+eval mode (relaxed kinds: while their relaxed weights are trivial), and :meth:`export` returns the
+same network as plain torch layers.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import groups
+
+KINDS = ("cnn", "gcnn", "rgcnn", "steer", "rsteer")
+PRESETS_DIR = Path(__file__).resolve().parents[1] / "configs" / "presets"
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything needed to rebuild a model (saved in checkpoints and exports)."""
+
+    kind: str = "rgcnn"
+    group: str = "Oh"
+    frames: int = 3
+    upscale: int = 4
+    hidden: int = 2
+    num_filter_banks: int = 2
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown model kind {self.kind!r}; allowed values: {', '.join(KINDS)}")
+        if self.group not in groups.GROUPS:
+            raise ValueError(f"unknown group {self.group!r}; allowed values: {', '.join(groups.GROUPS)}")
+        for name in ("frames", "hidden", "num_filter_banks"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if not isinstance(self.upscale, int) or self.upscale < 2 or self.upscale & (self.upscale - 1):
+            raise ValueError(f"upscale must be a power of two >= 2, got {self.upscale!r}")
+
+    @property
+    def relaxed(self) -> bool:
+        return self.kind in ("rgcnn", "rsteer")
+
+
+def load_preset(preset: str, kind: str) -> dict:
+    """The widths of ``kind`` in ``configs/presets/<preset>.yaml``."""
+    import yaml
+
+    path = PRESETS_DIR / f"{preset}.yaml"
+    if not path.is_file():
+        available = sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+        raise ValueError(f"unknown preset {preset!r} (no {path}); allowed values: {', '.join(available)}")
+    table = yaml.safe_load(path.read_text())
+    if kind not in table:
+        raise ValueError(f"preset {preset!r} has no entry for kind {kind!r}; it defines {', '.join(table)}")
+    return dict(table[kind])
+
+
+def build_model(kind: str = "rgcnn", group: str = "Oh", frames: int = 3, upscale: int = 4, preset: str = "small",
+                **overrides) -> "SuperResolutionNet":
+    """Build a model of ``kind`` with the widths of ``preset`` (``overrides`` win: ``hidden``,
+    ``num_filter_banks``)."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown model kind {kind!r}; allowed values: {', '.join(KINDS)}")
+    unknown = set(overrides) - {"hidden", "num_filter_banks"}
+    if unknown:
+        raise ValueError(f"unknown model options {sorted(unknown)}; allowed: hidden, num_filter_banks")
+    options = {**load_preset(preset, kind), **overrides}
+    return SuperResolutionNet(ModelConfig(kind=kind, group=group, frames=frames, upscale=upscale, **options))
+
+
+# ---------------------------------------------------------------------------------------------
+# Layers: what each kind puts at the leaves of the common topology
+# ---------------------------------------------------------------------------------------------
+
+
+class TensorOp(nn.Module):
+    """Runs an escnn ``EquivariantModule`` on plain tensors ``(B, in_type.size, ...)`` (wraps the input
+    in a ``GeometricTensor`` of the module's input type and unwraps the result)."""
+
+    def __init__(self, module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from escnn.nn import GeometricTensor
+
+        return self.module(GeometricTensor(x, self.module.in_type)).tensor
+
+    def export(self) -> nn.Module:
+        return self.module.export()
+
+
+class PlainLayers:
+    """Leaves of the ``cnn`` kind: ``hidden`` channels, Conv3d / ConvTranspose3d / BatchNorm3d / ReLU."""
+
+    def __init__(self, config: ModelConfig):
+        self.input, self.hidden, self.output = 3 * config.frames, config.hidden, 3
+
+    def conv(self, c_in: int, c_out: int) -> nn.Module:
+        return nn.Conv3d(c_in, c_out, 3, padding=1)
+
+    def up(self, c: int) -> nn.Module:
+        return nn.ConvTranspose3d(c, c, 4, stride=2, padding=1)
+
+    def norm(self, c: int) -> nn.Module:
+        return nn.BatchNorm3d(c)
+
+    def act(self, c: int) -> nn.Module:
+        return nn.ReLU()
+
+    def input_map(self) -> nn.Module:
+        return nn.Identity()
+
+    output_map = input_map
+
+
+class EquivariantLayers:
+    """Leaves of the equivariant kinds over escnn field types: velocity in and out, regular
+    (``gcnn``/``rgcnn``) or irrep-band (``steer``/``rsteer``) hidden fields."""
+
+    def __init__(self, config: ModelConfig):
+        from .nn import OctahedralConv
+        from .nn.pointwise import FieldBatchNorm, FourierReLU
+
+        self._conv, self._norm, self._act = OctahedralConv, FieldBatchNorm, FourierReLU
+        self.banks = config.num_filter_banks if config.relaxed else None
+        self.input = groups.velocity_type(config.group, config.frames)
+        self.output = groups.velocity_type(config.group, 1)
+        hidden = groups.regular_type if config.kind in ("gcnn", "rgcnn") else groups.irrep_type
+        self.hidden = hidden(config.group, config.hidden)
+
+    def conv(self, t_in, t_out) -> nn.Module:
+        return TensorOp(self._conv(t_in, t_out, 3, num_filter_banks=self.banks))
+
+    def up(self, t) -> nn.Module:
+        return TensorOp(self._conv(t, t, 4, stride=2, transposed=True, num_filter_banks=self.banks))
+
+    def norm(self, t) -> nn.Module:
+        return TensorOp(self._norm(t))
+
+    def act(self, t) -> nn.Module:
+        return TensorOp(self._act(t))
+
+    def input_map(self) -> nn.Module:
+        return groups.FrameAdapter("to_escnn")
+
+    def output_map(self) -> nn.Module:
+        return groups.FrameAdapter("to_public")
+
+
+# ---------------------------------------------------------------------------------------------
+# Topology
+# ---------------------------------------------------------------------------------------------
+
+
+class UpBlock(nn.Module):
+    """``x (B, C, n^3) -> act(norm(conv(act(norm(up(x))))) + trilinear(x)) (B, C, (2n)^3)``."""
+
+    def __init__(self, layers, t):
+        super().__init__()
+        self.up, self.norm1, self.act1 = layers.up(t), layers.norm(t), layers.act(t)
+        self.conv, self.norm2, self.act2 = layers.conv(t, t), layers.norm(t), layers.act(t)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv(self.act1(self.norm1(self.up(x))))
+        skip = F.interpolate(x, scale_factor=2.0, mode="trilinear", align_corners=False)
+        return self.act2(self.norm2(h + skip))
+
+
+class ResBlock(nn.Module):
+    """``x -> act(x + norm(conv(act(norm(conv(x))))))``, shapes unchanged."""
+
+    def __init__(self, layers, t):
+        super().__init__()
+        self.conv1, self.norm1, self.act1 = layers.conv(t, t), layers.norm(t), layers.act(t)
+        self.conv2, self.norm2, self.act2 = layers.conv(t, t), layers.norm(t), layers.act(t)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.norm2(self.conv2(self.act1(self.norm1(self.conv1(x)))))
+        return self.act2(x + h)
+
+
+class SuperResolutionNet(nn.Module):
+    """``(B, 3 T, n, n, n) -> (B, 3, s n, s n, s n)`` in the public convention (see module docstring)."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        layers = PlainLayers(config) if config.kind == "cnn" else EquivariantLayers(config)
+        self.in_channels, self.out_channels = 3 * config.frames, 3
+        self.upscale = config.upscale
+        t = layers.hidden
+        self.input_map = layers.input_map()
+        self.lift = nn.Sequential(layers.conv(layers.input, t), layers.norm(t), layers.act(t))
+        stages = []
+        for _ in range(int(math.log2(config.upscale))):
+            stages += [UpBlock(layers, t), ResBlock(layers, t)]
+        self.stages = nn.Sequential(*stages)
+        self.head = layers.conv(t, layers.output)
+        self.output_map = layers.output_map()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 5 or x.shape[1] != self.in_channels:
+            raise ValueError(f"expected input (B, {self.in_channels}, n, n, n), got {list(x.shape)}")
+        if x.shape[2] != x.shape[3] or x.shape[2] != x.shape[4] or x.shape[2] < 2:
+            raise ValueError(f"expected a cubic input volume (B, {self.in_channels}, n, n, n) with n >= 2, "
+                             f"got {list(x.shape)}")
+        return self.output_map(self.head(self.stages(self.lift(self.input_map(x)))))
+
+    # ---- relaxed layers -----------------------------------------------------------------------
+
+    def relaxed_layers(self) -> Iterator[tuple[str, nn.Module]]:
+        """``(name, layer)`` for every relaxed convolution, in forward order."""
+        from .nn import OctahedralConv
+
+        for name, module in self.named_modules():
+            if isinstance(module, OctahedralConv) and module.relaxed is not None:
+                yield name.removesuffix(".module"), module
+
+    def equivariance_penalty(self) -> torch.Tensor:
+        """Sum over relaxed layers of the non-trivial irrep norms of their relaxed weights."""
+        penalties = [layer.equivariance_penalty() for _, layer in self.relaxed_layers()]
+        return torch.stack(penalties).sum() if penalties else next(self.parameters()).new_zeros(())
+
+    # ---- summaries and export ------------------------------------------------------------------
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def layer_table(self) -> str:
+        """A Markdown table: every leaf layer, its shape summary and parameter count."""
+        rows = ["| layer | module | parameters |", "| --- | --- | ---: |"]
+        for name, module in self.named_modules():
+            inside_op = ".module" in name
+            is_leaf = isinstance(module, TensorOp) or (not list(module.children()) and not inside_op)
+            if not is_leaf or isinstance(module, (groups.FrameAdapter, nn.Identity)):
+                continue
+            leaf = module.module if isinstance(module, TensorOp) else module
+            count = sum(p.numel() for p in module.parameters())
+            rows.append(f"| {name} | {type(leaf).__name__}({leaf.extra_repr()}) | {count:,} |")
+        rows.append(f"| **total** | {self.config.kind}, {self.config.group} | **{self.num_parameters():,}** |")
+        return "\n".join(rows)
+
+    def export(self) -> nn.Module:
+        """The same network with plain torch leaves (Conv3d, ConvTranspose3d, BatchNorm3d, ReLU,
+        1x1 Conv3d): no escnn object inside; ``torch.jit.script`` accepts it. Same output in eval mode."""
+        return _export(self).eval()
+
+
+def _export(module: nn.Module) -> nn.Module:
+    if isinstance(module, TensorOp):
+        return module.export()
+    if not list(module.children()):
+        return copy.deepcopy(module)
+    clone = copy.copy(module)
+    clone._modules = {name: _export(child) for name, child in module.named_children()}
+    clone._parameters = {name: copy.deepcopy(p) for name, p in module._parameters.items()}
+    clone._buffers = {name: copy.deepcopy(b) for name, b in module._buffers.items()}
+    return clone
+
+
+def config_dict(model: SuperResolutionNet) -> dict:
+    return asdict(model.config)

@@ -1,0 +1,135 @@
+r"""Equivariant batch normalisation and nonlinearity for any field type with a Fourier embedding.
+
+Both act field by field through the isometric intertwiner ``F`` of :mod:`.fourier` and export to
+plain torch modules (``BatchNorm3d``; ``ReLU`` or ``1x1 Conv3d -> ReLU -> 1x1 Conv3d``).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from escnn import nn as enn
+
+from ..groups import representation_matrices
+from .basis import invariant_subspace
+from .fourier import fourier_embedding
+
+
+def _check_input(module: enn.EquivariantModule, x: enn.GeometricTensor) -> None:
+    if not isinstance(x, enn.GeometricTensor) or x.type != module.in_type:
+        got = x.type if isinstance(x, enn.GeometricTensor) else type(x).__name__
+        raise ValueError(f"expected a GeometricTensor of type {module.in_type}, got {got}")
+
+
+class FieldBatchNorm(enn.EquivariantModule):
+    r"""Batch normalisation that commutes with the group.
+
+    Per field ``v`` (``d`` channels): the mean is taken in the field's invariant subspace only
+    (``P_inv E[v]``), the variance is one scalar per field (``E||v - mu||^2 / d``), the scale is one
+    scalar per field and the shift lives in the invariant subspace. On regular fields this is escnn's
+    ``InnerBatchNorm``. In eval mode it is a per-channel affine map: exported as ``BatchNorm3d``.
+
+    Shapes: ``(B, C, N, N, N) -> (B, C, N, N, N)``.
+    """
+
+    def __init__(self, field_type: enn.FieldType, eps: float = 1e-5, momentum: float = 0.1):
+        super().__init__()
+        self.in_type = self.out_type = field_type
+        self.eps, self.momentum = eps, momentum
+        # Projector onto the invariant subspace of every field, block-diagonal, and field membership.
+        proj = np.zeros((field_type.size, field_type.size))
+        field_of = np.zeros(field_type.size, dtype=np.int64)
+        start = 0
+        for f, rep in enumerate(field_type.representations):
+            V = invariant_subspace(representation_matrices(rep))
+            proj[start:start + rep.size, start:start + rep.size] = V.T @ V
+            field_of[start:start + rep.size] = f
+            start += rep.size
+        self.register_buffer("invariant_projector", torch.tensor(proj, dtype=torch.float32), persistent=False)
+        self.register_buffer("field_of", torch.from_numpy(field_of), persistent=False)
+        n_fields = len(field_type)
+        self.weight = torch.nn.Parameter(torch.ones(n_fields))
+        self.bias = torch.nn.Parameter(torch.zeros(field_type.size))
+        self.register_buffer("running_mean", torch.zeros(field_type.size))
+        self.register_buffer("running_var", torch.ones(n_fields))
+
+    def forward(self, x: enn.GeometricTensor) -> enn.GeometricTensor:
+        _check_input(self, x)
+        t = x.tensor
+        if self.training:
+            mean = self.invariant_projector @ t.mean(dim=(0, 2, 3, 4))
+            centred = t - mean.view(1, -1, 1, 1, 1)
+            per_channel = centred.pow(2).mean(dim=(0, 2, 3, 4))
+            var = torch.zeros_like(self.running_var).index_add_(0, self.field_of, per_channel)
+            var = var / torch.bincount(self.field_of).to(var.dtype)
+            with torch.no_grad():
+                n = t.numel() / t.shape[1]
+                self.running_mean.lerp_(mean, self.momentum)
+                self.running_var.lerp_(var * n / max(n - 1, 1), self.momentum)
+        else:
+            mean, var = self.running_mean, self.running_var
+            centred = t - mean.view(1, -1, 1, 1, 1)
+        scale = (self.weight / torch.sqrt(var + self.eps))[self.field_of]
+        bias = self.invariant_projector @ self.bias
+        return enn.GeometricTensor(centred * scale.view(1, -1, 1, 1, 1) + bias.view(1, -1, 1, 1, 1), self.out_type)
+
+    def evaluate_output_shape(self, input_shape: tuple) -> tuple:
+        return input_shape
+
+    @torch.no_grad()
+    def export(self) -> torch.nn.BatchNorm3d:
+        """The eval-mode map as a ``BatchNorm3d``."""
+        bn = torch.nn.BatchNorm3d(self.in_type.size, eps=self.eps, momentum=self.momentum)
+        bn.running_mean.copy_(self.running_mean)
+        bn.running_var.copy_(self.running_var[self.field_of])
+        bn.weight.copy_(self.weight[self.field_of])
+        bn.bias.copy_(self.invariant_projector @ self.bias)
+        return bn.eval().to(self.bias.device)
+
+
+class FourierReLU(enn.EquivariantModule):
+    r"""``v -> F^T relu(F v)`` per field: the field read as a function on the |G| elements, rectified
+    pointwise, projected back. Exactly equivariant because ``F`` intertwines the field's
+    representation with the regular one and ``relu`` commutes with permutations of the elements.
+    On regular fields ``F`` is a channel relabelling and this is a plain ReLU.
+
+    Shapes: ``(B, C, N, N, N) -> (B, C, N, N, N)``.
+    """
+
+    def __init__(self, field_type: enn.FieldType):
+        super().__init__()
+        self.in_type = self.out_type = field_type
+        embeddings = [fourier_embedding(rep) for rep in field_type.representations]
+        self.pointwise = all(rep.name == "regular" for rep in field_type.representations)
+        if not self.pointwise:
+            # Block-diagonal F over the fields: (fields * |G|, C).
+            order = embeddings[0].shape[0]
+            F_full = np.zeros((order * len(embeddings), field_type.size))
+            start = 0
+            for f, emb in enumerate(embeddings):
+                F_full[f * order:(f + 1) * order, start:start + emb.shape[1]] = emb
+                start += emb.shape[1]
+            self.register_buffer("embedding", torch.tensor(F_full, dtype=torch.float32), persistent=False)
+
+    def forward(self, x: enn.GeometricTensor) -> enn.GeometricTensor:
+        _check_input(self, x)
+        if self.pointwise:
+            return enn.GeometricTensor(F.relu(x.tensor), self.out_type)
+        size, order = self.embedding.shape[1], self.embedding.shape[0]
+        on_group = F.relu(F.conv3d(x.tensor, self.embedding.view(order, size, 1, 1, 1)))
+        return enn.GeometricTensor(F.conv3d(on_group, self.embedding.T.reshape(size, order, 1, 1, 1)), self.out_type)
+
+    def evaluate_output_shape(self, input_shape: tuple) -> tuple:
+        return input_shape
+
+    @torch.no_grad()
+    def export(self) -> torch.nn.Module:
+        """``ReLU`` on regular fields, else ``Conv3d(1x1, F) -> ReLU -> Conv3d(1x1, F^T)``."""
+        if self.pointwise:
+            return torch.nn.ReLU()
+        size, order = self.in_type.size, self.embedding.shape[0]
+        up = torch.nn.Conv3d(size, order, 1, bias=False)
+        down = torch.nn.Conv3d(order, size, 1, bias=False)
+        up.weight.copy_(self.embedding.view(order, size, 1, 1, 1))
+        down.weight.copy_(self.embedding.T.reshape(size, order, 1, 1, 1))
+        return torch.nn.Sequential(up, torch.nn.ReLU(), down).to(self.embedding.device)
