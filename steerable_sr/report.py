@@ -1,0 +1,249 @@
+r"""Evaluation report: metrics table (JSON + Markdown), energy spectra and slice plots, symmetry report.
+
+:func:`evaluate_model` runs a trained network over batches ``{"lr", "hr"}`` and returns the metrics
+of the model and of the trilinear baseline (sample-weighted means over batches of
+:func:`steerable_sr.metrics.field_metrics`, the same numbers ``steerable-sr test`` logs), the
+truth's divergence residual (the floor), the equivariance error over the whole group on the first
+batch, and the batch-averaged energy spectra of the truth, the prediction, the trilinear baseline and
+the input (middle low-res frame). :func:`write_report` writes
+
+* ``metrics.json`` and ``metrics.md``: the table;
+* ``spectra.png``: ``E(k)`` of truth, prediction, trilinear and input (log-log);
+* ``slice.png``: velocity magnitude and vorticity magnitude on the middle ``x_2`` slice of the first
+  sample, for input, trilinear, prediction and truth side by side;
+* ``symmetry.md`` (+ ``symmetry.json``) for relaxed models, from :mod:`steerable_sr.symmetry`.
+
+The directory is written to a temporary sibling first and renamed into place, so a failed
+evaluation never leaves a half-written or clobbered report.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+import torch
+
+from . import metrics
+
+RELAXED_KINDS = ("rgcnn", "rsteer")
+
+_ROWS = [
+    ("mae", "MAE"),
+    ("rmse", "RMSE"),
+    ("rel_l2", "relative L2"),
+    ("spec_err", "spectrum error (mean abs log10, all k)"),
+    ("spec_err_low", "spectrum error, low k"),
+    ("spec_err_mid", "spectrum error, mid k"),
+    ("spec_err_high", "spectrum error, high k"),
+    ("div", "divergence residual"),
+]
+
+
+def _to_float(v):
+    if isinstance(v, torch.Tensor):
+        return float(v)
+    return v
+
+
+@torch.no_grad()
+def evaluate_model(model: torch.nn.Module, batches: Iterable[Any], group: str = "Oh", upscale: int = 4,
+                   equivariance_elements: int | None = None, device: str | torch.device = "cpu",
+                   max_batches: int | None = None, divergence_periodic: bool = False) -> dict[str, Any]:
+    """Metrics, spectra and one sample of fields for the report (see the module docstring)."""
+    model = model.to(device)
+    was_training = model.training
+    model.eval()
+    sums: dict[str, dict[str, float]] = {"model": {}, "trilinear": {}, "truth": {}}
+    count = 0
+    spectra: dict[str, torch.Tensor] = {}
+    sample = None
+    equiv = None
+    try:
+        for i, batch in enumerate(batches):
+            if max_batches is not None and i >= max_batches:
+                break
+            if isinstance(batch, dict):
+                x, y = batch["lr"], batch["hr"]
+            else:
+                x, y = batch[0], batch[1]
+            x = x.to(device).float()
+            y = y.to(device).float()
+            pred = model(x).float()
+            base = metrics.trilinear(x, upscale)
+            bs = x.shape[0]
+            for name, field in (("model", pred), ("trilinear", base)):
+                for k, v in metrics.field_metrics(field, y, periodic=divergence_periodic).items():
+                    sums[name][k] = sums[name].get(k, 0.0) + v * bs
+            sums["truth"]["div"] = sums["truth"].get("div", 0.0) + bs * float(
+                metrics.divergence_residual(y, periodic=divergence_periodic))
+            count += bs
+            inp = metrics.middle_frame(x)
+            for name, field in (("truth", y), ("prediction", pred), ("trilinear", base), ("input", inp)):
+                s = metrics.energy_spectrum(field).sum(0).cpu()
+                spectra[name] = spectra[name] + s if name in spectra else s
+            if sample is None:
+                sample = {"input": inp[0].cpu(), "trilinear": base[0].cpu(), "prediction": pred[0].cpu(),
+                          "truth": y[0].cpu()}
+                errs = metrics.equivariance_errors(model, x, group, equivariance_elements)
+                equiv = {"max": float(errs.max()), "mean": float(errs.mean()), "elements": int(errs.numel()),
+                         "group": group}
+    finally:
+        if was_training:
+            model.train()
+    if count == 0:
+        raise ValueError("no evaluation batches: the dataset split is empty")
+    results = {name: {k: v / count for k, v in d.items()} for name, d in sums.items()}
+    # keep the shells k <= N/2 that the cube resolves in every direction (corners are partial shells)
+    sizes = {name: field.shape[-1] for name, field in sample.items()}
+    spectra = {k: (v / count).numpy()[: sizes[k] // 2 + 1]
+               for k, v in spectra.items()}
+    overall = {}
+    n = sample["truth"].shape[-1] if sample else 0
+    if "truth" in spectra and n >= 6:
+        t = np.log10(np.maximum(spectra["truth"], 1e-30))
+        for name in ("prediction", "trilinear"):
+            p = np.log10(np.maximum(spectra[name], 1e-30))
+            overall[name] = float(np.mean(np.abs(p - t)[1 : n // 2 + 1]))
+    return {"metrics": results, "equivariance": equiv, "samples": count, "spectra": spectra,
+            "spectrum_error_of_mean_spectra": overall, "sample": sample}
+
+
+def metrics_markdown(result: Mapping[str, Any], info: Mapping[str, Any] | None = None) -> str:
+    m = result["metrics"]
+    lines = ["# Evaluation report", ""]
+    if info:
+        for k, v in info.items():
+            lines.append(f"- **{k}**: {v}")
+        lines.append("")
+    lines += [f"Samples: {result['samples']}. Metrics are sample-weighted means over batches, in the data's "
+              "(normalised) units; spectrum errors are mean |log10 E_pred(k) - log10 E_true(k)| over the "
+              "shells k = 1 .. N/2 and their thirds (see `steerable_sr.metrics`).", "",
+              "| metric | model | trilinear | truth |", "|---|---|---|---|"]
+    for key, label in _ROWS:
+        if key not in m["model"]:
+            continue
+        truth = m["truth"].get(key)
+        lines.append(f"| {label} | {m['model'][key]:.4g} | {m['trilinear'].get(key, float('nan')):.4g} | "
+                     f"{'' if truth is None else f'{truth:.4g}'} |")
+    eq = result.get("equivariance")
+    if eq:
+        lines += ["", f"Equivariance error (relative, {eq['group']}, {eq['elements']} elements, first batch): "
+                  f"max {eq['max']:.3g}, mean {eq['mean']:.3g}."]
+    return "\n".join(lines) + "\n"
+
+
+def plot_spectra(path: str | os.PathLike, spectra: Mapping[str, np.ndarray], title: str = "") -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    styles = {"truth": ("k", "-"), "prediction": ("C0", "-"), "trilinear": ("C1", "--"), "input": ("C2", ":")}
+    for name, E in spectra.items():
+        E = np.asarray(E)
+        k = np.arange(len(E))
+        keep = (k >= 1) & (E > 0)
+        color, ls = styles.get(name, (None, "-"))
+        ax.loglog(k[keep], E[keep], color=color, linestyle=ls, label=name)
+    ax.set_xlabel("k (shell)")
+    ax.set_ylabel("E(k)")
+    if title:
+        ax.set_title(title)
+    ax.legend()
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_slice(path: str | os.PathLike, fields: Mapping[str, torch.Tensor], title: str = "") -> None:
+    """Velocity magnitude (top) and vorticity magnitude (bottom), middle slice along x_2."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(fields)
+    fig, axes = plt.subplots(2, len(names), figsize=(3 * len(names), 6), squeeze=False)
+    speeds = {k: v.double().norm(dim=0) for k, v in fields.items()}
+    vorts = {}
+    for k, v in fields.items():
+        # periodic stencil only for display (a crop's edges are one voxel off); same size as the field
+        w = metrics.vorticity(v.double(), method="central", periodic=True)
+        scale = v.shape[-1]  # grid units -> box units, so all resolutions share a colour scale
+        vorts[k] = w.norm(dim=0) * scale
+    vmax_u = max(float(s.max()) for s in speeds.values())
+    vmax_w = max(float(s.max()) for s in vorts.values())
+    for j, k in enumerate(names):
+        for i, (data, vmax, label) in enumerate(((speeds[k], vmax_u, "|u|"), (vorts[k], vmax_w, "|curl u|"))):
+            ax = axes[i][j]
+            sl = data[:, :, data.shape[2] // 2].numpy()
+            im = ax.imshow(sl.T, origin="lower", cmap="viridis" if i == 0 else "magma", vmin=0, vmax=vmax,
+                           extent=(0, 1, 0, 1))
+            ax.set_title(f"{k}: {label}", fontsize=9)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _json_ready(obj):
+    if isinstance(obj, dict):
+        return {str(k): _json_ready(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_ready(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, torch.Tensor):
+        return obj.tolist()
+    if isinstance(obj, (np.floating, np.integer)):
+        return obj.item()
+    return obj
+
+
+def write_report(out_dir: str | os.PathLike, result: Mapping[str, Any], info: Mapping[str, Any] | None = None,
+                 symmetry=None, overwrite: bool = False) -> Path:
+    """Write the report directory atomically (temp sibling, then rename). Returns its path."""
+    out = Path(out_dir)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"report directory {out} exists; pass --overwrite to replace it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        payload = {"info": dict(info or {}), "samples": result["samples"], "metrics": result["metrics"],
+                   "equivariance": result.get("equivariance"),
+                   "spectrum_error_of_mean_spectra": result.get("spectrum_error_of_mean_spectra"),
+                   "spectra": result["spectra"]}
+        (tmp / "metrics.json").write_text(json.dumps(_json_ready(payload), indent=2) + "\n")
+        (tmp / "metrics.md").write_text(metrics_markdown(result, info))
+        title = str((info or {}).get("kind", ""))
+        plot_spectra(tmp / "spectra.png", result["spectra"], title)
+        if result.get("sample"):
+            plot_slice(tmp / "slice.png", result["sample"], title)
+        if symmetry is not None:
+            (tmp / "symmetry.md").write_text(symmetry.to_markdown())
+            if hasattr(symmetry, "to_dict"):
+                (tmp / "symmetry.json").write_text(json.dumps(_json_ready(symmetry.to_dict()), indent=2) + "\n")
+        os.chmod(tmp, 0o755)
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
+            old.rmdir()
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out

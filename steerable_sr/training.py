@@ -1,0 +1,245 @@
+r"""The LightningModule that trains every model kind: L1 loss + the relaxed layers' penalty.
+
+``SuperResolutionModule`` builds its network with :func:`steerable_sr.models.build_model` from its
+own hyperparameters (saved with ``save_hyperparameters``), so a checkpoint alone rebuilds the model:
+``SuperResolutionModule.load_from_checkpoint(path)``.
+
+Batches are dicts ``{"lr": (B, 3 T, n, n, n), "hr": (B, 3, 4 n, 4 n, 4 n)}`` (public convention,
+``DESIGN.md``), or bare ``lr`` tensors for prediction.
+
+Logged (``stage`` = ``train``, ``val``, ``test``; epoch means over batches):
+
+* ``{stage}/loss`` (L1 + ``penalty_weight`` x penalty), ``train/l1``, ``train/penalty``;
+* ``{stage}/mae, rmse, rel_l2, spec_err, spec_err_{low,mid,high}, div`` for the model,
+  ``{stage}/div_true`` (the truth's divergence residual: the floor),
+  ``{stage}/trilinear_{mae, rmse, rel_l2, spec_err, ...}`` for the trilinear baseline;
+* ``val/equiv_err``: relative equivariance error on the first validation batch of each epoch over
+  ``val_equivariance_elements`` group elements (generators first; cheap); ``test/equiv_err`` over
+  every element of the group.
+
+Exact resume: when a seed was set (``seed_everything``), at the start of every training epoch the
+global RNGs and the generator of a shuffling ``RandomSampler`` are reseeded from
+``(PL_GLOBAL_SEED, epoch, rank)``, so a run resumed from an end-of-epoch checkpoint draws the same
+shuffles as an uninterrupted one (the optimizer and LR-scheduler states are in the checkpoint).
+"""
+from __future__ import annotations
+
+import os
+import random
+from typing import Any, Literal, Optional
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import metrics
+
+#: The model kinds (kept in step with ``steerable_sr.models.KINDS``; a test checks it).
+KINDS = ("cnn", "gcnn", "rgcnn", "steer", "rsteer")
+Kind = Literal["cnn", "gcnn", "rgcnn", "steer", "rsteer"]
+Group = Literal["Oh", "O"]
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint that was written for another model (kind, group, frames, upscale)."""
+
+
+class SuperResolutionModule(pl.LightningModule):
+    """Super-resolution of ``frames`` low-res velocity frames to the middle frame at ``upscale`` x.
+
+    Args:
+        kind: model family: ``cnn``, ``gcnn``, ``rgcnn``, ``steer``, ``rsteer``.
+        group: symmetry group of the equivariant kinds: ``Oh`` (48 elements) or ``O`` (24).
+        frames: number of input frames (stacked as ``3 * frames`` channels).
+        upscale: super-resolution factor.
+        preset: size preset of :func:`steerable_sr.models.build_model` (e.g. ``small``).
+        model_overrides: extra keyword arguments for ``build_model`` (e.g. widths).
+        lr: Adam learning rate.
+        weight_decay: Adam weight decay (4e-4, as Wang et al.).
+        gamma: StepLR decay per epoch (0.95, as Wang et al.).
+        penalty_weight: weight of ``model.equivariance_penalty()`` in the loss (relaxed kinds).
+        val_equivariance_elements: group elements checked on one validation batch per epoch
+            (0 disables it).
+        test_equivariance_elements: elements checked in test (``None``: the whole group).
+        divergence_periodic: treat samples as whole periodic boxes for the divergence residual
+            (default ``False``: interior central differences, right for crops).
+    """
+
+    def __init__(
+        self,
+        kind: Kind = "rsteer",
+        group: Group = "Oh",
+        frames: int = 3,
+        upscale: int = 4,
+        preset: str = "small",
+        model_overrides: Optional[dict[str, Any]] = None,
+        lr: float = 1e-3,
+        weight_decay: float = 4e-4,
+        gamma: float = 0.95,
+        penalty_weight: float = 0.0,
+        val_equivariance_elements: int = 4,
+        test_equivariance_elements: Optional[int] = None,
+        divergence_periodic: bool = False,
+    ) -> None:
+        super().__init__()
+        if kind not in KINDS:
+            raise ValueError(f"unknown model kind {kind!r}; allowed values: {', '.join(KINDS)}")
+        if group not in ("Oh", "O"):
+            raise ValueError(f"unknown group {group!r}; allowed values: Oh, O")
+        for name, value, lo in (("frames", frames, 1), ("upscale", upscale, 1)):
+            if not isinstance(value, int) or value < lo:
+                raise ValueError(f"{name} must be an integer >= {lo}, got {value!r}")
+        if lr <= 0:
+            raise ValueError(f"lr must be > 0, got {lr}")
+        if weight_decay < 0 or penalty_weight < 0:
+            raise ValueError("weight_decay and penalty_weight must be >= 0")
+        if not 0 < gamma <= 1:
+            raise ValueError(f"gamma must be in (0, 1], got {gamma}")
+        self.save_hyperparameters()
+        from .models import build_model
+
+        self.model = build_model(kind, group=group, frames=frames, upscale=upscale, preset=preset,
+                                 **(model_overrides or {}))
+        # Velocity scale of the training data (set from the datamodule when it exposes one); kept in
+        # the checkpoint so prediction on raw data can normalise the same way.
+        self.register_buffer("velocity_scale", torch.ones(()), persistent=True)
+        # Input resolution n seen in training (0 until the first batch): prediction checks against it.
+        self.register_buffer("train_input_size", torch.zeros((), dtype=torch.long), persistent=True)
+
+    # ------------------------------------------------------------------ model
+    def forward(self, lr_frames: torch.Tensor) -> torch.Tensor:
+        return self.model(lr_frames)
+
+    def penalty(self) -> torch.Tensor:
+        fn = getattr(self.model, "equivariance_penalty", None)
+        if fn is None:
+            return torch.zeros((), device=self.device)
+        return fn()
+
+    # ------------------------------------------------------------------ setup / RNG
+    def setup(self, stage: str) -> None:
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        scale = getattr(dm, "velocity_scale", None) if dm is not None else None
+        if scale is not None and stage == "fit":
+            self.velocity_scale.fill_(float(scale))
+
+    def on_train_epoch_start(self) -> None:
+        seed = os.environ.get("PL_GLOBAL_SEED")
+        if seed is None:
+            return
+        s = (int(seed) * 1_000_003 + self.current_epoch * 7919 + self.global_rank) % (2 ** 31 - 1)
+        random.seed(s)
+        np.random.seed(s)
+        torch.manual_seed(s)
+        # A shuffling RandomSampler draws its permutation lazily from its own generator (or from the
+        # global RNG, after Lightning may already have created the epoch's iterator): give it one
+        # seeded by (seed, epoch) so the order does not depend on how the run got here. Samplers
+        # with ``set_epoch`` (DistributedSampler under DDP) are already seeded per epoch by Lightning.
+        loaders = self.trainer.train_dataloader
+        for loader in (loaders.values() if isinstance(loaders, dict) else
+                       loaders if isinstance(loaders, (list, tuple)) else [loaders]):
+            for sampler in (getattr(loader, "sampler", None),
+                            getattr(getattr(loader, "batch_sampler", None), "sampler", None)):
+                if isinstance(sampler, torch.utils.data.RandomSampler):
+                    sampler.generator = torch.Generator().manual_seed(s)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        check_checkpoint_compatible(checkpoint, dict(self.hparams))
+
+    # ------------------------------------------------------------------ steps
+    @staticmethod
+    def _split(batch):
+        if isinstance(batch, dict):
+            return batch["lr"], batch.get("hr")
+        if isinstance(batch, (list, tuple)):
+            return batch[0], (batch[1] if len(batch) > 1 else None)
+        return batch, None
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        x, y = self._split(batch)
+        if int(self.train_input_size) == 0:
+            self.train_input_size.fill_(int(x.shape[-1]))
+        pred = self(x)
+        l1 = F.l1_loss(pred, y)
+        pen = self.penalty()
+        loss = l1 + self.hparams.penalty_weight * pen
+        bs = x.shape[0]
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=bs, sync_dist=True)
+        self.log("train/l1", l1, on_step=False, on_epoch=True, batch_size=bs, sync_dist=True)
+        self.log("train/penalty", pen.detach().float(), on_step=False, on_epoch=True, batch_size=bs, sync_dist=True)
+        return loss
+
+    def _eval_step(self, batch, batch_idx: int, stage: str, elements) -> None:
+        x, y = self._split(batch)
+        pred = self(x)
+        bs = x.shape[0]
+        loss = F.l1_loss(pred, y) + self.hparams.penalty_weight * self.penalty()
+        logs: dict[str, float] = {f"{stage}/loss": float(loss)}
+        periodic = self.hparams.divergence_periodic
+        for key, value in metrics.field_metrics(pred, y, periodic=periodic).items():
+            logs[f"{stage}/{key}"] = value
+        logs[f"{stage}/div_true"] = float(metrics.divergence_residual(y.float(), periodic=periodic))
+        base = metrics.trilinear(x.float(), self.hparams.upscale)
+        for key, value in metrics.field_metrics(base, y, periodic=periodic).items():
+            logs[f"{stage}/trilinear_{key}"] = value
+        mae = logs.pop(f"{stage}/mae")
+        self.log_dict(logs, on_step=False, on_epoch=True, batch_size=bs, sync_dist=True)
+        self.log(f"{stage}/mae", mae, prog_bar=True, on_step=False, on_epoch=True,
+                 batch_size=bs, sync_dist=True)
+        if batch_idx == 0 and (elements is None or elements > 0):
+            with torch.autocast(device_type=x.device.type, enabled=False):
+                err = metrics.equivariance_error(self.model, x.float(), self.hparams.group, elements)
+            self.log(f"{stage}/equiv_err", float(err), on_step=False, on_epoch=True, reduce_fx="max",
+                     batch_size=bs, sync_dist=True)
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._eval_step(batch, batch_idx, "val", self.hparams.val_equivariance_elements)
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._eval_step(batch, batch_idx, "test", self.hparams.test_equivariance_elements)
+
+    def predict_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> torch.Tensor:
+        x, _ = self._split(batch)
+        return self(x)
+
+    # ------------------------------------------------------------------ optimisation
+    def configure_optimizers(self):
+        opt = torch.optim.Adam(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=self.hparams.gamma)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch", "frequency": 1}}
+
+
+_IDENTITY_KEYS = ("kind", "group", "frames", "upscale")
+
+
+def check_checkpoint_compatible(checkpoint: dict[str, Any], expected: dict[str, Any]) -> None:
+    """Raise :class:`CheckpointMismatchError` if the checkpoint's model is not the expected one."""
+    found = checkpoint.get("hyper_parameters") or {}
+    if not found:
+        return
+    diffs = [f"{k}: checkpoint has {found.get(k)!r}, the config asks for {expected.get(k)!r}"
+             for k in _IDENTITY_KEYS if k in expected and k in found and found[k] != expected[k]]
+    if diffs:
+        raise CheckpointMismatchError("the checkpoint was written for another model (" + "; ".join(diffs) + ")")
+
+
+def load_module(path: str | os.PathLike, map_location: str | torch.device = "cpu",
+                expect_kind: str | None = None) -> SuperResolutionModule:
+    """Load a :class:`SuperResolutionModule` checkpoint with a clear error for missing/foreign files."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # not a torch file
+        raise ValueError(f"cannot read checkpoint {path}: {exc}") from exc
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
+        raise ValueError(f"{path} is not a steerable-sr training checkpoint (no state_dict/hyper_parameters); "
+                         "exported TorchScript modules are loaded with torch.jit.load")
+    hp = ckpt["hyper_parameters"]
+    if expect_kind is not None and hp.get("kind") != expect_kind:
+        raise CheckpointMismatchError(f"the checkpoint holds a {hp.get('kind')!r} model, expected {expect_kind!r}")
+    module = SuperResolutionModule.load_from_checkpoint(path, map_location=map_location, weights_only=False)
+    module.eval()
+    return module
