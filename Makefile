@@ -1,0 +1,36 @@
+# Two commands on a fresh machine (Python 3.11, root, nothing else installed):
+#   make run    - the main job
+#   make test   - the whole test suite
+# Both create .venv, install gfortran where missing (escnn's py3nj builds with it), torch 2.13.0
+# (CPU build, before anything that could pull a CUDA build) and the package with its test extras.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: install run test bench clean
+
+install: $(STAMP)
+
+$(STAMP): setup.cfg pyproject.toml
+	@command -v gfortran >/dev/null 2>&1 || { \
+		SUDO=$$( [ "$$(id -u)" -eq 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq gfortran; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e ".[test]"
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/python scripts/smoke.py
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python scripts/bench.py
+
+clean:
+	rm -rf $(VENV) *.egg-info
