@@ -31,6 +31,10 @@ def run_one(args) -> dict:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.mem_limit_gib and args.device == "cpu":
+        # fail with a MemoryError instead of waking the OOM killer on a shared machine
+        limit = int(args.mem_limit_gib * 2 ** 30)
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     torch.manual_seed(0)
     device = torch.device(args.device)
     t0 = time.perf_counter()
@@ -89,6 +93,8 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
+    p.add_argument("--mem-limit-gib", type=float, default=0,
+                   help="CPU only: cap the address space of each kind's process (0: no cap)")
     p.add_argument("--json", help="also write the rows to this JSON file")
     args = p.parse_args(argv)
     if args.kind:
@@ -102,8 +108,10 @@ def main(argv=None) -> int:
         proc = subprocess.run(cmd, capture_output=True, text=True)
         line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
         if proc.returncode != 0 or not line:
+            oom = "MemoryError" in proc.stderr or "DefaultCPUAllocator: can't allocate" in proc.stderr
             print(f"{kind}: failed (exit {proc.returncode})\n{proc.stderr[-2000:]}", file=sys.stderr)
-            rows.append({"kind": kind, "error": f"exit {proc.returncode}"})
+            rows.append({"kind": kind, "error": f"out of memory (> {args.mem_limit_gib:g} GiB cap)" if oom
+                         else f"exit {proc.returncode}"})
             continue
         row = json.loads(line[-1][len("RESULT "):])
         rows.append(row)

@@ -63,14 +63,24 @@ def _lightning_cli(argv: Sequence[str]):
 
     class SteerableSRCLI(LightningCLI):
         def add_arguments_to_parser(self, parser):
+            # Two checkpoint callbacks: the best by a validation metric, and the latest (every epoch).
+            # (Lightning's save_last only writes last.ckpt on epochs where a top-k save happened.)
             parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
             parser.set_defaults({
                 "checkpoint.monitor": "val/mae",
                 "checkpoint.mode": "min",
                 "checkpoint.save_top_k": 1,
-                "checkpoint.save_last": True,
+                "checkpoint.save_last": False,
                 "checkpoint.filename": "best-epoch{epoch:03d}-step{step}",
                 "checkpoint.auto_insert_metric_name": False,
+            })
+            parser.add_lightning_class_args(ModelCheckpoint, "last_checkpoint")
+            parser.set_defaults({
+                "last_checkpoint.monitor": None,
+                "last_checkpoint.save_top_k": 1,
+                "last_checkpoint.every_n_epochs": 1,
+                "last_checkpoint.filename": "last",
+                "last_checkpoint.enable_version_counter": False,
             })
             _link_model_and_data(parser)
 
@@ -100,10 +110,11 @@ def _lightning_cli(argv: Sequence[str]):
                       f"got model.frames={model.get('frames')}, model.upscale={model.get('upscale')}")
 
         def after_fit(self):
-            cb = self.trainer.checkpoint_callback
-            if cb is not None and self.trainer.is_global_zero:
-                print(f"best checkpoint: {cb.best_model_path or '-'}")
-                print(f"last checkpoint: {cb.last_model_path or '-'}")
+            if not self.trainer.is_global_zero:
+                return
+            for cb in self.trainer.checkpoint_callbacks:
+                label = "best checkpoint" if cb.monitor else "last checkpoint"
+                print(f"{label}: {cb.best_model_path or '-'}")
 
     import warnings
 

@@ -233,7 +233,7 @@ def load_module(path: str | os.PathLike, map_location: str | torch.device = "cpu
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # not a torch file
-        raise ValueError(f"cannot read checkpoint {path}: {exc}") from exc
+        raise ValueError(f"{path} is not a readable training checkpoint ({exc})") from exc
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
         raise ValueError(f"{path} is not a steerable-sr training checkpoint (no state_dict/hyper_parameters); "
                          "exported TorchScript modules are loaded with torch.jit.load")
