@@ -534,9 +534,13 @@ def _datamodule_for(args, module):
     params = inspect.signature(TurbulenceDataModule.__init__).parameters
     hp = {k: v for k, v in hp.items() if k in params}
     try:
-        return TurbulenceDataModule(**hp)
+        dm = TurbulenceDataModule(**hp)
     except (TypeError, ValueError) as exc:
         _fail(f"cannot build the datamodule: {exc}")
+    # normalise with the training data's velocity scale (the units the network was trained in)
+    if hp.get("normalize", True) and hasattr(dm, "load_state_dict"):
+        dm.load_state_dict({"velocity_scale": float(module.velocity_scale)})
+    return dm
 
 
 # ================================================================================================

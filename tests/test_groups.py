@@ -61,6 +61,17 @@ def test_escnn_transform_equals_act_for_every_element():
         assert (to_public(moved) - groups.act(x, R)).abs().max() <= 1e-6
 
 
+@pytest.mark.parametrize("make_type", [groups.regular_type, groups.irrep_type, groups.velocity_type])
+def test_fast_transform_equals_escnn_transform(make_type):
+    from escnn import nn as enn
+
+    field_type = make_type("Oh", 2)
+    x = enn.GeometricTensor(torch.randn(1, field_type.size, 4, 4, 4), field_type)
+    for index in range(0, 48, 5):
+        expected = x.transform(groups.escnn_elements("Oh")[index]).tensor
+        assert (groups.transform(x, index).tensor - expected).abs().max() <= 1e-5
+
+
 def test_adapter_round_trip_is_exact():
     x = torch.randn(3, 9, 4, 4, 4)
     assert torch.equal(groups.FrameAdapter("to_public")(groups.FrameAdapter("to_escnn")(x)), x)

@@ -62,11 +62,23 @@ class FieldLayout:
             start += rep.size
         self.channels = {name: np.stack(idx) for name, idx in channels.items()}
         self.size = start
+        # "Irrep-sorted" order: all copies of the first irrep, then the next... (copy-major).
+        sorted_channels = np.concatenate([self.irrep_channels(irrep) for irrep in self.irrep_offsets])
+        self.sorted_position = np.argsort(sorted_channels)
 
     def irrep_channels(self, irrep: str) -> np.ndarray:
         """Channels (in the irrep basis) of every copy of ``irrep``, flattened copy-major."""
         offsets = np.array(self.irrep_offsets[irrep])
         return (offsets[:, None] + np.arange(self.irrep_dims[irrep])).reshape(-1)
+
+    def gather_index(self, name: str) -> np.ndarray:
+        """``(fields, d)``: irrep-sorted positions of the irrep-basis channels of representation ``name``."""
+        return self.sorted_position[self.channels[name]]
+
+    def scatter_index(self) -> np.ndarray | None:
+        """Permutation from "representation groups one after another" to the field order (None if identity)."""
+        grouped = np.concatenate([self.channels[name].reshape(-1) for name in self.reps])
+        return None if np.array_equal(grouped, np.arange(self.size)) else np.argsort(grouped)
 
     def change_of_basis(self, name: str) -> tuple[np.ndarray, np.ndarray] | None:
         """``(Q, Q^-1)`` of representation ``name``, or ``None`` if it is the identity."""
@@ -130,45 +142,44 @@ class OctahedralConv(enn.EquivariantModule):
         return (k - s) // 2
 
     def _build_pairs(self) -> None:
-        """One basis per (out irrep, in irrep): buffers ``basis_i`` ``(n_b, d_out, d_in, k^3)``."""
-        self._pairs = []
-        start = 0
+        """One basis per (out irrep, in irrep): buffer ``basis_j_i`` ``(n_b, d_out d_in k^3)``; the filter
+        is assembled block by block in the irrep-sorted orders of both types."""
+        self._pairs: list[list[tuple[str, slice, int, int, int, int, int]]] = []
+        start, k3 = 0, self.kernel_size ** 3
         for j, out_irrep in enumerate(self._out_layout.irrep_offsets):
+            row = []
             for i, in_irrep in enumerate(self._in_layout.irrep_offsets):
                 basis = irrep_pair_basis(self.group, out_irrep, in_irrep, self.kernel_size)
-                if len(basis) == 0:
-                    continue
-                rows = torch.from_numpy(self._out_layout.irrep_channels(out_irrep))
-                cols = torch.from_numpy(self._in_layout.irrep_channels(in_irrep))
                 m_out, m_in = len(self._out_layout.irrep_offsets[out_irrep]), len(self._in_layout.irrep_offsets[in_irrep])
-                name = f"basis_{j}_{i}"
-                self.register_buffer(name, torch.tensor(basis, dtype=torch.float32), persistent=False)
-                self.register_buffer(f"rows_{j}_{i}", rows, persistent=False)
-                self.register_buffer(f"cols_{j}_{i}", cols, persistent=False)
+                d_out, d_in = self._out_layout.irrep_dims[out_irrep], self._in_layout.irrep_dims[in_irrep]
                 count = m_out * m_in * len(basis)
-                self._pairs.append((f"{j}_{i}", slice(start, start + count), m_out, m_in))
+                if len(basis):
+                    self.register_buffer(f"basis_{j}_{i}", torch.tensor(basis.reshape(len(basis), -1),
+                                                                        dtype=torch.float32), persistent=False)
+                row.append((f"{j}_{i}", slice(start, start + count), m_out, m_in, d_out, d_in, len(basis)))
                 start += count
+            self._pairs.append(row)
         self.num_basis = start
 
     def _build_output_transforms(self) -> None:
-        """Per output representation: ``Q_out`` (and the relaxed mixing basis); per input one ``Q_in^-1``."""
+        """Per representation group of each type: gather index from the irrep-sorted order and the change
+        of basis (``Q_out``, with the relaxed mixing basis; ``Q_in^-1``)."""
         self._out_groups, self._in_groups = [], []
-        for n, name in enumerate(self._out_layout.reps):
-            self.register_buffer(f"out_idx_{n}", torch.from_numpy(self._out_layout.channels[name]), persistent=False)
-            cob = self._out_layout.change_of_basis(name)
-            Q = torch.eye(self._out_layout.reps[name].size) if cob is None else torch.from_numpy(cob[0]).float()
-            self.register_buffer(f"out_cob_{n}", Q, persistent=False)
-            if self.relaxed is not None:
-                basis = self.relaxed.mixing_basis(self._out_layout.reps[name])
-                self.register_buffer(f"mix_{n}", torch.tensor(basis, dtype=torch.float32), persistent=False)
-            self._out_groups.append((n, self.relaxed is not None or cob is not None))
-        for n, name in enumerate(self._in_layout.reps):
-            cob = self._in_layout.change_of_basis(name)
-            if cob is None:
-                continue
-            self.register_buffer(f"in_idx_{n}", torch.from_numpy(self._in_layout.channels[name]), persistent=False)
-            self.register_buffer(f"in_cob_{n}", torch.from_numpy(cob[1]).float(), persistent=False)
-            self._in_groups.append(n)
+        for side, layout, groups in (("out", self._out_layout, self._out_groups), ("in", self._in_layout, self._in_groups)):
+            for n, name in enumerate(layout.reps):
+                self.register_buffer(f"{side}_gather_{n}", torch.from_numpy(layout.gather_index(name)), persistent=False)
+                self.register_buffer(f"{side}_fields_{n}", torch.from_numpy(layout.channels[name]), persistent=False)
+                cob = layout.change_of_basis(name)
+                if cob is not None:
+                    matrix = cob[0] if side == "out" else cob[1]
+                    self.register_buffer(f"{side}_cob_{n}", torch.tensor(matrix, dtype=torch.float32), persistent=False)
+                if side == "out" and self.relaxed is not None:
+                    basis = self.relaxed.mixing_basis(layout.reps[name])
+                    self.register_buffer(f"mix_{n}", torch.tensor(basis, dtype=torch.float32), persistent=False)
+                groups.append((n, cob is not None))
+            scatter = layout.scatter_index()
+            self.register_buffer(f"{side}_scatter", None if scatter is None else torch.from_numpy(scatter),
+                                 persistent=False)
 
     def _build_bias(self, bias: bool) -> None:
         self.bias = None
@@ -193,12 +204,12 @@ class OctahedralConv(enn.EquivariantModule):
         (``/ L`` for ``L`` banks, whose relaxed weights start at 1)."""
         banks = self.weights.shape[0]
         fan_in = self.in_type.size * self.kernel_size ** 3
-        for key, span, _, _ in self._pairs:
-            basis = getattr(self, f"basis_{key}")
-            n_b, d_out, d_in, k3 = basis.shape
-            # Orthonormal basis: entry variance = sigma^2 n_b / (d_out d_in k^3).
-            std = math.sqrt(2.0 / fan_in * d_out * d_in * k3 / n_b / banks)
-            self.weights[:, span].normal_(0.0, std)
+        k3 = self.kernel_size ** 3
+        for key, span, m_out, m_in, d_out, d_in, n_b in (pair for row in self._pairs for pair in row):
+            if n_b:
+                # Orthonormal basis: entry variance = sigma^2 n_b / (d_out d_in k^3).
+                std = math.sqrt(2.0 / fan_in * d_out * d_in * k3 / n_b / banks)
+                self.weights[:, span].normal_(0.0, std)
         if self.bias is not None:
             self.bias.zero_()
         self._cache = None
@@ -206,44 +217,63 @@ class OctahedralConv(enn.EquivariantModule):
     # ---- the filter ---------------------------------------------------------------------------
 
     def _expand_banks(self) -> torch.Tensor:
-        """``(L, C_out, C_in, k^3)``: every bank's filter in the irrep bases."""
-        banks = self.weights.shape[0]
-        k3 = self.kernel_size ** 3
-        kernel = self.weights.new_zeros(banks, self._out_layout.size, self._in_layout.size, k3)
-        for key, span, m_out, m_in in self._pairs:
-            basis = getattr(self, f"basis_{key}")
-            w = self.weights[:, span].view(banks, m_out, m_in, basis.shape[0])
-            block = torch.einsum("lmnb,bxyt->lmxnyt", w, basis).reshape(banks, m_out * basis.shape[1],
-                                                                          m_in * basis.shape[2], k3)
-            kernel[:, getattr(self, f"rows_{key}")[:, None], getattr(self, f"cols_{key}")[None, :]] = block
-        return kernel
+        """``(L, C_out, C_in, k^3)``: every bank's filter in the irrep bases, rows and columns in the
+        irrep-sorted orders (one matrix product per irrep pair, blocks concatenated)."""
+        banks, k3 = self.weights.shape[0], self.kernel_size ** 3
+        rows = []
+        for row in self._pairs:
+            blocks = []
+            for key, span, m_out, m_in, d_out, d_in, n_b in row:
+                if n_b == 0:
+                    blocks.append(self.weights.new_zeros(banks, m_out * d_out, m_in * d_in, k3))
+                    continue
+                block = self.weights[:, span].reshape(-1, n_b) @ getattr(self, f"basis_{key}")
+                block = block.view(banks, m_out, m_in, d_out, d_in, k3).permute(0, 1, 3, 2, 4, 5)
+                blocks.append(block.reshape(banks, m_out * d_out, m_in * d_in, k3))
+            rows.append(torch.cat(blocks, dim=2))
+        return torch.cat(rows, dim=1)
 
-    def _output_maps(self, n: int) -> torch.Tensor:
-        """``(L, d, d)``: ``M_out(w_l) Q_out`` for output representation group ``n``."""
-        Q = getattr(self, f"out_cob_{n}")
+    def _output_maps(self, n: int) -> torch.Tensor | None:
+        """``(L, d, d)``: ``M_out(w_l) Q_out`` for output representation group ``n`` (None: identity)."""
+        Q = getattr(self, f"out_cob_{n}", None)
         if self.relaxed is None:
-            return Q.unsqueeze(0)
+            return None if Q is None else Q.unsqueeze(0)
         mixing = torch.einsum("lk,kij->lij", self.relaxed.coefficients, getattr(self, f"mix_{n}"))
-        return mixing @ Q
+        return mixing if Q is None else mixing @ Q
 
     def filter(self) -> torch.Tensor:
-        """The combined filter ``(C_out, C_in, k, k, k)`` in the field types' bases (conv3d layout)."""
+        """The combined filter ``(C_out, C_in, k, k, k)`` in the field types' bases (conv3d layout):
+        ``sum_l M_out(w_l) Q_out K_l Q_in^-1``."""
         banks = self._expand_banks()
-        kernel = banks[0]
-        for n, mapped in self._out_groups:
-            if not mapped:
+        L, _, c_in, k3 = banks.shape
+        pieces = []
+        for n, _ in self._out_groups:
+            gather = getattr(self, f"out_gather_{n}")  # (fields, d)
+            fields, d = gather.shape
+            rows = banks.index_select(1, gather.reshape(-1)).view(L, fields, d, c_in * k3)
+            maps = self._output_maps(n)
+            if maps is None:
+                pieces.append(rows[0].reshape(fields * d, c_in, k3))
                 continue
-            idx = getattr(self, f"out_idx_{n}")  # (fields, d)
-            rows = banks[:, idx.reshape(-1)].view(banks.shape[0], *idx.shape, *banks.shape[2:])
-            mixed = torch.einsum("lde,lfecx->fdcx", self._output_maps(n), rows)
-            kernel = kernel.index_copy(0, idx.reshape(-1), mixed.reshape(-1, *banks.shape[2:]))
-        for n in self._in_groups:
-            idx = getattr(self, f"in_idx_{n}")
-            cols = kernel[:, idx.reshape(-1)].view(kernel.shape[0], *idx.shape, kernel.shape[-1])
-            kernel = kernel.index_copy(1, idx.reshape(-1), torch.einsum("ofex,ed->ofdx", cols, getattr(
-                self, f"in_cob_{n}")).reshape(kernel.shape[0], -1, kernel.shape[-1]))
+            # sum_{l, e} maps[l, d, e] rows[l, f, e, x]: one matrix product over (l, e).
+            mixed = maps.permute(1, 0, 2).reshape(d, L * d) @ rows.permute(0, 2, 1, 3).reshape(L * d, fields * c_in * k3)
+            pieces.append(mixed.view(d, fields, c_in, k3).transpose(0, 1).reshape(fields * d, c_in, k3))
+        kernel = self._scatter(torch.cat(pieces), self.out_scatter, 0)
+        pieces = []
+        for n, has_cob in self._in_groups:
+            gather = getattr(self, f"in_gather_{n}")
+            fields, d = gather.shape
+            cols = kernel.index_select(1, gather.reshape(-1))
+            if has_cob:
+                cols = (cols.view(-1, fields, d, k3).transpose(2, 3) @ getattr(self, f"in_cob_{n}")).transpose(2, 3)
+            pieces.append(cols.reshape(kernel.shape[0], fields * d, k3))
+        kernel = self._scatter(torch.cat(pieces, dim=1), self.in_scatter, 1)
         k = self.kernel_size
         return kernel.reshape(kernel.shape[0], kernel.shape[1], k, k, k)
+
+    @staticmethod
+    def _scatter(x: torch.Tensor, permutation: torch.Tensor | None, dim: int) -> torch.Tensor:
+        return x if permutation is None else x.index_select(dim, permutation)
 
     def expanded_bias(self) -> torch.Tensor | None:
         """``(C_out,)``: the bias, non-zero only on invariant components of the output fields."""
@@ -252,7 +282,7 @@ class OctahedralConv(enn.EquivariantModule):
         out = self.bias.new_zeros(self._out_layout.size)
         for n, span, fields in self._bias_parts:
             V = getattr(self, f"bias_basis_{n}")
-            idx = getattr(self, f"out_idx_{n}")
+            idx = getattr(self, f"out_fields_{n}")
             out = out.index_copy(0, idx.reshape(-1), (self.bias[span].view(fields, -1) @ V).reshape(-1))
         return out
 

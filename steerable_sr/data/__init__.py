@@ -1,0 +1,1 @@
+"""Turbulence data: a pseudo-spectral solver, dataset generation, JHTDB cutout I/O and datasets."""

@@ -1,0 +1,260 @@
+"""Generate a turbulence dataset with the pseudo-spectral solver, and plot its spectrum.
+
+The output is one HDF5 file:
+
+* ``velocity``: ``(T, 3, n, n, n)`` float32, public convention (spatial axis ``a`` = ``x_a``,
+  channel ``a`` = ``u_a``), frames ``dt_save`` apart after a spin-up;
+* ``time``: ``(T,)`` simulation times;
+* ``splits/train``, ``splits/val``, ``splits/test``: frame indices, contiguous blocks in time with
+  ``gap`` unused frames between them (:func:`steerable_sr.data.dataset.split_frames`);
+* attributes: the generation parameters (forcing, axis, nu, power, dt_save, spinup, seed, n,
+  domain_length, solver_version, ...) and ``velocity_scale``, the rms velocity component of the
+  training frames (the normalization of :class:`~steerable_sr.data.dataset.TurbulenceDataModule`).
+
+The file appears atomically: it is written under a temporary name in the target directory and
+renamed at the end; on any error or interrupt the temporary file is removed.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+from pathlib import Path
+from typing import Sequence
+
+import h5py
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .atomic import atomic_output
+from .dataset import SPLITS, split_frames
+from .spectral import FORCINGS, SOLVER_VERSION, SpectralSolver, default_viscosity, energy_spectrum
+
+__all__ = ["generate_dataset", "main", "plot_spectrum"]
+
+GENERATOR = "steerable_sr.data.generate"
+#: Initial condition: energy close to the steady state of the default forcing power 0.1.
+INITIAL_ENERGY = 0.5
+
+
+def _dtype(name: str | None, device: str) -> torch.dtype:
+    if name is None:
+        return torch.float64 if torch.device(device).type == "cpu" else torch.float32
+    if name not in ("float32", "float64"):
+        raise ValueError(f"dtype must be 'float32' or 'float64', got {name!r}")
+    return getattr(torch, name)
+
+
+def _spin_up(solver: SpectralSolver, u: torch.Tensor, duration: float, chunk: float, bar: tqdm) -> torch.Tensor:
+    steps = math.ceil(duration / chunk - 1e-9) if duration > 0 else 0
+    for i in range(steps):
+        u = solver.advance(u, min(chunk, duration - i * chunk))
+        bar.update(1)
+    return u
+
+
+def generate_dataset(
+    out_path: str | os.PathLike,
+    n: int = 64,
+    frames: int = 20,
+    forcing: str | None = "isotropic",
+    axis: int = 0,
+    nu: float | None = None,
+    power: float = 0.1,
+    dt_save: float = 0.1,
+    spinup: float = 6.0,
+    seed: int = 0,
+    splits: Sequence[float] = (0.6, 0.2, 0.2),
+    gap: int = 2,
+    device: str = "cpu",
+    dtype: str | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Simulate forced turbulence and write ``frames`` snapshots to one HDF5 file.
+
+    Parameters
+    ----------
+    out_path : str or os.PathLike
+        Output ``.h5`` file (refused if it exists, unless ``overwrite``).
+    n : int
+        Grid points per direction (``n^3``; use a multiple of 4 for 4x super-resolution).
+    frames : int
+        Number of saved snapshots ``T``.
+    forcing : {"isotropic", "anisotropic", None}
+        See :mod:`steerable_sr.data.spectral`.
+    axis : int
+        Preferred axis of the anisotropic forcing.
+    nu : float, optional
+        Viscosity; default :func:`~steerable_sr.data.spectral.default_viscosity` (``k_max eta = 1``).
+    power : float
+        Injected power (= dissipation rate in the steady state).
+    dt_save : float
+        Simulation time between snapshots.
+    spinup : float
+        Simulation time before the first snapshot (from a random band-limited field).
+    seed : int
+        Seed of the initial field; the output is a deterministic function of all arguments (on a
+        given device and dtype).
+    splits : sequence of three floats
+        Train / val / test fractions of the frames (contiguous in time, in that order).
+    gap : int
+        Unused frames between splits (``>= 2``).
+    device : str
+        Torch device of the simulation (``"cuda"`` for large grids).
+    dtype : {"float32", "float64"}, optional
+        Simulation precision; default float64 on CPU, float32 elsewhere. The file stores float32.
+    overwrite : bool
+        Replace an existing ``out_path``.
+    progress : bool
+        Show a tqdm progress bar.
+
+    Returns
+    -------
+    pathlib.Path
+        ``out_path``.
+    """
+    if frames < 1:
+        raise ValueError(f"frames must be >= 1, got {frames}")
+    if dt_save <= 0 or spinup < 0:
+        raise ValueError(f"need dt_save > 0 and spinup >= 0, got dt_save={dt_save}, spinup={spinup}")
+    split_idx = split_frames(frames, splits, gap)
+    nu = default_viscosity(n, power) if nu is None else float(nu)
+    solver = SpectralSolver(n, nu, forcing, axis=axis, power=power, device=device,
+                            dtype=_dtype(dtype, device), seed=seed)
+    spin_chunks = math.ceil(spinup / dt_save - 1e-9) if spinup > 0 else 0
+    attrs = {
+        "generator": GENERATOR, "solver_version": SOLVER_VERSION, "forcing": str(forcing), "axis": axis,
+        "nu": nu, "power": power, "forcing_kmax": solver.forcing_kmax, "cfl": solver.cfl, "dt_max": solver.dt_max,
+        "dt_save": dt_save, "spinup": spinup, "seed": seed, "n": n, "domain_length": 2.0 * math.pi,
+        "periodic": True, "initial_energy": INITIAL_ENERGY, "split_fractions": np.asarray(splits, dtype=np.float64),
+        "gap": gap, "dtype": str(solver.dtype).removeprefix("torch."), "device_type": solver.device.type,
+        "convention": "velocity[t, a, i0, i1, i2] = u_a(x_0 = i0 dx, x_1 = i1 dx, x_2 = i2 dx), dx = 2 pi / n",
+    }
+    with atomic_output(out_path, overwrite=overwrite) as tmp, h5py.File(tmp, "w") as handle:
+        handle.attrs.update(attrs)
+        velocity = handle.create_dataset("velocity", shape=(frames, 3, n, n, n), dtype=np.float32,
+                                         chunks=(1, 3, n, n, n))
+        times = handle.create_dataset("time", shape=(frames,), dtype=np.float64)
+        group = handle.create_group("splits")
+        for name in SPLITS:
+            group.create_dataset(name, data=split_idx[name])
+        train_frames, sum_squares = set(split_idx["train"].tolist()), 0.0
+        with tqdm(total=spin_chunks + frames, desc=f"{forcing} {n}^3: {spin_chunks} spin-up + {frames} frames",
+                  unit="interval", disable=not progress) as bar:
+            u = _spin_up(solver, solver.initial_field(INITIAL_ENERGY), spinup, dt_save, bar)
+            for t in range(frames):
+                if t:
+                    u = solver.advance(u, dt_save)
+                frame = u.to("cpu", torch.float32)
+                velocity[t] = frame.numpy()
+                if t in train_frames:
+                    sum_squares += float(frame.double().square().mean())
+                times[t] = spinup + t * dt_save
+                bar.update(1)
+                bar.set_postfix(energy=f"{solver.energy(u):.3f}")
+        handle.attrs["velocity_scale"] = math.sqrt(sum_squares / len(train_frames))
+    return Path(out_path)
+
+
+def plot_spectrum(
+    out_png: str | os.PathLike,
+    n: int = 64,
+    spinup: float = 6.0,
+    average: float = 2.0,
+    samples: int = 5,
+    nu: float | None = None,
+    power: float = 0.1,
+    seed: int = 0,
+    device: str = "cpu",
+) -> Path:
+    """Plot the time-averaged energy spectrum of a spun-up isotropic run with a ``k^-5/3`` guide.
+
+    Runs ``spinup`` time units, then averages ``samples`` spectra over ``average`` time units and
+    plots ``E(k)`` (log-log) with the dealiasing cut-off and a ``C eps^(2/3) k^(-5/3)`` line
+    (``C = 1.6``, ``eps = power``). Also prints the run's statistics.
+
+    Returns
+    -------
+    pathlib.Path
+        ``out_png``.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    nu = default_viscosity(n, power) if nu is None else nu
+    solver = SpectralSolver(n, nu, "isotropic", power=power, device=device, dtype=_dtype(None, device), seed=seed)
+    u = solver.advance(solver.initial_field(INITIAL_ENERGY), spinup)
+    spectra, energies, dissipations = [], [], []
+    for _ in tqdm(range(samples), desc="spectrum"):
+        u = solver.advance(u, average / samples)
+        spectra.append(energy_spectrum(u)[1].cpu())
+        energies.append(solver.energy(u))
+        dissipations.append(solver.dissipation(u))
+    E = torch.stack(spectra).mean(0).numpy()
+    energy, eps = float(np.mean(energies)), float(np.mean(dissipations))
+    u_rms = math.sqrt(2.0 * energy / 3.0)
+    taylor = math.sqrt(15.0 * nu * u_rms ** 2 / eps)
+    eta = (nu ** 3 / eps) ** 0.25
+    kmax = math.ceil(n / 3) - 1
+    k = np.arange(len(E))
+    fig, ax = plt.subplots(figsize=(5.5, 4.0))
+    ax.loglog(k[1:], E[1:], "o-", ms=3, label="E(k), time average")
+    guide = k[2:kmax + 1].astype(float)
+    ax.loglog(guide, 1.6 * eps ** (2 / 3) * guide ** (-5 / 3), "k--", label=r"$1.6\,\varepsilon^{2/3}k^{-5/3}$")
+    ax.axvline(kmax, color="gray", lw=0.8, ls=":", label=f"2/3-rule cut-off k={kmax}")
+    ax.set_xlabel("k")
+    ax.set_ylabel("E(k)")
+    ax.set_ylim(max(E[1:].min(), 1e-8) / 2, E[1:].max() * 3)
+    ax.set_title(f"isotropic forcing, {n}$^3$, Re$_\\lambda$ = {u_rms * taylor / nu:.0f}, "
+                 f"k$_{{max}}\\eta$ = {kmax * eta:.2f}", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    out_png = Path(out_png)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=120)
+    plt.close(fig)
+    print(f"nu={nu:.5g} E={energy:.4f} eps={eps:.4f} (power {power}) u_rms={u_rms:.4f} lambda={taylor:.4f} "
+          f"Re_lambda={u_rms * taylor / nu:.1f} eta={eta:.4f} kmax*eta={kmax * eta:.3f}")
+    return out_png
+
+
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> None:
+    """Command-line entry point (``steerable-sr generate``, ``scripts/generate.py``,
+    ``python -m steerable_sr.data.generate``): parse ``argv`` (default ``sys.argv[1:]``) and call
+    :func:`generate_dataset`. ``prog`` is the program name shown in the usage line."""
+    parser = argparse.ArgumentParser(
+        prog=prog, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Simulate forced turbulence with the pseudo-spectral solver and write the frames, "
+                    "splits and metadata to one HDF5 file (atomically).")
+    parser.add_argument("out", help="output HDF5 file")
+    parser.add_argument("--n", type=int, default=64, help="grid points per direction")
+    parser.add_argument("--frames", type=int, default=20, help="number of saved snapshots")
+    parser.add_argument("--forcing", choices=[f for f in FORCINGS if f] + ["none"], default="isotropic")
+    parser.add_argument("--axis", type=int, choices=(0, 1, 2), default=0, help="axis of the anisotropic forcing")
+    parser.add_argument("--nu", type=float, default=None, help="viscosity; None: k_max eta = 1")
+    parser.add_argument("--power", type=float, default=0.1, help="injected power = dissipation rate")
+    parser.add_argument("--dt-save", type=float, default=0.1, help="time between snapshots")
+    parser.add_argument("--spinup", type=float, default=6.0, help="time before the first snapshot")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--splits", type=float, nargs=3, default=(0.6, 0.2, 0.2), metavar=("TRAIN", "VAL", "TEST"))
+    parser.add_argument("--gap", type=int, default=2, help="unused frames between splits")
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
+    parser.add_argument("--dtype", choices=("float32", "float64"), default=None,
+                        help="simulation precision; None: float64 on CPU, float32 on GPU")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    args = parser.parse_args(argv)
+    path = generate_dataset(
+        args.out, n=args.n, frames=args.frames, forcing=None if args.forcing == "none" else args.forcing,
+        axis=args.axis, nu=args.nu, power=args.power, dt_save=args.dt_save, spinup=args.spinup, seed=args.seed,
+        splits=args.splits, gap=args.gap, device=args.device, dtype=args.dtype, overwrite=args.overwrite,
+        progress=not args.no_progress)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
