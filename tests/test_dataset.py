@@ -1,0 +1,276 @@
+"""Super-resolution samples, splits, normalization, the data module and dataset generation."""
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from steerable_sr.data.dataset import (
+    SuperResolutionDataset,
+    TurbulenceDataModule,
+    downsample,
+    load_generated,
+    rms_velocity,
+    split_frames,
+)
+from steerable_sr.data.generate import generate_dataset, main
+from steerable_sr.data.jhtdb import save_jhtdb
+from steerable_sr.data.spectral import SpectralSolver
+from steerable_sr.groups import act, group_matrices
+
+SMALL = dict(n=8, frames=13, spinup=0.2, dt_save=0.05, progress=False)
+
+
+@pytest.fixture(autouse=True)
+def single_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory):
+    return generate_dataset(tmp_path_factory.mktemp("gen") / "iso.h5", **SMALL)
+
+
+def _frame_labelled(T=20, size=8):
+    """velocity[t] = t everywhere (a frame's values name it), plus a per-voxel ramp to locate crops."""
+    ramp = torch.arange(size ** 3, dtype=torch.float64).view(1, 1, size, size, size) * 1e-6
+    return torch.arange(T, dtype=torch.float64).view(T, 1, 1, 1, 1) + ramp.expand(T, 3, size, size, size)
+
+
+# ------------------------------------------------------------------------------ downsampling
+
+
+def test_downsample_is_the_block_mean():
+    x = torch.arange(8 ** 3, dtype=torch.float64).view(1, 8, 8, 8)
+    low = downsample(x)
+    assert low.shape == (1, 2, 2, 2)
+    assert float(low[0, 1, 0, 1]) == float(x[0, 4:8, 0:4, 4:8].mean())
+    with pytest.raises(ValueError, match=r"spatial shape \(8, 8, 6\) is not divisible by the factor 4"):
+        downsample(torch.zeros(3, 8, 8, 6))
+
+
+def test_block_average_commutes_with_every_Oh_element():
+    x = torch.randn(2, 9, 16, 16, 16, dtype=torch.float64)
+    low = downsample(x)
+    for R in group_matrices("Oh"):
+        torch.testing.assert_close(downsample(act(x, R)), act(low, R), rtol=0, atol=1e-14)
+    # Plain striding samples a corner of each block; a flip moves it to the opposite corner.
+    flip = torch.diag(torch.tensor([-1.0, 1.0, 1.0], dtype=torch.float64))
+    strided = act(x, flip)[..., ::4, ::4, ::4]
+    assert not torch.allclose(strided, act(x[..., ::4, ::4, ::4], flip))
+
+
+# ------------------------------------------------------------------------------ splits
+
+
+@pytest.mark.parametrize("T", [13, 20, 57, 100])
+def test_splits_are_ordered_contiguous_blocks_with_gaps(T):
+    splits = split_frames(T, (0.6, 0.2, 0.2), gap=2)
+    train, val, test = splits["train"], splits["val"], splits["test"]
+    for idx in splits.values():
+        assert len(idx) >= 3 and np.array_equal(idx, np.arange(idx[0], idx[-1] + 1))
+    assert train[0] == 0 and val[0] - train[-1] - 1 >= 2 and test[0] - val[-1] - 1 >= 2 and test[-1] < T
+
+
+def test_split_errors():
+    with pytest.raises(ValueError, match="12 frames are too few .* the train split would get 2 frames"):
+        split_frames(12, (0.6, 0.2, 0.2))
+    with pytest.raises(ValueError, match="at least 2 frames"):
+        split_frames(50, (0.6, 0.2, 0.2), gap=1)
+    with pytest.raises(ValueError, match="summing to 1"):
+        split_frames(50, (0.6, 0.2, 0.3))
+    assert split_frames(10, (0.7, 0.3, 0.0))["test"].size == 0
+
+
+@pytest.mark.parametrize("periodic", [True, False])
+@pytest.mark.parametrize("random_crop", [True, False])
+def test_samples_never_leak_frames_between_splits(periodic, random_crop):
+    velocity = _frame_labelled(T=20)
+    splits = split_frames(20, (0.6, 0.2, 0.2))
+    seen = {}
+    for name, frames in splits.items():
+        ds = SuperResolutionDataset(velocity, frames, crop=4, periodic=periodic, random_crop=random_crop,
+                                    crops_per_window=3)
+        assert len(ds) == 3 * (len(frames) - 2)
+        used = set()
+        for i in range(len(ds)):
+            sample = ds[i]
+            lr_frames = {int(v) for v in sample["lr"].reshape(3, -1).round().unique(dim=1).reshape(-1)}
+            hr_frames = {int(v) for v in sample["hr"].round().unique()}
+            assert hr_frames == {sample["frame"]}
+            assert lr_frames == {sample["frame"] - 1, sample["frame"], sample["frame"] + 1}
+            used |= lr_frames
+        assert used <= set(frames.tolist())
+        seen[name] = used
+    assert not (seen["train"] & seen["val"]) and not (seen["val"] & seen["test"]) and not (seen["train"] & seen["test"])
+
+
+def test_lr_is_three_block_averaged_frames_and_hr_the_middle_one():
+    velocity = torch.randn(5, 3, 16, 16, 16, dtype=torch.float64)
+    ds = SuperResolutionDataset(velocity, [1, 2, 3, 4])
+    assert len(ds) == 2
+    sample = ds[1]  # window (2, 3, 4)
+    assert sample["lr"].shape == (9, 4, 4, 4) and sample["hr"].shape == (3, 16, 16, 16)
+    torch.testing.assert_close(sample["hr"], velocity[3])
+    torch.testing.assert_close(sample["lr"], downsample(velocity[2:5]).reshape(9, 4, 4, 4))
+
+
+def test_periodic_crops_wrap_like_roll_and_others_stay_inside():
+    velocity = torch.randn(3, 3, 12, 12, 12, dtype=torch.float64)
+    periodic = SuperResolutionDataset(velocity, [0, 1, 2], crop=8, periodic=True, crops_per_window=20, seed=1)
+    inside = SuperResolutionDataset(velocity, [0, 1, 2], crop=8, periodic=False, crops_per_window=20, seed=1)
+    wrapped = False
+    for i in range(20):
+        sample = periodic[i]
+        o = sample["offset"].tolist()
+        rolled = torch.roll(velocity[1], shifts=[-o[0], -o[1], -o[2]], dims=(1, 2, 3))[:, :8, :8, :8]
+        torch.testing.assert_close(sample["hr"], rolled, rtol=0, atol=0)
+        wrapped |= max(o) > 4
+        o = inside[i]["offset"]
+        assert int(o.min()) >= 0 and int(o.max()) <= 4
+        torch.testing.assert_close(inside[i]["hr"], velocity[1, :, o[0]:o[0] + 8, o[1]:o[1] + 8, o[2]:o[2] + 8])
+    assert wrapped
+    assert torch.equal(periodic[3]["offset"], periodic[3]["offset"])  # fixed positions are reproducible
+
+
+def test_dataset_errors():
+    velocity = torch.zeros(4, 3, 16, 16, 16)
+    with pytest.raises(ValueError, match="crop 6 must be a positive multiple of 4"):
+        SuperResolutionDataset(velocity, range(4), crop=6)
+    with pytest.raises(ValueError, match=r"crop 20 is larger than the volume \(16, 16, 16\)"):
+        SuperResolutionDataset(velocity, range(4), crop=20)
+    with pytest.raises(ValueError, match="no 3 consecutive frames"):
+        SuperResolutionDataset(velocity, [0, 1, 3])
+    with pytest.raises(ValueError, match=r"volume \(16, 16, 10\) is not divisible by 4"):
+        SuperResolutionDataset(torch.zeros(4, 3, 16, 16, 10), range(4))
+
+
+# ------------------------------------------------------------------------------ generation
+
+
+def test_generated_file_layout_and_metadata(generated):
+    data = load_generated(generated)
+    v, attrs, splits = data["velocity"], data["attrs"], data["splits"]
+    assert v.shape == (13, 3, 8, 8, 8) and v.dtype == torch.float32
+    assert attrs["forcing"] == "isotropic" and attrs["n"] == 8 and attrs["seed"] == 0
+    assert attrs["dt_save"] == 0.05 and attrs["nu"] > 0 and attrs["solver_version"]
+    assert np.isclose(attrs["domain_length"], 2 * np.pi)
+    assert [len(splits[s]) for s in ("train", "val", "test")] == [3, 3, 3]
+    assert np.isclose(attrs["velocity_scale"], rms_velocity(v, splits["train"]))
+    with h5py.File(generated, "r") as handle:
+        np.testing.assert_allclose(handle["time"][()], 0.2 + 0.05 * np.arange(13))
+    # the frames are consecutive states of the solver, and divergence-free
+    solver = SpectralSolver(8, attrs["nu"], "isotropic")
+    assert float(solver.divergence(v[5].double()).abs().max()) < 1e-5
+
+
+def test_generation_is_deterministic_and_refuses_to_overwrite(generated, tmp_path):
+    again = generate_dataset(tmp_path / "again.h5", **SMALL)
+    assert torch.equal(load_generated(again)["velocity"], load_generated(generated)["velocity"])
+    other = generate_dataset(tmp_path / "other.h5", seed=1, forcing="anisotropic", axis=2, **SMALL)
+    assert not torch.equal(load_generated(other)["velocity"], load_generated(generated)["velocity"])
+    with pytest.raises(FileExistsError, match="again.h5 already exists"):
+        generate_dataset(tmp_path / "again.h5", **SMALL)
+    generate_dataset(tmp_path / "again.h5", overwrite=True, seed=1, forcing="anisotropic", axis=2, **SMALL)
+    assert torch.equal(load_generated(again)["velocity"], load_generated(other)["velocity"])
+
+
+@pytest.mark.parametrize("error", [RuntimeError("solver exploded"), KeyboardInterrupt()])
+def test_interrupted_generation_leaves_nothing(tmp_path, monkeypatch, error):
+    calls = []
+    advance = SpectralSolver.advance
+
+    def failing_advance(self, u, duration, dt=None):
+        calls.append(duration)
+        if len(calls) == 8:  # during the saved frames
+            raise error
+        return advance(self, u, duration, dt)
+
+    monkeypatch.setattr(SpectralSolver, "advance", failing_advance)
+    with pytest.raises(type(error)):
+        generate_dataset(tmp_path / "broken.h5", **SMALL)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bad_generation_arguments_fail_before_any_work(tmp_path):
+    with pytest.raises(ValueError, match="too few"):
+        generate_dataset(tmp_path / "x.h5", n=8, frames=5, progress=False)
+    with pytest.raises(ValueError, match="unknown forcing 'shear'"):
+        generate_dataset(tmp_path / "x.h5", forcing="shear", **SMALL)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_command_line(tmp_path, capsys):
+    out = tmp_path / "cli.h5"
+    argv = [str(out), "--n", "8", "--frames", "13", "--spinup", "0.1", "--dt-save", "0.05", "--forcing",
+            "anisotropic", "--axis", "1", "--no-progress"]
+    main(argv)
+    assert f"wrote {out}" in capsys.readouterr().out
+    attrs = load_generated(out)["attrs"]
+    assert attrs["forcing"] == "anisotropic" and attrs["axis"] == 1
+    with pytest.raises(FileExistsError):
+        main(argv)
+    main(argv + ["--overwrite", "--seed", "5"])
+    assert load_generated(out)["attrs"]["seed"] == 5
+
+
+# ------------------------------------------------------------------------------ data module
+
+
+def test_data_module_on_generated_data(generated):
+    dm = TurbulenceDataModule(str(generated), crop=4, batch_size=2, seed=3)
+    assert dm.hparams.crop == 4 and dm.hparams.batch_size == 2 and dm.hparams.seed == 3
+    dm.setup("fit")
+    assert dm.periodic is True
+    data = load_generated(generated)
+    assert dm.velocity_scale == pytest.approx(float(data["attrs"]["velocity_scale"]))
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["lr"].shape == (1, 9, 1, 1, 1) and batch["hr"].shape == (1, 3, 4, 4, 4)
+    val = [b["hr"] for b in dm.val_dataloader()]
+    assert all(torch.equal(a, b["hr"]) for a, b in zip(val, dm.val_dataloader()))  # fixed val crops
+    dm.setup("predict")
+    sample = next(iter(dm.predict_dataloader()))
+    assert sample["hr"].shape == (1, 3, 8, 8, 8)
+    frame = int(sample["frame"][0])
+    torch.testing.assert_close(sample["hr"][0] * dm.velocity_scale, data["velocity"][frame])
+    assert frame - 1 in data["splits"]["test"] and frame + 1 in data["splits"]["test"]
+    assert dm.state_dict() == {"velocity_scale": dm.velocity_scale}
+
+
+def test_normalization_uses_the_training_split_only(tmp_path):
+    velocity = torch.ones(20, 3, 4, 4, 4)
+    splits = split_frames(20, (0.6, 0.2, 0.2))
+    velocity[splits["train"]] *= 2.0
+    velocity[splits["val"]] *= 1e3
+    velocity[splits["test"]] *= 1e6
+    save_jhtdb(tmp_path / "cut.h5", velocity)
+    dm = TurbulenceDataModule(str(tmp_path / "cut.h5"), batch_size=1, val_fraction=0.2, test_fraction=0.2)
+    dm.setup("fit")
+    assert dm.periodic is False and dm.velocity_scale == pytest.approx(2.0)
+    assert {s: list(v) for s, v in dm.splits.items()} == {s: list(v) for s, v in splits.items()}
+    sample = dm.datasets["train"][0]
+    torch.testing.assert_close(sample["hr"], torch.ones(3, 4, 4, 4))  # one scalar for all components
+    torch.testing.assert_close(sample["lr"], torch.ones(9, 1, 1, 1))
+    raw = TurbulenceDataModule(str(tmp_path / "cut.h5"), normalize=False, val_fraction=0.2, test_fraction=0.2)
+    raw.setup("fit")
+    assert raw.velocity_scale is None and float(raw.datasets["val"][0]["hr"].max()) == 1e3
+
+
+def test_data_module_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing.h5: no such file"):
+        TurbulenceDataModule(str(tmp_path / "missing.h5")).setup("fit")
+    save_jhtdb(tmp_path / "two.h5", torch.zeros(2, 3, 8, 8, 8))
+    with pytest.raises(ValueError, match=r"two.h5: 2 frame\(s\), at least 3 consecutive frames"):
+        TurbulenceDataModule(str(tmp_path / "two.h5")).setup("fit")
+    save_jhtdb(tmp_path / "ten.h5", torch.zeros(10, 3, 8, 8, 8))
+    with pytest.raises(ValueError, match=r"ten.h5: crop 12 is larger than the volume \(8, 8, 8\)"):
+        TurbulenceDataModule(str(tmp_path / "ten.h5"), crop=12, val_fraction=0.0, test_fraction=0.0).setup("fit")
+    with pytest.raises(ValueError, match="ten.h5: crop 6 must be a positive multiple of 4"):
+        TurbulenceDataModule(str(tmp_path / "ten.h5"), crop=6, val_fraction=0.0, test_fraction=0.0).setup("fit")
+    with pytest.raises(ValueError, match="ten.h5: 10 frames are too few"):
+        TurbulenceDataModule(str(tmp_path / "ten.h5")).setup("fit")
+    (tmp_path / "corrupt.h5").write_text("not an HDF5 file")
+    with pytest.raises(ValueError, match="corrupt.h5: not a readable HDF5 file"):
+        TurbulenceDataModule(str(tmp_path / "corrupt.h5")).setup("fit")

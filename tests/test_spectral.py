@@ -1,0 +1,169 @@
+"""Physics of the pseudo-spectral Navier-Stokes solver (small grids, float64)."""
+import math
+
+import pytest
+import torch
+
+from steerable_sr.data.spectral import SpectralSolver, default_viscosity, energy_spectrum, kinetic_energy
+from steerable_sr.groups import act, group_matrices
+
+
+@pytest.fixture(autouse=True)
+def single_thread():
+    """16^3 FFTs are faster on one thread, and much faster when another process loads the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_spectrum_sums_to_energy_exactly():
+    u = SpectralSolver(16, 0.0, None).initial_field(energy=0.7, k_peak=3.0)
+    # A field with every Fourier mode occupied (incl. Nyquist planes), batched.
+    rough = torch.randn(2, 3, 12, 12, 12, dtype=torch.float64)
+    k, E = energy_spectrum(rough)
+    assert E.shape == (2, len(k)) and int(k[-1]) == round(math.sqrt(3) * 6)
+    torch.testing.assert_close(E.sum(-1), kinetic_energy(rough), rtol=1e-13, atol=0)
+    assert math.isclose(float(energy_spectrum(u)[1].sum()), 0.7, rel_tol=1e-13)
+
+
+def test_spectrum_of_a_single_mode():
+    # u = (0, cos(3 x_0), 0): energy 1/4, all of it in shell k = 3.
+    x = torch.arange(16, dtype=torch.float64) * 2 * math.pi / 16
+    u = torch.zeros(3, 16, 16, 16, dtype=torch.float64)
+    u[1] = torch.cos(3 * x).view(16, 1, 1)
+    k, E = energy_spectrum(u)
+    assert math.isclose(float(E[3]), 0.25, rel_tol=1e-13)
+    assert float(E.sum() - E[3]) < 1e-28
+
+
+def test_initial_field_is_divergence_free_band_limited_and_seeded():
+    solver = SpectralSolver(16, 0.01, "isotropic", seed=3)
+    u = solver.initial_field(energy=0.5)
+    assert u.shape == (3, 16, 16, 16) and u.dtype == torch.float64
+    assert math.isclose(solver.energy(u), 0.5, rel_tol=1e-13)
+    assert float(solver.divergence(u).abs().max()) < 1e-13
+    u_hat = solver.to_spectral(u)
+    assert float(u_hat.abs()[:, 6:11].max()) < 1e-15  # |k_0| >= 16/3 removed by the 2/3 rule
+    assert torch.equal(u, solver.initial_field(energy=0.5))
+    assert not torch.equal(u, solver.initial_field(energy=0.5, seed=4))
+
+
+def test_stays_divergence_free_under_forcing():
+    solver = SpectralSolver(16, default_viscosity(16), "anisotropic", axis=2)
+    u = solver.advance(solver.initial_field(), 1.0)
+    scale = float(u.abs().max()) * 16 / 3  # |k| |u|: the size of one derivative
+    assert float(solver.divergence(u).abs().max()) < 1e-13 * scale
+
+
+def test_free_decay_rate_matches_spectral_dissipation():
+    """Unforced: dE/dt = -2 nu sum |kappa|^2 E(kappa) exactly for the truncated equations.
+
+    The measured rate is a central difference over [-h, h], whose truncation error is
+    h^2 E3 / 6 with E3 the third time derivative of E (RK4's own error is O(h^5)). E3 is
+    estimated independently on a wider stencil, so the tolerance is the predicted error itself,
+    and the mismatch must shrink as h^2.
+    """
+    solver = SpectralSolver(16, 0.05, None)
+    u = solver.advance(solver.initial_field(k_peak=3.0), 0.3)
+    eps = solver.dissipation(u)
+
+    def energy_at(t: float) -> float:
+        return solver.energy(solver.step(u, t))
+
+    w = 1e-2
+    third = (energy_at(2 * w) - 2 * energy_at(w) + 2 * energy_at(-w) - energy_at(-2 * w)) / (2 * w ** 3)
+    errors = []
+    for h in (4e-3, 2e-3, 1e-3):
+        rate = (energy_at(h) - energy_at(-h)) / (2 * h)
+        predicted = h ** 2 * abs(third) / 6
+        assert 0.8 * predicted < abs(rate + eps) < 1.2 * predicted
+        errors.append(abs(rate + eps) / eps)
+    assert errors[-1] < 1e-6  # measured 2.7e-7 at h = 1e-3
+    assert 3.5 < errors[0] / errors[1] < 4.5 and 3.5 < errors[1] / errors[2] < 4.5
+
+
+def test_free_decay_is_monotonic():
+    solver = SpectralSolver(16, 0.02, None)
+    u = solver.initial_field()
+    energies = [solver.energy(u)]
+    for _ in range(20):
+        u = solver.step(u, solver.stable_dt(u))
+        energies.append(solver.energy(u))
+    assert all(b < a for a, b in zip(energies, energies[1:]))
+    assert energies[-1] < 0.95 * energies[0]
+
+
+def test_inviscid_energy_conservation_converges_at_fourth_order():
+    """nu = 0, no forcing: the Galerkin-truncated dynamics conserve energy; only RK4 errs."""
+    solver = SpectralSolver(16, 0.0, None)
+    u0 = solver.initial_field(energy=0.5)
+    errors = [abs(solver.energy(solver.advance(u0, 1.0, dt=dt)) - 0.5) / 0.5 for dt in (0.04, 0.02, 0.01)]
+    assert errors[0] < 1e-6 and errors[-1] < 1e-9  # measured 2.2e-7, 8.3e-9, 3.4e-10
+    assert errors[0] / errors[1] > 12 and errors[1] / errors[2] > 12  # ~2^4.6
+
+
+def test_cfl_time_step():
+    solver = SpectralSolver(16, 0.0, None, cfl=0.4, dt_max=1.0)
+    u = solver.initial_field()
+    assert math.isclose(solver.stable_dt(u), 0.4 * (2 * math.pi / 16) / float(u.norm(dim=0).max()), rel_tol=1e-12)
+    assert SpectralSolver(16, 0.0, None, dt_max=1e-3).stable_dt(u) == 1e-3
+
+
+def test_forcing_injects_the_prescribed_power():
+    """With nu = 0 the nonlinear term conserves energy, so the forced run gains exactly power * h."""
+    for forcing in ("isotropic", "anisotropic"):
+        solver = SpectralSolver(16, 0.0, forcing, power=0.3)
+        no_forcing = SpectralSolver(16, 0.0, None)
+        u = solver.initial_field()
+        h = 1e-3
+        gain = solver.energy(solver.step(u, h)) - no_forcing.energy(no_forcing.step(u, h))
+        assert math.isclose(gain / h, 0.3, rel_tol=1e-9), forcing  # measured 3e-13
+
+
+def _equivariance_errors(solver: SpectralSolver, u: torch.Tensor, dt: float) -> list[float]:
+    stepped = solver.step(u, dt)
+    scale = float(stepped.abs().max())
+    return [float((solver.step(act(u, R), dt) - act(stepped, R)).abs().max()) / scale for R in group_matrices("Oh")]
+
+
+def test_isotropic_forcing_commutes_with_all_of_Oh():
+    """The forced equations commute with all 48 elements, so the steady statistics are O_h-symmetric."""
+    solver = SpectralSolver(16, default_viscosity(16), "isotropic")
+    u = solver.advance(solver.initial_field(), 0.5)
+    assert max(_equivariance_errors(solver, u, 0.05)) < 1e-13  # measured 7e-16
+
+
+@pytest.mark.parametrize("axis", [0, 2])
+def test_anisotropic_forcing_keeps_exactly_D4h(axis):
+    solver = SpectralSolver(16, default_viscosity(16), "anisotropic", axis=axis)
+    u = solver.advance(solver.initial_field(), 0.5)
+    errors = _equivariance_errors(solver, u, 0.05)
+    keeps_axis = [abs(float(R[axis, axis])) == 1.0 for R in group_matrices("Oh")]
+    assert sum(keeps_axis) == 16
+    assert max(e for e, keep in zip(errors, keeps_axis) if keep) < 1e-13  # measured 6e-16
+    assert min(e for e, keep in zip(errors, keeps_axis) if not keep) > 1e-3  # measured 1.5e-2
+
+
+def test_anisotropic_forcing_breaks_component_isotropy():
+    """After spin-up the axis component carries far more energy than the others; not so when isotropic."""
+    nu = default_viscosity(16)
+    ratios = {}
+    for forcing in ("isotropic", "anisotropic"):
+        solver = SpectralSolver(16, nu, forcing, axis=1)
+        u = solver.advance(solver.initial_field(), 8.0)
+        components = u.square().mean(dim=(1, 2, 3))
+        ratios[forcing] = float(components[1] / components[[0, 2]].mean())
+        assert 0.5 * 0.1 < solver.dissipation(u) < 2 * 0.1  # statistically steady: dissipation ~ power
+    assert ratios["anisotropic"] > 5.0
+    assert 1 / 3 < ratios["isotropic"] < 3.0
+
+
+def test_float32_runs_and_keeps_its_dtype():
+    solver = SpectralSolver(16, default_viscosity(16), "isotropic", dtype=torch.float32)
+    u = solver.advance(solver.initial_field(), 0.5)
+    assert u.dtype == torch.float32 and torch.isfinite(u).all()
+    assert float(solver.divergence(u).abs().max()) < 1e-5 * float(u.abs().max()) * 16 / 3
+    reference = SpectralSolver(16, default_viscosity(16), "isotropic")
+    expected = reference.advance(reference.initial_field(), 0.5)
+    assert float((u.double() - expected).abs().max()) < 1e-4 * float(expected.abs().max())
