@@ -74,21 +74,24 @@ def equivariant_kernel_basis(rho_out: np.ndarray, rho_in: np.ndarray, group: str
     return np.stack(basis)
 
 
-@functools.lru_cache(maxsize=None)
 def irrep_pair_basis(group: str, out_irrep: str, in_irrep: str, size: int) -> np.ndarray:
     """:func:`equivariant_kernel_basis` between two irreps of ``group``, named by escnn irrep name
-    (cached per process; read-only)."""
-    from ..groups import gspace, representation_matrices
+    (cached in memory and on disk with the group's data; read-only)."""
+    from ..groups import _group_cache, _save_group_cache, gspace, representation_matrices
 
-    G = gspace(group).fibergroup
-    basis = equivariant_kernel_basis(
-        representation_matrices(G.irreps()[_irrep_index(G, out_irrep)]),
-        representation_matrices(G.irreps()[_irrep_index(G, in_irrep)]),
-        group,
-        size,
-    )
-    basis.setflags(write=False)
-    return basis
+    stored = _group_cache(group)
+    key = f"basis:{out_irrep}:{in_irrep}:{size}"
+    if key not in stored:
+        G = gspace(group).fibergroup
+        stored[key] = equivariant_kernel_basis(
+            representation_matrices(G.irreps()[_irrep_index(G, out_irrep)]),
+            representation_matrices(G.irreps()[_irrep_index(G, in_irrep)]),
+            group,
+            size,
+        )
+        _save_group_cache(group)
+    stored[key].setflags(write=False)
+    return stored[key]
 
 
 def _irrep_index(G, name: str) -> int:

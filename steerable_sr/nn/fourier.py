@@ -17,7 +17,7 @@ import functools
 
 import numpy as np
 
-from ..groups import _group_name, escnn_elements, gspace, irrep_names, representation_matrices
+from ..groups import _group_name, escnn_element_indices, gspace, irrep_names, representation_matrices
 
 
 @functools.lru_cache(maxsize=None)
@@ -57,7 +57,7 @@ def _fourier_embedding(rep, group: str, name: str) -> np.ndarray:
     order = len(mats)
     if name == "regular":
         # Channel of element g = image of the identity's channel under g.
-        identity = list(G.elements).index(escnn_elements(group)[0])
+        identity = escnn_element_indices(group)[0]
         cyclic = np.eye(order)[identity]
     else:
         parts, used = [], {}

@@ -1,0 +1,61 @@
+"""A small on-disk cache for group data that escnn computes slowly (element look-ups, representation
+matrices): one ``.npz`` per group in a user cache directory.
+
+The directory is ``$STEERABLE_SR_CACHE`` if set, else ``$XDG_CACHE_HOME/steerable_sr`` (default
+``~/.cache/steerable_sr``); it never lives in site-packages, so a read-only installation works.
+Files are written atomically (temporary file, then rename); an unwritable or corrupt cache is
+ignored (the data is recomputed), never an error.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+FORMAT = 1
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("STEERABLE_SR_CACHE")
+    if root:
+        return Path(root)
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "steerable_sr"
+
+
+def _path(name: str) -> Path:
+    import escnn
+
+    return cache_dir() / f"{name}-escnn{escnn.__version__}-v{FORMAT}.npz"
+
+
+def load(name: str) -> dict[str, np.ndarray]:
+    """The arrays stored under ``name`` (empty if absent or unreadable)."""
+    path = _path(name)
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {key: data[key] for key in data.files}
+    except FileNotFoundError:
+        return {}
+    except Exception as error:  # a corrupt file is recomputed, not fatal
+        warnings.warn(f"ignoring unreadable cache file {path}: {error}")
+        return {}
+
+
+def save(name: str, arrays: dict[str, np.ndarray]) -> None:
+    """Store ``arrays`` under ``name`` atomically; silently skipped where the cache is not writable."""
+    path = _path(name)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                np.savez(handle, **arrays)
+            os.replace(tmp, path)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+    except OSError:
+        pass
