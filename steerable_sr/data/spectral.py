@@ -25,8 +25,9 @@ term is integrated exactly), with ``dt = cfl * dx / max|u|`` capped at ``dt_max`
   ``power``. The operator ``u -> e_a e_a^T u`` commutes with ``R`` iff ``R e_a = +-e_a``, so the
   equations are equivariant exactly under D4h (the 16 cube symmetries that keep the axis), not
   under the rest of O_h: the steady state has ``<u_a^2>`` larger than the two other components.
-  The forced modes include those with ``k_a = 0`` (jets ``u_a(x_b, x_c)`` along the axis, whose
-  shear instabilities feed the turbulence).
+  The forced modes include those with ``k_a = 0``: jets ``u_a(x_b, x_c)`` along the axis, exact
+  nonlinear solutions that grow until their shear instabilities break them down, so this steady
+  state takes longer to reach (about 15-20 time units at 64^3; see docs/data.md).
 * ``None``: free decay (or inviscid evolution with ``nu = 0``).
 
 Fields are tensors ``(3, n, n, n)`` in the public convention (spatial axis ``a`` = coordinate
