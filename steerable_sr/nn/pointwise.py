@@ -57,21 +57,23 @@ class FieldBatchNorm(enn.EquivariantModule):
         _check_input(self, x)
         t = x.tensor
         if self.training:
-            mean = self.invariant_projector @ t.mean(dim=(0, 2, 3, 4))
-            centred = t - mean.view(1, -1, 1, 1, 1)
-            per_channel = centred.pow(2).mean(dim=(0, 2, 3, 4))
-            var = torch.zeros_like(self.running_var).index_add_(0, self.field_of, per_channel)
-            var = var / torch.bincount(self.field_of).to(var.dtype)
+            # One reduction pass: per-channel variance and mean; E(v - P mu)^2 = var + (mean - P mean)^2.
+            channel_var, channel_mean = torch.var_mean(t, dim=(0, 2, 3, 4), unbiased=False)
+            mean = self.invariant_projector @ channel_mean
+            per_channel = channel_var + (channel_mean - mean).square()
+            field_size = torch.bincount(self.field_of, minlength=len(self.running_var)).to(t.dtype)
+            var = torch.zeros_like(self.running_var).index_add_(0, self.field_of, per_channel) / field_size
             with torch.no_grad():
-                n = t.numel() / t.shape[1]
+                samples = field_size * (t.numel() / t.shape[1])  # per field: voxels x batch x channels
                 self.running_mean.lerp_(mean, self.momentum)
-                self.running_var.lerp_(var * n / max(n - 1, 1), self.momentum)
+                self.running_var.lerp_(var * samples / (samples - 1).clamp(min=1), self.momentum)
         else:
             mean, var = self.running_mean, self.running_var
-            centred = t - mean.view(1, -1, 1, 1, 1)
         scale = (self.weight / torch.sqrt(var + self.eps))[self.field_of]
-        bias = self.invariant_projector @ self.bias
-        return enn.GeometricTensor(centred * scale.view(1, -1, 1, 1, 1) + bias.view(1, -1, 1, 1, 1), self.out_type)
+        shift = self.invariant_projector @ self.bias - mean * scale
+        # One elementwise pass: t * scale + shift.
+        out = torch.addcmul(shift.view(1, -1, 1, 1, 1), t, scale.view(1, -1, 1, 1, 1))
+        return enn.GeometricTensor(out, self.out_type)
 
     def evaluate_output_shape(self, input_shape: tuple) -> tuple:
         return input_shape

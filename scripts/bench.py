@@ -1,0 +1,156 @@
+#!/usr/bin/env python
+"""Benchmarks of model construction, training steps and inference (issue 7). Prints Markdown tables.
+
+    python scripts/bench.py build                      # cold and warm construction per kind
+    python scripts/bench.py step --batch 2 --size 16   # training step vs the plain-conv twin
+    python scripts/bench.py infer --batch 2 --size 16  # exported module vs escnn model (eval)
+
+* build: each kind in a new process. "cold" = empty steerable_sr cache and escnn's joblib cache
+  moved aside (restored afterwards); "warm" = caches on disk. Import time is reported separately.
+* step: forward + backward + Adam step, median of ``--steps`` after one warm-up. The limit is the
+  model's plain twin: ``model.export()`` trained as an ordinary network (exactly the same tensor
+  shapes and operations, filters as free parameters).
+* infer: eval-mode forward of the escnn model (cached filters) vs its TorchScript export.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+KINDS = ("cnn", "gcnn", "rgcnn", "steer", "rsteer")
+
+
+def _timed(fn, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _build_child(kind: str, preset: str) -> None:
+    start = time.perf_counter()
+    from steerable_sr.models import build_model  # noqa: F401  (imports escnn)
+    import escnn  # noqa: F401
+
+    imported = time.perf_counter()
+    build_model(kind, preset=preset)
+    print(json.dumps({"import_s": imported - start, "build_s": time.perf_counter() - imported}))
+
+
+def _run_child(args: list[str], env: dict) -> dict:
+    out = subprocess.run([sys.executable, __file__, *args], env=env, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def bench_build(opts) -> None:
+    import escnn
+
+    escnn_cache = Path(escnn.__file__).parent / "group" / "_cache"
+    print(f"| kind | import (s) | cold build (s) | warm build (s) |\n| --- | ---: | ---: | ---: |")
+    for kind in opts.kinds:
+        with tempfile.TemporaryDirectory() as cache:
+            env = {**os.environ, "STEERABLE_SR_CACHE": cache}
+            aside = escnn_cache.with_name("_cache.bench-aside")
+            moved = escnn_cache.exists() and os.access(escnn_cache.parent, os.W_OK)
+            if moved:
+                escnn_cache.rename(aside)
+            try:
+                cold = _run_child(["_build", kind, opts.preset], env)
+            finally:
+                if moved:
+                    shutil.rmtree(escnn_cache, ignore_errors=True)
+                    aside.rename(escnn_cache)
+            warm = _run_child(["_build", kind, opts.preset], env)
+        print(f"| {kind} | {warm['import_s']:.2f} | {cold['build_s']:.2f} | {warm['build_s']:.2f} |", flush=True)
+
+
+def _inputs(opts, device):
+    import torch
+
+    x = torch.randn(opts.batch, 9, opts.size, opts.size, opts.size, device=device)
+    y = torch.randn(opts.batch, 3, 4 * opts.size, 4 * opts.size, 4 * opts.size, device=device)
+    return x, y
+
+
+def _step_time(model, x, y, opts) -> float:
+    import torch
+    import torch.nn.functional as F
+
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    model.train()
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        F.l1_loss(model(x), y).backward()
+        optimizer.step()
+        if x.is_cuda:
+            torch.cuda.synchronize()
+
+    return _timed(step, opts.steps)
+
+
+def bench_step(opts) -> None:
+    import torch
+
+    from steerable_sr.models import build_model
+
+    device = torch.device(opts.device)
+    x, y = _inputs(opts, device)
+    print(f"Training step, batch {opts.batch}, {opts.size}^3 -> {4 * opts.size}^3, preset {opts.preset}, "
+          f"{device.type}, {torch.get_num_threads()} threads\n")
+    print("| kind | parameters | step (s) | plain twin (s) | ratio |\n| --- | ---: | ---: | ---: | ---: |")
+    for kind in opts.kinds:
+        torch.manual_seed(0)
+        model = build_model(kind, preset=opts.preset).to(device)
+        twin = model.export().to(device)
+        ours, plain = _step_time(model, x, y, opts), _step_time(twin, x, y, opts)
+        print(f"| {kind} | {model.num_parameters():,} | {ours:.3f} | {plain:.3f} | {ours / plain:.2f} |", flush=True)
+
+
+def bench_infer(opts) -> None:
+    import torch
+
+    from steerable_sr.models import build_model
+
+    device = torch.device(opts.device)
+    x, _ = _inputs(opts, device)
+    print(f"Inference, batch {opts.batch}, {opts.size}^3 -> {4 * opts.size}^3, eval mode, {device.type}\n")
+    print("| kind | escnn model (s) | exported (s) | ratio exported / model |\n| --- | ---: | ---: | ---: |")
+    for kind in opts.kinds:
+        model = build_model(kind, preset=opts.preset).to(device).eval()
+        exported = torch.jit.script(model.export().to(device))
+        with torch.no_grad():
+            ours = _timed(lambda: model(x), opts.steps)
+            plain = _timed(lambda: exported(x), opts.steps)
+        print(f"| {kind} | {ours:.3f} | {plain:.3f} | {plain / ours:.2f} |", flush=True)
+
+
+def main(argv=None) -> None:
+    if argv is None and len(sys.argv) > 1 and sys.argv[1] == "_build":
+        _build_child(sys.argv[2], sys.argv[3])
+        return
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("what", choices=("build", "step", "infer"))
+    parser.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS)
+    parser.add_argument("--preset", default="small")
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--size", type=int, default=16, help="input edge n (output 4n)")
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--device", default="cpu")
+    opts = parser.parse_args(argv)
+    {"build": bench_build, "step": bench_step, "infer": bench_infer}[opts.what](opts)
+
+
+if __name__ == "__main__":
+    main()
