@@ -4,6 +4,7 @@
     python scripts/bench.py build                      # cold and warm construction per kind
     python scripts/bench.py step --batch 2 --size 16   # training step vs the plain-conv twin
     python scripts/bench.py infer --batch 2 --size 16  # exported module vs escnn model (eval)
+    python scripts/bench.py separable --batch 1 --size 8  # separable vs full gcnn/rgcnn (issue 9)
 
 * build: each kind in a new process. "cold" = empty steerable_sr cache and escnn's joblib cache
   moved aside (restored afterwards); "warm" = caches on disk. Import time is reported separately.
@@ -11,6 +12,10 @@
   model's plain twin: ``model.export()`` trained as an ordinary network (exactly the same tensor
   shapes and operations, filters as free parameters).
 * infer: eval-mode forward of the escnn model (cached filters) vs its TorchScript export.
+* separable: per kind (gcnn, rgcnn), the full model and the separable one at the same number of
+  fields and at the preset's matched parameter budget (``<kind>_separable``), each in a new process:
+  training step (as ``step``), peak memory of the training step (CUDA: ``max_memory_allocated``;
+  CPU: growth of the process's peak RSS), eval-mode inference of the TorchScript export.
 """
 from __future__ import annotations
 
@@ -46,6 +51,36 @@ def _build_child(kind: str, preset: str) -> None:
     imported = time.perf_counter()
     build_model(kind, preset=preset)
     print(json.dumps({"import_s": imported - start, "build_s": time.perf_counter() - imported}))
+
+
+def _separable_child(kind: str, separable: str, hidden: str, preset: str, batch: str, size: str, steps: str,
+                     device: str) -> None:
+    import resource
+
+    import torch
+
+    from steerable_sr.models import build_model
+
+    opts = argparse.Namespace(batch=int(batch), size=int(size), steps=int(steps))
+    device = torch.device(device)
+    torch.manual_seed(0)
+    model = build_model(kind, preset=preset, separable=separable == "1", hidden=int(hidden)).to(device)
+    x, y = _inputs(opts, device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+    else:
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    step = _step_time(model, x, y, opts)
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(device) - before
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
+    exported = torch.jit.script(model.eval().export().to(device))
+    with torch.no_grad():
+        infer = _timed(lambda: exported(x), opts.steps)
+    print(json.dumps({"parameters": model.num_parameters(), "step_s": step, "peak_mb": peak / 2 ** 20,
+                      "infer_s": infer}))
 
 
 def _run_child(args: list[str], env: dict) -> dict:
@@ -136,12 +171,36 @@ def bench_infer(opts) -> None:
         print(f"| {kind} | {ours:.3f} | {plain:.3f} | {plain / ours:.2f} |", flush=True)
 
 
+def bench_separable(opts) -> None:
+    import torch
+
+    from steerable_sr.models import SEPARABLE_KINDS, load_preset
+
+    print(f"Separable vs full, batch {opts.batch}, {opts.size}^3 -> {4 * opts.size}^3, preset {opts.preset}, "
+          f"{opts.device}, {torch.get_num_threads()} threads; step = forward + backward + Adam, peak = training "
+          f"step, inference = TorchScript export, eval mode\n")
+    print("| kind | convolutions | fields | parameters | step (s) | peak memory (MB) | exported inference (s) |\n"
+          "| --- | --- | ---: | ---: | ---: | ---: | ---: |")
+    for kind in [k for k in opts.kinds if k in SEPARABLE_KINDS]:
+        fields = load_preset(opts.preset, kind)["hidden"]
+        matched = load_preset(opts.preset, f"{kind}_separable")["hidden"]
+        for label, separable, hidden in (("full", "0", fields), ("separable, same fields", "1", fields),
+                                         ("separable, same parameters", "1", matched)):
+            row = _run_child(["_separable", kind, separable, str(hidden), opts.preset, str(opts.batch), str(opts.size),
+                              str(opts.steps), opts.device], dict(os.environ))
+            print(f"| {kind} | {label} | {hidden} | {row['parameters']:,} | {row['step_s']:.3f} | "
+                  f"{row['peak_mb']:,.0f} | {row['infer_s']:.3f} |", flush=True)
+
+
 def main(argv=None) -> None:
     if argv is None and len(sys.argv) > 1 and sys.argv[1] == "_build":
         _build_child(sys.argv[2], sys.argv[3])
         return
+    if argv is None and len(sys.argv) > 1 and sys.argv[1] == "_separable":
+        _separable_child(*sys.argv[2:])
+        return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=("build", "step", "infer"))
+    parser.add_argument("what", choices=("build", "step", "infer", "separable"))
     parser.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS)
     parser.add_argument("--preset", default="small")
     parser.add_argument("--batch", type=int, default=2)
@@ -149,7 +208,7 @@ def main(argv=None) -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--device", default="cpu")
     opts = parser.parse_args(argv)
-    {"build": bench_build, "step": bench_step, "infer": bench_infer}[opts.what](opts)
+    {"build": bench_build, "step": bench_step, "infer": bench_infer, "separable": bench_separable}[opts.what](opts)
 
 
 if __name__ == "__main__":

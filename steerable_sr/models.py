@@ -13,7 +13,9 @@ Public convention in and out: ``(B, 3 T, n, n, n)`` (``T`` velocity frames) ->
 
 Kinds (``KINDS``): ``cnn`` (plain Conv3d), ``gcnn`` (regular fields, :class:`GridR3Conv`), ``rgcnn``
 (regular fields, relaxed), ``steer`` (bands of irreps with a Fourier ReLU), ``rsteer`` (steer,
-relaxed). ``input_map`` / ``output_map`` convert between the public convention and escnn's
+relaxed). ``separable=True`` (``gcnn``/``rgcnn`` only) swaps every convolution into the regular
+hidden fields (lift, blocks) for a :class:`~steerable_sr.nn.separable.SeparableGroupConv`; the head
+stays a full convolution. ``input_map`` / ``output_map`` convert between the public convention and escnn's
 (:mod:`steerable_sr.groups`). Every equivariant kind is exactly equivariant to the whole group in
 eval mode (relaxed kinds: while their relaxed weights are trivial), and :meth:`export` returns the
 same network as plain torch layers.
@@ -33,6 +35,7 @@ from torch import nn
 from . import groups
 
 KINDS = ("cnn", "gcnn", "rgcnn", "steer", "rsteer")
+SEPARABLE_KINDS = ("gcnn", "rgcnn")
 PRESETS_DIR = Path(__file__).resolve().parents[1] / "configs" / "presets"
 
 
@@ -46,6 +49,7 @@ class ModelConfig:
     upscale: int = 4
     hidden: int = 2
     num_filter_banks: int = 2
+    separable: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -58,6 +62,11 @@ class ModelConfig:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
         if not isinstance(self.upscale, int) or self.upscale < 2 or self.upscale & (self.upscale - 1):
             raise ValueError(f"upscale must be a power of two >= 2, got {self.upscale!r}")
+        if not isinstance(self.separable, bool):
+            raise ValueError(f"separable must be true or false, got {self.separable!r}")
+        if self.separable and self.kind not in SEPARABLE_KINDS:
+            raise ValueError(f"separable=True needs regular hidden fields: supported by kinds "
+                             f"{', '.join(SEPARABLE_KINDS)}, not {self.kind!r}")
 
     @property
     def relaxed(self) -> bool:
@@ -81,13 +90,14 @@ def load_preset(preset: str, kind: str) -> dict:
 def build_model(kind: str = "rgcnn", group: str = "Oh", frames: int = 3, upscale: int = 4, preset: str = "small",
                 **overrides) -> "SuperResolutionNet":
     """Build a model of ``kind`` with the widths of ``preset`` (``overrides`` win: ``hidden``,
-    ``num_filter_banks``)."""
+    ``num_filter_banks``, ``separable``; a separable model takes the preset's ``<kind>_separable`` widths)."""
     if kind not in KINDS:
         raise ValueError(f"unknown model kind {kind!r}; allowed values: {', '.join(KINDS)}")
-    unknown = set(overrides) - {"hidden", "num_filter_banks"}
+    unknown = set(overrides) - {"hidden", "num_filter_banks", "separable"}
     if unknown:
-        raise ValueError(f"unknown model options {sorted(unknown)}; allowed: hidden, num_filter_banks")
-    options = {**load_preset(preset, kind), **overrides}
+        raise ValueError(f"unknown model options {sorted(unknown)}; allowed: hidden, num_filter_banks, separable")
+    entry = f"{kind}_separable" if overrides.get("separable") is True and kind in SEPARABLE_KINDS else kind
+    options = {**load_preset(preset, entry), **overrides}
     return SuperResolutionNet(ModelConfig(kind=kind, group=group, frames=frames, upscale=upscale, **options))
 
 
@@ -142,10 +152,11 @@ class EquivariantLayers:
     (``gcnn``/``rgcnn``) or irrep-band (``steer``/``rsteer``) hidden fields."""
 
     def __init__(self, config: ModelConfig):
-        from .nn import OctahedralConv
+        from .nn import OctahedralConv, SeparableGroupConv
         from .nn.pointwise import FieldBatchNorm, FourierReLU
 
         self._conv, self._norm, self._act = OctahedralConv, FieldBatchNorm, FourierReLU
+        self._separable = SeparableGroupConv if config.separable else None
         self.banks = config.num_filter_banks if config.relaxed else None
         self.input = groups.velocity_type(config.group, config.frames)
         self.output = groups.velocity_type(config.group, 1)
@@ -153,10 +164,14 @@ class EquivariantLayers:
         self.hidden = hidden(config.group, config.hidden)
 
     def conv(self, t_in, t_out) -> nn.Module:
-        return TensorOp(self._conv(t_in, t_out, 3, num_filter_banks=self.banks))
+        return TensorOp(self._conv_into(t_out)(t_in, t_out, 3, num_filter_banks=self.banks))
 
     def up(self, t) -> nn.Module:
-        return TensorOp(self._conv(t, t, 4, stride=2, transposed=True, num_filter_banks=self.banks))
+        return TensorOp(self._conv_into(t)(t, t, 4, stride=2, transposed=True, num_filter_banks=self.banks))
+
+    def _conv_into(self, t_out):
+        """The convolution class into ``t_out``: separable into the (regular) hidden type of a separable model."""
+        return self._separable if self._separable is not None and t_out == self.hidden else self._conv
 
     def norm(self, t) -> nn.Module:
         return TensorOp(self._norm(t))
@@ -234,11 +249,9 @@ class SuperResolutionNet(nn.Module):
 
     def relaxed_layers(self) -> Iterator[tuple[str, nn.Module]]:
         """``(name, layer)`` for every relaxed convolution, in forward order."""
-        from .nn import OctahedralConv
+        from .symmetry import relaxed_layers
 
-        for name, module in self.named_modules():
-            if isinstance(module, OctahedralConv) and module.relaxed is not None:
-                yield name.removesuffix(".module"), module
+        yield from relaxed_layers(self)
 
     def equivariance_penalty(self) -> torch.Tensor:
         """Sum over relaxed layers of the non-trivial irrep norms of their relaxed weights."""

@@ -25,11 +25,12 @@ AXES = "xyz"
 
 
 def relaxed_layers(module: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
-    """``(name, layer)`` for every relaxed convolution in ``module`` (``module`` itself included)."""
-    from .nn import OctahedralConv
+    """``(name, layer)`` for every relaxed convolution in ``module`` (``module`` itself included): every
+    layer with the relaxed-layer API (``OctahedralConv``, ``SeparableGroupConv``) and relaxed weights."""
+    from .nn.relaxed import RelaxedLayerMixin
 
     return [(name.removesuffix(".module") or type(m).__name__, m) for name, m in module.named_modules()
-            if isinstance(m, OctahedralConv) and m.relaxed is not None]
+            if isinstance(m, RelaxedLayerMixin) and m.relaxed is not None]
 
 
 def weight_stabilizer(weights: torch.Tensor | np.ndarray, group: str = "Oh", tol: float = 1e-4) -> list[int]:

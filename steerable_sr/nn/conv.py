@@ -36,7 +36,37 @@ from escnn import nn as enn
 
 from ..groups import group_of, representation_matrices
 from .basis import invariant_subspace, irrep_pair_basis
-from .relaxed import RelaxedWeights
+from .relaxed import RelaxedLayerMixin, RelaxedWeights
+
+
+def exact_padding(kernel_size: int, stride: int, transposed: bool) -> int:
+    """The padding of the only exact choices on the voxel grid (DESIGN.md 4): ``(k - 1) / 2`` for a
+    stride-1 convolution with an odd kernel, ``(k - s) / 2`` for a transposed one with ``k - s`` even."""
+    k, s = kernel_size, stride
+    if k < 1 or s < 1:
+        raise ValueError(f"kernel_size and stride must be >= 1, got {k} and {s}")
+    if not transposed:
+        if s != 1 or k % 2 == 0:
+            raise ValueError(f"an exactly equivariant convolution needs stride 1 and an odd kernel "
+                             f"(got kernel {k}, stride {s}); upsample with the transposed layer")
+        return (k - 1) // 2
+    if (k - s) % 2 or k < s:
+        raise ValueError(f"a transposed convolution is equivariant on the grid only if kernel - stride is even "
+                         f"and >= 0 (got kernel {k}, stride {s}); e.g. kernel 4, stride 2")
+    return (k - s) // 2
+
+
+def eval_cached(module: torch.nn.Module, compute):
+    """``compute()`` in training mode; in eval mode its result, cached on ``module._cache`` until a
+    parameter of ``module`` changes (in place, replaced or moved)."""
+    if module.training:
+        module._cache = None
+        return compute()
+    key = tuple((p.data_ptr(), p._version) for p in module.parameters())
+    if module._cache is None or module._cache[0] != key:
+        with torch.no_grad():
+            module._cache = (key, compute())
+    return module._cache[1]
 
 
 class FieldLayout:
@@ -89,7 +119,7 @@ class FieldLayout:
         return Q, Q_inv
 
 
-class OctahedralConv(enn.EquivariantModule):
+class OctahedralConv(RelaxedLayerMixin, enn.EquivariantModule):
     r"""Convolution between field types over O_h or O with the exact voxel-grid kernel basis.
 
     Args:
@@ -128,18 +158,7 @@ class OctahedralConv(enn.EquivariantModule):
     # ---- construction -------------------------------------------------------------------------
 
     def _exact_padding(self) -> int:
-        k, s = self.kernel_size, self.stride
-        if k < 1 or s < 1:
-            raise ValueError(f"kernel_size and stride must be >= 1, got {k} and {s}")
-        if not self.transposed:
-            if s != 1 or k % 2 == 0:
-                raise ValueError(f"an exactly equivariant convolution needs stride 1 and an odd kernel "
-                                 f"(got kernel {k}, stride {s}); upsample with the transposed layer")
-            return (k - 1) // 2
-        if (k - s) % 2 or k < s:
-            raise ValueError(f"a transposed convolution is equivariant on the grid only if kernel - stride is even "
-                             f"and >= 0 (got kernel {k}, stride {s}); e.g. kernel 4, stride 2")
-        return (k - s) // 2
+        return exact_padding(self.kernel_size, self.stride, self.transposed)
 
     def _build_pairs(self) -> None:
         """One basis per (out irrep, in irrep): buffer ``basis_j_i`` ``(n_b, d_out d_in k^3)``; the filter
@@ -288,14 +307,7 @@ class OctahedralConv(enn.EquivariantModule):
 
     def _filter_and_bias(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Expanded in every training step; cached in eval mode until a parameter changes."""
-        if self.training:
-            self._cache = None
-            return self.filter(), self.expanded_bias()
-        key = tuple((p.data_ptr(), p._version) for p in self.parameters())
-        if self._cache is None or self._cache[0] != key:
-            with torch.no_grad():
-                self._cache = (key, (self.filter(), self.expanded_bias()))
-        return self._cache[1]
+        return eval_cached(self, lambda: (self.filter(), self.expanded_bias()))
 
     # ---- forward / export ---------------------------------------------------------------------
 
@@ -329,30 +341,6 @@ class OctahedralConv(enn.EquivariantModule):
         if bias is not None:
             conv.bias.copy_(bias)
         return conv.to(weight.device)
-
-    # ---- relaxed weights ----------------------------------------------------------------------
-
-    def _relaxed(self) -> RelaxedWeights:
-        if self.relaxed is None:
-            raise AttributeError(f"{type(self).__name__} is exactly equivariant and has no relaxed weights")
-        return self.relaxed
-
-    def relaxed_weights_on_group(self) -> torch.Tensor:
-        """``(L, |G|)``: ``w_l(g)``, indexed like ``steerable_sr.groups.group_matrices``."""
-        return self._relaxed().on_group()
-
-    def set_relaxed_weights_on_group(self, weights: torch.Tensor) -> None:
-        self._relaxed().set_on_group(weights)
-
-    def irrep_energies(self) -> dict[str, torch.Tensor]:
-        """Per irrep name: ``||w_l(psi)||`` for each bank, ``(L,)``."""
-        return self._relaxed().irrep_energies()
-
-    def equivariance_penalty(self) -> torch.Tensor:
-        """Sum of the non-trivial irrep norms of the relaxed weights (0 for an exact layer)."""
-        if self.relaxed is None:
-            return self.weights.new_zeros(())
-        return self.relaxed.penalty()
 
     def extra_repr(self) -> str:
         banks = "" if self.relaxed is None else f", num_filter_banks={self.relaxed.num_filter_banks}"

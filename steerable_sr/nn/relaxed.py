@@ -9,6 +9,12 @@ acts on any field type through its Fourier embedding ``F`` (:mod:`steerable_sr.n
 which, on a regular field, is Wang et al.'s pointwise product ``f(g) -> w(g) f(g)`` on the output
 element. ``M_rho(w)`` commutes with ``rho(k)`` whenever ``w(k^-1 g) = w(g)``: the layer stays
 equivariant exactly to the stabilizer of the weights.
+
+:class:`RelaxedLayerMixin` is the public relaxed-layer API (``relaxed_weights_on_group``,
+``set_relaxed_weights_on_group``, ``irrep_energies``, ``equivariance_penalty``) of every layer that
+keeps its weights in ``self.relaxed`` (:class:`~steerable_sr.nn.conv.OctahedralConv`,
+:class:`~steerable_sr.nn.separable.SeparableGroupConv`); :func:`steerable_sr.symmetry.relaxed_layers`
+finds such layers by this class.
 """
 from __future__ import annotations
 
@@ -76,3 +82,32 @@ class RelaxedWeights(torch.nn.Module):
 
     def extra_repr(self) -> str:
         return f"group={self.group}, num_filter_banks={self.num_filter_banks}, |G|={group_order(self.group)}"
+
+
+class RelaxedLayerMixin:
+    """The relaxed-layer API, for a ``torch.nn.Module`` with ``self.relaxed``: a :class:`RelaxedWeights`
+    (relaxed layer) or ``None`` (exactly equivariant layer)."""
+
+    relaxed: RelaxedWeights | None
+
+    def _relaxed(self) -> RelaxedWeights:
+        if self.relaxed is None:
+            raise AttributeError(f"{type(self).__name__} is exactly equivariant and has no relaxed weights")
+        return self.relaxed
+
+    def relaxed_weights_on_group(self) -> torch.Tensor:
+        """``(L, |G|)``: ``w_l(g)``, indexed like ``steerable_sr.groups.group_matrices``."""
+        return self._relaxed().on_group()
+
+    def set_relaxed_weights_on_group(self, weights: torch.Tensor) -> None:
+        self._relaxed().set_on_group(weights)
+
+    def irrep_energies(self) -> dict[str, torch.Tensor]:
+        """Per irrep name: ``||w_l(psi)||`` for each bank, ``(L,)``."""
+        return self._relaxed().irrep_energies()
+
+    def equivariance_penalty(self) -> torch.Tensor:
+        """Sum of the non-trivial irrep norms of the relaxed weights (0 for an exact layer)."""
+        if self.relaxed is None:
+            return next(self.parameters()).new_zeros(())
+        return self.relaxed.penalty()
