@@ -130,12 +130,7 @@ def test_relaxed_model_fit_penalty_and_test_metrics(dataset, tmp_path):
     assert "test/trilinear_mae" in out and "test/div_true" in out
 
 
-@pytest.mark.parametrize("kind", [
-    "cnn",
-    pytest.param("rsteer", marks=pytest.mark.xfail(
-        reason="steerable_sr/nn/conv.py builds its filter with an index_put that fails under autocast "
-               "(Float kernel, BFloat16 block)", raises=RuntimeError, strict=False)),
-])
+@pytest.mark.parametrize("kind", ["cnn", "rsteer"])
 def test_bf16_mixed_precision_fit(dataset, tmp_path, kind):
     pl.seed_everything(0)
     module = SuperResolutionModule(kind=kind, model_overrides={"hidden": 1}, val_equivariance_elements=1)

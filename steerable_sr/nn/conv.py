@@ -58,13 +58,16 @@ def exact_padding(kernel_size: int, stride: int, transposed: bool) -> int:
 
 def eval_cached(module: torch.nn.Module, compute):
     """``compute()`` in training mode; in eval mode its result, cached on ``module._cache`` until a
-    parameter of ``module`` changes (in place, replaced or moved)."""
+    parameter of ``module`` changes (in place, replaced or moved). Always computed in the parameters'
+    precision (autocast off): under mixed precision the convolution casts the filter itself."""
+    device = next(module.parameters()).device.type
     if module.training:
         module._cache = None
-        return compute()
+        with torch.autocast(device, enabled=False):
+            return compute()
     key = tuple((p.data_ptr(), p._version) for p in module.parameters())
     if module._cache is None or module._cache[0] != key:
-        with torch.no_grad():
+        with torch.no_grad(), torch.autocast(device, enabled=False):
             module._cache = (key, compute())
     return module._cache[1]
 

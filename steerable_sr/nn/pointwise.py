@@ -56,6 +56,15 @@ class FieldBatchNorm(enn.EquivariantModule):
     def forward(self, x: enn.GeometricTensor) -> enn.GeometricTensor:
         _check_input(self, x)
         t = x.tensor
+        # Statistics and coefficients in the buffers' precision (float32 under bf16/fp16 autocast).
+        with torch.autocast(t.device.type, enabled=False):
+            scale, shift = self._affine(t.to(self.running_var.dtype))
+        # One elementwise pass: t * scale + shift.
+        out = torch.addcmul(shift.to(t.dtype).view(1, -1, 1, 1, 1), t, scale.to(t.dtype).view(1, -1, 1, 1, 1))
+        return enn.GeometricTensor(out, self.out_type)
+
+    def _affine(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-channel ``(scale, shift)`` of the normalisation; updates the running statistics in training."""
         if self.training:
             # One reduction pass: per-channel variance and mean; E(v - P mu)^2 = var + (mean - P mean)^2.
             channel_var, channel_mean = torch.var_mean(t, dim=(0, 2, 3, 4), unbiased=False)
@@ -70,10 +79,7 @@ class FieldBatchNorm(enn.EquivariantModule):
         else:
             mean, var = self.running_mean, self.running_var
         scale = (self.weight / torch.sqrt(var + self.eps))[self.field_of]
-        shift = self.invariant_projector @ self.bias - mean * scale
-        # One elementwise pass: t * scale + shift.
-        out = torch.addcmul(shift.view(1, -1, 1, 1, 1), t, scale.view(1, -1, 1, 1, 1))
-        return enn.GeometricTensor(out, self.out_type)
+        return scale, self.invariant_projector @ self.bias - mean * scale
 
     def evaluate_output_shape(self, input_shape: tuple) -> tuple:
         return input_shape
