@@ -38,6 +38,8 @@ COMMANDS = {
     "export": "export a checkpoint's network as a TorchScript module (+ metadata json)",
     "generate": "generate a synthetic turbulence dataset (steerable_sr.data.generate)",
     "info": "print a model's parameter count and layer table",
+    "compare": "train model kinds on the same data and seeds; table + plots (steerable_sr.compare)",
+    "discover": "train relaxed kinds and report the symmetry they kept (steerable_sr.compare)",
 }
 
 
@@ -689,6 +691,8 @@ def _custom_parser() -> argparse.ArgumentParser:
     pi.add_argument("--ckpt", help="describe the model of a checkpoint instead")
 
     sub.add_parser("generate", help=COMMANDS["generate"], add_help=False)
+    sub.add_parser("compare", help=COMMANDS["compare"], add_help=False)
+    sub.add_parser("discover", help=COMMANDS["discover"], add_help=False)
     for name in LIGHTNING_COMMANDS:
         sub.add_parser(name, help=COMMANDS[name], add_help=False)
     return p
@@ -713,6 +717,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if argv and argv[0] == "generate":
             return cmd_generate(argv[1:])
+        if argv and argv[0] in ("compare", "discover"):
+            from . import compare
+
+            run = compare.main_compare if argv[0] == "compare" else compare.main_discover
+            return run(argv[1:], prog=f"steerable-sr {argv[0]}")
         parser = _custom_parser()
         args = parser.parse_args(argv)
         if args.command is None:

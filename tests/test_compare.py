@@ -1,0 +1,123 @@
+"""The comparison pipeline end to end at a toy size, and the robust symmetry read-out of trained
+(never exactly invariant) relaxed weights."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from steerable_sr import groups
+from steerable_sr.compare import CompareConfig, aggregate, parse_kind, run_compare, table_markdown
+from steerable_sr.symmetry import (DEFECT_TOL, EXACT_TOL, breaking_measure, named_subgroups, robust_stabilizer,
+                                   subgroup_name, weight_stabilizer)
+
+
+def invariant_weights(subgroup, banks: int = 2, seed: int = 0, group: str = "Oh") -> torch.Tensor:
+    """Random ``w_l`` constant on the right cosets ``H g`` (so ``w_l(k^-1 g) = w_l(g)`` for ``k`` in H)."""
+    table = groups.cayley_table(group)
+    coset = [min(table[k, g] for k in subgroup) for g in range(table.shape[0])]
+    values = torch.randn(banks, table.shape[0], generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    return values[:, coset]
+
+
+def trained_like(subgroup, breaking: float, noise: float, banks: int = 2, seed: int = 0) -> torch.Tensor:
+    """``1 + breaking * (H-invariant, mean-free, unit-norm) + noise * (unit-norm white noise)``: the shape
+    of learned relaxed weights (trivial part 1, a structured breaking, Adam's noise on every block)."""
+    gen = torch.Generator().manual_seed(seed + 1)
+    v = invariant_weights(subgroup, banks, seed) if subgroup is not None else torch.zeros(banks, 48, dtype=torch.float64)
+    v = v - v.mean(dim=1, keepdim=True)
+    if v.norm() > 0:
+        v = v / v.norm() * np.sqrt(banks * 48)
+    n = torch.randn(banks, 48, generator=gen, dtype=torch.float64)
+    n = n / n.norm() * np.sqrt(banks * 48)
+    return 1 + breaking * v + noise * n
+
+
+D4H_X = dict(named_subgroups("Oh"))["D4h, axis x"]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_noisy_d4h_invariant_weights_are_read_as_d4h(seed):
+    w = trained_like(D4H_X, breaking=0.05, noise=0.005, seed=seed)  # noise 10% of the breaking
+    assert weight_stabilizer(w, tol=1e-4) == [0]  # the strict criterion sees no symmetry at all
+    stab = weight_stabilizer(w)
+    assert subgroup_name(stab) == "D4h, axis x"
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_pure_small_noise_is_read_as_oh(seed):
+    w = trained_like(None, breaking=0.0, noise=EXACT_TOL / 3, seed=seed)
+    assert weight_stabilizer(w, tol=1e-4) == [0]
+    assert weight_stabilizer(w) == list(range(48))
+    assert subgroup_name(weight_stabilizer(w)) == "Oh"
+
+
+def test_large_noise_is_read_as_broken():
+    w = trained_like(None, breaking=0.0, noise=0.2, seed=3)
+    assert weight_stabilizer(w) == [0]
+
+
+def test_pooled_layers_a_quiet_noisy_layer_does_not_erase_the_symmetry():
+    clear = trained_like(D4H_X, breaking=0.1, noise=0.005, seed=1)
+    quiet = trained_like(None, breaking=0.0, noise=0.02, seed=2)  # above EXACT_TOL alone, but small
+    assert subgroup_name(weight_stabilizer(quiet)) != "D4h, axis x"
+    assert subgroup_name(robust_stabilizer([clear, quiet])) == "D4h, axis x"
+
+
+def test_defect_is_zero_inside_and_order_one_outside_for_exact_invariant_weights():
+    for name in ("D4h, axis y", "D3d, diagonal (1,1,1)", "C4v, axis z"):
+        H = dict(named_subgroups("Oh"))[name]
+        m = breaking_measure(invariant_weights(H, seed=4))
+        inside = np.isin(np.arange(48), sorted(H))
+        assert max(np.asarray(m.defects)[inside]) < 1e-12
+        assert min(np.asarray(m.defects)[~inside]) > DEFECT_TOL
+        assert subgroup_name(robust_stabilizer(invariant_weights(H, seed=4))) == name
+
+
+def test_parse_kind():
+    assert parse_kind("gcnn") == ("gcnn", {})
+    with pytest.raises(ValueError):
+        parse_kind("mlp")
+
+
+@pytest.fixture(scope="module")
+def toy_data(tmp_path_factory):
+    from steerable_sr.data.generate import generate_dataset
+
+    path = tmp_path_factory.mktemp("cmp") / "toy.h5"
+    generate_dataset(path, n=16, frames=14, spinup=0.2, progress=False)
+    return path
+
+
+def test_compare_end_to_end_at_toy_size(toy_data, tmp_path):
+    torch.set_num_threads(1)
+    cfg = CompareConfig(data=str(toy_data), out=str(tmp_path / "out"), kinds=("cnn", "rgcnn"), seeds=(0,),
+                        crop=8, batch_size=1, crops_per_window=1, max_epochs=1, max_steps=2, limit_val_batches=1,
+                        limit_test_batches=1, test_equivariance_elements=2, build_time=False,
+                        model_overrides={"hidden": 1})
+    result = run_compare(cfg, log=lambda *a: None)
+    out = tmp_path / "out"
+    for name in ("results.json", "results.md", "val_curves.png", "spectra.png"):
+        assert (out / name).is_file(), name
+    saved = json.loads((out / "results.json").read_text())
+    assert set(saved["table"]) == {"cnn", "rgcnn"}
+    for kind, row in saved["table"].items():
+        assert row["params"] > 0
+        for key in ("mae", "rmse", "rel_l2", "spec_err", "div", "equiv_err"):
+            assert np.isfinite(row[key]["mean"]), (kind, key)
+    # exact kinds (and relaxed ones after two steps) are far more equivariant than the plain CNN
+    assert saved["table"]["rgcnn"]["equiv_err"]["mean"] < saved["table"]["cnn"]["equiv_err"]["mean"]
+    md = (out / "results.md").read_text()
+    assert "| cnn |" in md and "| rgcnn |" in md and "| trilinear |" in md
+    assert result["runs"][0]["steps"] == 2 and result["runs"][0]["curve"]
+
+
+def test_aggregate_mean_and_spread():
+    runs = [{"kind": "cnn", "seed": s, "params": 10, "step_s": 0.1 * (s + 1), "test": {"mae": float(s)}}
+            for s in range(3)]
+    row = aggregate(runs)["cnn"]
+    assert row["mae"]["mean"] == pytest.approx(1.0) and row["mae"]["std"] == pytest.approx(1.0)
+    assert row["mae"]["n"] == 3
+    assert "1.0000 ± 1.0000" in table_markdown(aggregate(runs))
