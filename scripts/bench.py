@@ -34,13 +34,21 @@ KINDS = ("cnn", "gcnn", "rgcnn", "steer", "rsteer")
 
 
 def _timed(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+    return _paired(fn, repeats=repeats)[0]
+
+
+def _paired(*fns, repeats: int) -> list[float]:
+    """Median time of each function; the functions run in alternation, after one warm-up call each,
+    so that a change in machine load affects them alike."""
+    for fn in fns:
         fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    times = [[] for _ in fns]
+    for _ in range(repeats):
+        for fn, record in zip(fns, times):
+            start = time.perf_counter()
+            fn()
+            record.append(time.perf_counter() - start)
+    return [statistics.median(record) for record in times]
 
 
 def _build_child(kind: str, preset: str) -> None:
@@ -119,6 +127,11 @@ def _inputs(opts, device):
 
 
 def _step_time(model, x, y, opts) -> float:
+    return _timed(_train_step(model, x, y), opts.steps)
+
+
+def _train_step(model, x, y):
+    """A closure running one training step (forward, L1 loss, backward, Adam step)."""
     import torch
     import torch.nn.functional as F
 
@@ -132,7 +145,7 @@ def _step_time(model, x, y, opts) -> float:
         if x.is_cuda:
             torch.cuda.synchronize()
 
-    return _timed(step, opts.steps)
+    return step
 
 
 def bench_step(opts) -> None:
@@ -149,7 +162,7 @@ def bench_step(opts) -> None:
         torch.manual_seed(0)
         model = build_model(kind, preset=opts.preset).to(device)
         twin = model.export().to(device)
-        ours, plain = _step_time(model, x, y, opts), _step_time(twin, x, y, opts)
+        ours, plain = _paired(_train_step(model, x, y), _train_step(twin, x, y), repeats=opts.steps)
         print(f"| {kind} | {model.num_parameters():,} | {ours:.3f} | {plain:.3f} | {ours / plain:.2f} |", flush=True)
 
 
@@ -166,8 +179,7 @@ def bench_infer(opts) -> None:
         model = build_model(kind, preset=opts.preset).to(device).eval()
         exported = torch.jit.script(model.export().to(device))
         with torch.no_grad():
-            ours = _timed(lambda: model(x), opts.steps)
-            plain = _timed(lambda: exported(x), opts.steps)
+            ours, plain = _paired(lambda: model(x), lambda: exported(x), repeats=opts.steps)
         print(f"| {kind} | {ours:.3f} | {plain:.3f} | {plain / ours:.2f} |", flush=True)
 
 
