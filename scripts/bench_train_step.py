@@ -38,7 +38,8 @@ def run_one(args) -> dict:
     torch.manual_seed(0)
     device = torch.device(args.device)
     t0 = time.perf_counter()
-    model = build_model(args.kind, group=args.group, frames=3, upscale=4, preset=args.preset).to(device)
+    overrides = json.loads(args.overrides) if args.overrides else {}
+    model = build_model(args.kind, group=args.group, frames=3, upscale=4, preset=args.preset, **overrides).to(device)
     build_s = time.perf_counter() - t0
     opt = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=4e-4)
     x = torch.randn(args.batch, 9, args.size, args.size, args.size, device=device)
@@ -86,6 +87,7 @@ def main(argv=None) -> int:
     p.add_argument("--kind", help=argparse.SUPPRESS)  # child mode
     p.add_argument("--group", default="Oh")
     p.add_argument("--preset", default="small")
+    p.add_argument("--overrides", help='JSON build_model overrides for every kind, e.g. \'{"hidden": 2}\'')
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--size", type=int, default=16, help="low-res input size n (output 4n)")
     p.add_argument("--steps", type=int, default=3)

@@ -170,8 +170,15 @@ def _check_data_paths(data_cfg) -> None:
     init = data_cfg.get("init_args", data_cfg) if hasattr(data_cfg, "get") else data_cfg
     for key in ("path", "data_path", "train_path", "val_path", "test_path"):
         value = init.get(key) if hasattr(init, "get") else None
-        if value and not os.path.exists(os.fspath(value)):
-            _fail(f"data path not found: {value} (generate a dataset with `steerable-sr generate`)")
+        for item in ([value] if isinstance(value, (str, os.PathLike)) else list(value or [])):
+            text = os.fspath(item)
+            if any(ch in text for ch in "*?["):
+                import glob
+
+                if not glob.glob(text):
+                    _fail(f"data path pattern matches no file: {text}")
+            elif not os.path.exists(text):
+                _fail(f"data path not found: {text} (generate a dataset with `steerable-sr generate`)")
 
 
 def _check_ckpt_against_model(path: str, model_cfg) -> None:
