@@ -94,6 +94,7 @@ class CompareConfig:
     devices: int | str = 1
     precision: str = "32-true"
     build_time: bool = True
+    augment: str | None = None
     threads: int | None = 1
     progress: bool = False
 
@@ -200,6 +201,29 @@ def _recorder_class():
     return Recorder
 
 
+def _augment_class():
+    import lightning.pytorch as pl
+
+    class Augment(pl.Callback):
+        """Applies one random element of ``group`` (global RNG: seeded) to each training batch, input and
+        target alike: the training distribution becomes exactly ``group``-symmetric."""
+
+        def __init__(self, group: str) -> None:
+            self.group = group
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            import torch
+
+            from . import groups
+
+            mats = groups.group_matrices(self.group)
+            R = mats[int(torch.randint(len(mats), ()))]
+            for key in ("lr", "hr"):
+                batch[key] = groups.act(batch[key], R, "vector")
+
+    return Augment
+
+
 def _spectra(module, loader, max_batches: int | None = None) -> dict[str, list[float]]:
     """Mean test-set energy spectra of the prediction, the truth and the trilinear baseline."""
     import torch
@@ -244,12 +268,13 @@ def train_one(spec: str, seed: int, cfg: CompareConfig, data: str | None = None,
                                    test_equivariance_elements=cfg.test_equivariance_elements)
     build_in_process = time.perf_counter() - t0
     recorder = _recorder_class()()
+    callbacks = [recorder] + ([_augment_class()(cfg.augment)] if cfg.augment else [])
     limits = {k: getattr(cfg, k) for k in ("limit_train_batches", "limit_val_batches", "limit_test_batches")
               if getattr(cfg, k) is not None}
     trainer = pl.Trainer(accelerator=cfg.accelerator, devices=cfg.devices, precision=cfg.precision,
                          max_epochs=cfg.max_epochs, max_steps=cfg.max_steps, logger=False,
                          enable_checkpointing=False, enable_progress_bar=cfg.progress, enable_model_summary=False,
-                         num_sanity_val_steps=0, callbacks=[recorder], deterministic=False, **limits)
+                         num_sanity_val_steps=0, callbacks=callbacks, deterministic=False, **limits)
     t0 = time.perf_counter()
     trainer.fit(module, datamodule=dm)
     fit_s = time.perf_counter() - t0
@@ -481,6 +506,10 @@ def run_discover(datasets: Sequence[str], cfg: CompareConfig, kinds: Sequence[st
         if not Path(data).exists():
             raise FileNotFoundError(f"dataset not found: {data} (make one with `steerable-sr generate`)")
         attrs = _dataset_attrs(data)
+        try:
+            stats = dataset_statistics(data)
+        except Exception:  # JHTDB cutouts and other layouts: no statistics
+            stats = {}
         for spec in kinds:
             kind, _ = parse_kind(spec)
             if kind not in ("rgcnn", "rsteer"):
@@ -492,13 +521,19 @@ def run_discover(datasets: Sequence[str], cfg: CompareConfig, kinds: Sequence[st
                 kwargs = {} if tol is None else {"tol": tol}
                 report = symmetry_report(model, **kwargs)
                 entry = {"data": data, "forcing": attrs.get("forcing"), "axis": attrs.get("axis"), "kind": spec,
-                         "seed": seed, "penalty_weight": penalty_weight, "steps": r["steps"], "fit_s": r["fit_s"],
+                         "augment": cfg.augment, "data_statistics": stats, "seed": seed, "penalty_weight": penalty_weight, "steps": r["steps"], "fit_s": r["fit_s"],
                          "test": r["test"], "curve": r["curve"], "report": report.to_dict()}
                 results.append(entry)
                 head = (f"### {spec} on `{data}` (forcing {attrs.get('forcing')}"
                         + (f", axis {'xyz'[int(attrs['axis'])]}" if attrs.get("forcing") == "anisotropic" else "")
-                        + f"), seed {seed}, penalty {penalty_weight}, {r['steps']} steps")
-                md += [head, "", report.to_markdown(), "",
+                        + f"), seed {seed}, penalty {penalty_weight}, {r['steps']} steps"
+                        + (f", training batches symmetrised by random {cfg.augment} elements" if cfg.augment else ""))
+                md += [head, ""]
+                if stats:
+                    md += ["Training frames: energy fractions (x, y, z) = ("
+                           + ", ".join(f"{v:.3f}" for v in stats["energy_fractions"])
+                           + f"), relative helicity {stats['relative_helicity']:.3f}.", ""]
+                md += [report.to_markdown(), "",
                        f"Test MAE {r['test'].get('mae', float('nan')):.4f}, equivariance error "
                        f"{r['test'].get('equiv_err', float('nan')):.2e}.", ""]
                 log(f"[discover] {spec} on {data} seed {seed}: kept {report.stabilizer_name} "
@@ -507,6 +542,27 @@ def run_discover(datasets: Sequence[str], cfg: CompareConfig, kinds: Sequence[st
                                                               indent=1, default=_json_default))
     (out / "discover.md").write_text("\n".join(md) + "\n")
     return {"config": asdict(cfg), "results": results}
+
+
+def dataset_statistics(path: str, split: str = "train") -> dict[str, Any]:
+    """Anisotropy and chirality of a generated dataset's ``split`` frames: the fraction of the kinetic
+    energy in each component (1/3 each for isotropic statistics) and the relative helicity
+    ``<u.w> / (rms|u| rms|w|)`` (0 for mirror-symmetric statistics)."""
+    import h5py
+    import torch
+
+    from .metrics import vorticity
+
+    with h5py.File(path, "r") as f:
+        frames = np.sort(f[f"splits/{split}"][:]) if f"splits/{split}" in f else np.arange(f["velocity"].shape[0])
+        u = torch.from_numpy(f["velocity"][frames.tolist()]).double()
+    w = vorticity(u, method="spectral")
+    energy = u.pow(2).mean(dim=(2, 3, 4)).mean(0)
+    helicity = (u * w).sum(1).mean(dim=(1, 2, 3)) / (u.pow(2).sum(1).mean(dim=(1, 2, 3)).sqrt()
+                                                     * w.pow(2).sum(1).mean(dim=(1, 2, 3)).sqrt())
+    return {"frames": len(frames), "energy_fractions": (energy / energy.sum()).tolist(),
+            "relative_helicity": float(helicity.mean()), "relative_helicity_range": [float(helicity.min()),
+                                                                                    float(helicity.max())]}
 
 
 def _dataset_attrs(path: str) -> dict[str, Any]:
@@ -601,7 +657,10 @@ def discover_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("data", nargs="+", help="datasets, e.g. data/aniso_n32.h5 data/iso_n32.h5")
     p.add_argument("--kinds", nargs="+", default=["rgcnn"], help="relaxed kinds: rgcnn, rsteer (and rgcnn_separable)")
     p.add_argument("--penalty-weight", type=float, default=1e-2, help="weight of the equivariance penalty")
-    p.add_argument("--tol", type=float, default=None, help="stabilizer tolerance (default: symmetry_report's)")
+    p.add_argument("--tol", type=float, default=None,
+                   help="strict stabilizer tolerance (default: the robust criterion of steerable_sr.symmetry)")
+    p.add_argument("--augment", choices=("Oh", "O"), default=None,
+                   help="apply a random element of this group to every training batch (a symmetrised control)")
     _common_args(p, d)
     return p
 
@@ -617,7 +676,7 @@ def main_compare(argv: Sequence[str] | None = None, prog: str | None = None) -> 
 
 def main_discover(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     args = discover_parser(prog).parse_args(argv)
-    cfg = _config(args)
+    cfg = _config(args, augment=args.augment)
     result = run_discover(args.data, cfg, kinds=args.kinds, penalty_weight=args.penalty_weight, tol=args.tol)
     print((Path(cfg.out) / "discover.md").read_text())
     print(f"[discover] wrote {cfg.out}/discover.md, discover.json ({len(result['results'])} runs)")
