@@ -41,7 +41,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -488,8 +488,13 @@ def run_compare(cfg: CompareConfig, log=print) -> dict[str, Any]:
 
 
 def run_discover(datasets: Sequence[str], cfg: CompareConfig, kinds: Sequence[str] = ("rgcnn",),
-                 penalty_weight: float = 1e-2, tol: float | None = None, log=print) -> dict[str, Any]:
+                 penalty_weight: float = 1e-3, tol: float | None = None, control: bool = False,
+                 log=print) -> dict[str, Any]:
     """Train relaxed ``kinds`` on each dataset and write the symmetry reports of the learned weights.
+
+    ``control``: for every dataset with isotropic forcing, also train on its batches symmetrised by a
+    random O_h element each (``cfg.augment = "Oh"``): a training distribution that is exactly O_h
+    symmetric, whatever the finite sample's anisotropy.
 
     Writes ``discover.json`` (per dataset and kind: report, test metrics) and ``discover.md`` (the
     reports in Markdown) to ``cfg.out``.
@@ -502,9 +507,15 @@ def run_discover(datasets: Sequence[str], cfg: CompareConfig, kinds: Sequence[st
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     results, md = [], []
+    jobs = []
     for data in datasets:
         if not Path(data).exists():
             raise FileNotFoundError(f"dataset not found: {data} (make one with `steerable-sr generate`)")
+        jobs.append((data, cfg))
+        if control and _dataset_attrs(data).get("forcing") == "isotropic":
+            jobs.append((data, replace(cfg, augment="Oh")))
+    base = cfg
+    for data, cfg in jobs:
         attrs = _dataset_attrs(data)
         try:
             stats = dataset_statistics(data)
@@ -517,11 +528,13 @@ def run_discover(datasets: Sequence[str], cfg: CompareConfig, kinds: Sequence[st
             for seed in cfg.seeds:
                 r = train_one(spec, seed, cfg, data=data, penalty_weight=penalty_weight, keep_model=True)
                 model = r.pop("model")
-                torch.save(model.state_dict(), out / f"{Path(data).stem}_{spec}_seed{seed}.pt")
+                tag = f"_aug{cfg.augment}" if cfg.augment else ""
+                torch.save(model.state_dict(), out / f"{Path(data).stem}{tag}_{spec}_seed{seed}.pt")
                 kwargs = {} if tol is None else {"tol": tol}
                 report = symmetry_report(model, **kwargs)
                 entry = {"data": data, "forcing": attrs.get("forcing"), "axis": attrs.get("axis"), "kind": spec,
-                         "augment": cfg.augment, "data_statistics": stats, "seed": seed, "penalty_weight": penalty_weight, "steps": r["steps"], "fit_s": r["fit_s"],
+                         "augment": cfg.augment, "data_statistics": stats, "seed": seed,
+                         "penalty_weight": penalty_weight, "steps": r["steps"], "fit_s": r["fit_s"],
                          "test": r["test"], "curve": r["curve"], "report": report.to_dict()}
                 results.append(entry)
                 head = (f"### {spec} on `{data}` (forcing {attrs.get('forcing')}"
@@ -536,12 +549,13 @@ def run_discover(datasets: Sequence[str], cfg: CompareConfig, kinds: Sequence[st
                 md += [report.to_markdown(), "",
                        f"Test MAE {r['test'].get('mae', float('nan')):.4f}, equivariance error "
                        f"{r['test'].get('equiv_err', float('nan')):.2e}.", ""]
-                log(f"[discover] {spec} on {data} seed {seed}: kept {report.stabilizer_name} "
+                log(f"[discover] {spec} on {data}{' (' + cfg.augment + '-symmetrised)' if cfg.augment else ''} "
+                    f"seed {seed}: kept {report.stabilizer_name} "
                     f"(order {len(report.stabilizer)})")
-                (out / "discover.json").write_text(json.dumps({"config": asdict(cfg), "results": results},
+                (out / "discover.json").write_text(json.dumps({"config": asdict(base), "results": results},
                                                               indent=1, default=_json_default))
-    (out / "discover.md").write_text("\n".join(md) + "\n")
-    return {"config": asdict(cfg), "results": results}
+                (out / "discover.md").write_text("\n".join(md) + "\n")
+    return {"config": asdict(base), "results": results}
 
 
 def dataset_statistics(path: str, split: str = "train") -> dict[str, Any]:
@@ -596,7 +610,7 @@ def _common_args(p: argparse.ArgumentParser, defaults: CompareConfig) -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=list(defaults.seeds))
     p.add_argument("--group", default=defaults.group, choices=("Oh", "O"))
     p.add_argument("--preset", default=defaults.preset, help="model widths, configs/presets/<preset>.yaml")
-    p.add_argument("--overrides", type=json.loads, default={},
+    p.add_argument("--overrides", type=json.loads, default=defaults.model_overrides,
                    help='JSON dict of build_model overrides for every kind, e.g. \'{"hidden": 1}\'')
     p.add_argument("--crop", type=_opt_int, default=defaults.crop, help="high-res crop edge (multiple of 4; none = whole)")
     p.add_argument("--batch-size", type=int, default=defaults.batch_size)
@@ -650,13 +664,15 @@ def compare_parser(prog: str | None = None) -> argparse.ArgumentParser:
 
 
 def discover_parser(prog: str | None = None) -> argparse.ArgumentParser:
-    d = CompareConfig(out="runs/discover", seeds=(0,), max_epochs=6)
+    d = CompareConfig(out="runs/discover", seeds=(0,), max_epochs=12, crops_per_window=4, model_overrides={"hidden": 1})
     p = argparse.ArgumentParser(prog=prog, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                                 description="Train relaxed kinds with an equivariance penalty on each dataset and "
                                 "write the symmetry reports of the learned relaxed weights (discover.md/json).")
     p.add_argument("data", nargs="+", help="datasets, e.g. data/aniso_n32.h5 data/iso_n32.h5")
     p.add_argument("--kinds", nargs="+", default=["rgcnn"], help="relaxed kinds: rgcnn, rsteer (and rgcnn_separable)")
-    p.add_argument("--penalty-weight", type=float, default=1e-2, help="weight of the equivariance penalty")
+    p.add_argument("--penalty-weight", type=float, default=1e-3, help="weight of the equivariance penalty")
+    p.add_argument("--control", action="store_true",
+                   help="also train on O_h-symmetrised batches of every isotropic dataset (a control)")
     p.add_argument("--tol", type=float, default=None,
                    help="strict stabilizer tolerance (default: the robust criterion of steerable_sr.symmetry)")
     p.add_argument("--augment", choices=("Oh", "O"), default=None,
@@ -677,7 +693,8 @@ def main_compare(argv: Sequence[str] | None = None, prog: str | None = None) -> 
 def main_discover(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     args = discover_parser(prog).parse_args(argv)
     cfg = _config(args, augment=args.augment)
-    result = run_discover(args.data, cfg, kinds=args.kinds, penalty_weight=args.penalty_weight, tol=args.tol)
+    result = run_discover(args.data, cfg, kinds=args.kinds, penalty_weight=args.penalty_weight, tol=args.tol,
+                          control=args.control)
     print((Path(cfg.out) / "discover.md").read_text())
     print(f"[discover] wrote {cfg.out}/discover.md, discover.json ({len(result['results'])} runs)")
     return 0

@@ -123,3 +123,19 @@ def test_aggregate_mean_and_spread():
     assert row["mae"]["mean"] == pytest.approx(1.0) and row["mae"]["std"] == pytest.approx(1.0)
     assert row["mae"]["n"] == 3
     assert "1.0000 ± 1.0000" in table_markdown(aggregate(runs))
+
+
+def test_discover_end_to_end_at_toy_size_with_symmetrised_control(toy_data, tmp_path):
+    from steerable_sr.compare import run_discover
+
+    torch.set_num_threads(1)
+    cfg = CompareConfig(data=str(toy_data), out=str(tmp_path / "disc"), seeds=(0,), crop=8, batch_size=1,
+                        crops_per_window=1, max_epochs=1, max_steps=2, limit_val_batches=1, limit_test_batches=1,
+                        test_equivariance_elements=2, build_time=False, model_overrides={"hidden": 1})
+    result = run_discover([str(toy_data)], cfg, kinds=("rgcnn",), control=True, log=lambda *a: None)
+    assert [r["augment"] for r in result["results"]] == [None, "Oh"]
+    for r in result["results"]:
+        assert r["report"]["stabilizer_name"] and len(r["report"]["defects"]) == 48
+        assert abs(sum(r["data_statistics"]["energy_fractions"]) - 1) < 1e-9
+    md = (tmp_path / "disc" / "discover.md").read_text()
+    assert md.count("Kept symmetry") == 2 and "symmetrised by random Oh" in md
