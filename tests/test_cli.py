@@ -38,7 +38,7 @@ def work(tmp_path_factory):
 
 def _common(work, save_dir, *extra):
     return ["--config", CONFIG, "--data.path", str(work / "tiny.h5"), "--data.crop", "null",
-            "--data.batch_size", "2", "--trainer.enable_progress_bar", "false",
+            "--data.batch_size", "2", "--data.crops_per_window", "2", "--trainer.enable_progress_bar", "false",
             "--trainer.enable_model_summary", "false", "--trainer.logger.init_args.save_dir", str(save_dir),
             *extra]
 
