@@ -418,8 +418,8 @@ def plot_spectra(path: str | os.PathLike, runs: Sequence[dict]) -> None:
     for spec in dict.fromkeys(r["kind"] for r in runs):
         arr = np.mean([r["spectra"]["prediction"] for r in runs if r["kind"] == spec], axis=0)
         ax.loglog(k[sel], arr[sel], lw=1, label=spec)
-    n = 2 * (len(k) - 1)
-    ax.axvline(len(k) and int(round((len(k) - 1) / math.sqrt(3))), color="0.7", lw=0.8)
+    # k = N/2, the largest shell resolved in every direction (num_shells(N) = round(sqrt(3) N/2) + 1)
+    ax.axvline(round((len(k) - 1) / math.sqrt(3)), color="0.7", lw=0.8)
     ax.set_xlabel("k")
     ax.set_ylabel("E(k)")
     ax.set_title("test-set energy spectra (mean over samples and seeds)")
@@ -427,7 +427,6 @@ def plot_spectra(path: str | os.PathLike, runs: Sequence[dict]) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-    del n
 
 
 def _json_default(obj):
@@ -468,11 +467,19 @@ def run_compare(cfg: CompareConfig, log=print) -> dict[str, Any]:
             log(f"[compare] {spec} seed {seed}: {r['params']:,} params, {r['steps']} steps in {r['fit_s']:.1f} s "
                 f"(step {r['step_s'] * 1e3:.0f} ms), test MAE {r['test'].get('mae', float('nan')):.4f}, "
                 f"equiv err {r['test'].get('equiv_err', float('nan')):.2e}")
-            # Written after every run: a long comparison that is interrupted keeps what it has.
-            (out / "results.json").write_text(json.dumps({"config": asdict(cfg), "runs": runs}, indent=1,
-                                                          default=_json_default))
+            # Written after every run: a long comparison that is interrupted keeps what it has
+            # (`--from-json OUT/results.json` renders the table and plots of what is there).
+            (out / "results.json").write_text(json.dumps({"config": asdict(cfg), "build": build, "runs": runs},
+                                                         indent=1, default=_json_default))
+    return render(cfg, runs, build, log)
+
+
+def render(cfg: CompareConfig, runs: Sequence[dict], build: dict[str, dict] | None = None, log=print) -> dict[str, Any]:
+    """Aggregate ``runs`` and write results.json, results.md, val_curves.png and spectra.png to ``cfg.out``."""
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
     table = aggregate(runs, build)
-    result = {"config": asdict(cfg), "table": table, "runs": runs}
+    result = {"config": asdict(cfg), "build": build or {}, "table": table, "runs": list(runs)}
     (out / "results.json").write_text(json.dumps(result, indent=1, default=_json_default))
     md = table_markdown(table, cfg)
     (out / "results.md").write_text(md + "\n")
@@ -480,6 +487,18 @@ def run_compare(cfg: CompareConfig, log=print) -> dict[str, Any]:
     plot_spectra(out / "spectra.png", runs)
     log(md)
     return result
+
+
+def render_from_json(path: str | os.PathLike, out: str | None = None, log=print) -> dict[str, Any]:
+    """Re-render a (possibly partial) ``results.json`` of :func:`run_compare`."""
+    saved = json.loads(Path(path).read_text())
+    config = dict(saved["config"])
+    if out is not None:
+        config["out"] = out
+    cfg = CompareConfig(**{k: v for k, v in config.items() if k in CompareConfig.__dataclass_fields__})
+    kinds = list(dict.fromkeys(r["kind"] for r in saved["runs"]))
+    cfg.kinds = tuple(kinds) or cfg.kinds
+    return render(cfg, saved["runs"], saved.get("build") or {}, log)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -659,6 +678,8 @@ def compare_parser(prog: str | None = None) -> argparse.ArgumentParser:
                    help="model kinds: cnn gcnn rgcnn steer rsteer, and gcnn_separable rgcnn_separable")
     p.add_argument("--penalty-weight", type=float, default=d.penalty_weight, help="relaxed kinds' penalty weight")
     p.add_argument("--no-build-time", action="store_true", help="skip the cold/warm build-time measurement")
+    p.add_argument("--from-json", metavar="RESULTS_JSON",
+                   help="only render the table and plots of a saved (possibly partial) results.json into --out")
     _common_args(p, d)
     return p
 
@@ -683,6 +704,10 @@ def discover_parser(prog: str | None = None) -> argparse.ArgumentParser:
 
 def main_compare(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     args = compare_parser(prog).parse_args(argv)
+    if args.from_json:
+        render_from_json(args.from_json, args.out)
+        print(f"[compare] wrote {args.out}/results.md, results.json, val_curves.png, spectra.png")
+        return 0
     cfg = _config(args, data=args.data, kinds=args.kinds, penalty_weight=args.penalty_weight,
                   build_time=not args.no_build_time)
     run_compare(cfg)

@@ -114,6 +114,11 @@ def test_compare_end_to_end_at_toy_size(toy_data, tmp_path):
     md = (out / "results.md").read_text()
     assert "| cnn |" in md and "| rgcnn |" in md and "| trilinear |" in md
     assert result["runs"][0]["steps"] == 2 and result["runs"][0]["curve"]
+    # a saved (possibly partial) results.json renders again
+    from steerable_sr.compare import render_from_json
+
+    again = render_from_json(out / "results.json", str(tmp_path / "again"), log=lambda *a: None)
+    assert set(again["table"]) == {"cnn", "rgcnn"} and (tmp_path / "again" / "results.md").is_file()
 
 
 def test_aggregate_mean_and_spread():
