@@ -24,7 +24,7 @@ $(STAMP): setup.cfg pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/python scripts/smoke.py
+	bash scripts/main_job.sh
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -100,7 +100,7 @@ def bench_build(opts) -> None:
     import escnn
 
     escnn_cache = Path(escnn.__file__).parent / "group" / "_cache"
-    print(f"| kind | import (s) | cold build (s) | warm build (s) |\n| --- | ---: | ---: | ---: |")
+    print("| kind | import (s) | cold build (s) | warm build (s) |\n| --- | ---: | ---: | ---: |")
     for kind in opts.kinds:
         with tempfile.TemporaryDirectory() as cache:
             env = {**os.environ, "STEERABLE_SR_CACHE": cache}

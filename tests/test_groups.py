@@ -79,8 +79,6 @@ def test_adapter_round_trip_is_exact():
 
 def test_irrep_names_match_characters():
     # A 90-degree turn has character +1 on T1, -1 on T2 and A2, 0 on E; inversion splits g from u.
-    from steerable_sr.nn.fourier import peter_weyl_basis  # noqa: F401  (irreps are escnn's)
-
     G = groups.gspace("Oh").fibergroup
     quarter = groups.element_index(np.array([[1.0, 0, 0], [0, 0, -1], [0, 1, 0]]))
     inversion = groups.element_index(-np.eye(3))

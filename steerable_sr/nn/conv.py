@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -167,7 +166,7 @@ class OctahedralConv(RelaxedLayerMixin, enn.EquivariantModule):
         """One basis per (out irrep, in irrep): buffer ``basis_j_i`` ``(n_b, d_out d_in k^3)``; the filter
         is assembled block by block in the irrep-sorted orders of both types."""
         self._pairs: list[list[tuple[str, slice, int, int, int, int, int]]] = []
-        start, k3 = 0, self.kernel_size ** 3
+        start = 0
         for j, out_irrep in enumerate(self._out_layout.irrep_offsets):
             row = []
             for i, in_irrep in enumerate(self._in_layout.irrep_offsets):
