@@ -365,7 +365,10 @@ def table_markdown(table: dict[str, dict], cfg: CompareConfig | None = None) -> 
         seeds = ", ".join(str(s) for s in cfg.seeds)
         lines.append("")
         lines.append(f"Data `{cfg.data}`, crops {cfg.crop}^3 (input {cfg.crop // 4 if cfg.crop else 'whole'}^3), "
-                     f"batch {cfg.batch_size}, {cfg.max_epochs} epochs, Adam lr {cfg.lr} (weight decay "
+                     f"batch {cfg.batch_size}, {cfg.max_epochs} epochs"
+                     + (f" of {cfg.limit_train_batches} batches" if cfg.limit_train_batches else "")
+                     + (f" (at most {cfg.max_steps} steps)" if cfg.max_steps and cfg.max_steps > 0 else "")
+                     + f", Adam lr {cfg.lr} (weight decay "
                      f"{cfg.weight_decay}, StepLR {cfg.gamma}), penalty weight {cfg.penalty_weight} (relaxed kinds), "
                      f"preset `{cfg.preset}`, group {cfg.group}, seeds {seeds}: mean ± sample std over seeds; "
                      "test split; equivariance error over "
