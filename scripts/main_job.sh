@@ -20,15 +20,15 @@ CKPT=runs/default/$VERSION/checkpoints/last.ckpt
 "$SR" evaluate "$CKPT" --out "reports/$VERSION"
 "$SR" export "$CKPT" "exports/$VERSION.pt"
 
-# A JHTDB-layout cutout (datasets Velocity_NNNN of shape (nz, ny, nx, 3)) made from the test frames,
-# then super-resolved from its 4x block average.
+# A JHTDB-layout cutout (datasets Velocity_NNNN of shape (nz, ny, nx, 3)): a 16^3 corner of five
+# test frames, super-resolved from its 4x block average (4^3, the training input size).
 mkdir -p predictions
 "$BIN/python" - "$DATA" "predictions/$VERSION-cutout.h5" <<'PY'
 import sys
 from steerable_sr.data.dataset import load_generated
 from steerable_sr.data.jhtdb import save_jhtdb
 data = load_generated(sys.argv[1])
-save_jhtdb(sys.argv[2], data["velocity"][data["splits"]["test"][:5]])
+save_jhtdb(sys.argv[2], data["velocity"][data["splits"]["test"][:5], :, :16, :16, :16])
 PY
 "$SR" predict "exports/$VERSION.pt" "predictions/$VERSION-cutout.h5" "predictions/$VERSION.h5" --downsample
 echo

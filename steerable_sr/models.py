@@ -9,7 +9,9 @@ Public convention in and out: ``(B, 3 T, n, n, n)`` (``T`` velocity frames) ->
 * ``UpBlock``: transposed conv (k=4, s=2, p=1: exact on the grid) + norm + nonlinearity + conv,
   added to the trilinear upsampling of its input (align_corners=False: exact), then norm + nonlinearity;
 * ``ResBlock``: two convs with a residual;
-* ``head``: conv k=3, hidden -> one velocity field.
+* ``head``: conv k=3, hidden -> one velocity field;
+* ``trilinear_skip`` (default on): the trilinear upsampling of the middle input frame is added to
+  the output, so the network learns the correction to the trilinear baseline (exact on the grid).
 
 Kinds (``KINDS``): ``cnn`` (plain Conv3d), ``gcnn`` (regular fields, :class:`GridR3Conv`), ``rgcnn``
 (regular fields, relaxed), ``steer`` (bands of irreps with a Fourier ReLU), ``rsteer`` (steer,
@@ -50,6 +52,7 @@ class ModelConfig:
     hidden: int = 2
     num_filter_banks: int = 2
     separable: bool = False
+    trilinear_skip: bool = True
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -62,6 +65,8 @@ class ModelConfig:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
         if not isinstance(self.upscale, int) or self.upscale < 2 or self.upscale & (self.upscale - 1):
             raise ValueError(f"upscale must be a power of two >= 2, got {self.upscale!r}")
+        if not isinstance(self.trilinear_skip, bool):
+            raise ValueError(f"trilinear_skip must be true or false, got {self.trilinear_skip!r}")
         if not isinstance(self.separable, bool):
             raise ValueError(f"separable must be true or false, got {self.separable!r}")
         if self.separable and self.kind not in SEPARABLE_KINDS:
@@ -93,9 +98,10 @@ def build_model(kind: str = "rgcnn", group: str = "Oh", frames: int = 3, upscale
     ``num_filter_banks``, ``separable``; a separable model takes the preset's ``<kind>_separable`` widths)."""
     if kind not in KINDS:
         raise ValueError(f"unknown model kind {kind!r}; allowed values: {', '.join(KINDS)}")
-    unknown = set(overrides) - {"hidden", "num_filter_banks", "separable"}
+    unknown = set(overrides) - {"hidden", "num_filter_banks", "separable", "trilinear_skip"}
     if unknown:
-        raise ValueError(f"unknown model options {sorted(unknown)}; allowed: hidden, num_filter_banks, separable")
+        raise ValueError(f"unknown model options {sorted(unknown)}; allowed: hidden, num_filter_banks, separable, "
+                         f"trilinear_skip")
     entry = f"{kind}_separable" if overrides.get("separable") is True and kind in SEPARABLE_KINDS else kind
     options = {**load_preset(preset, entry), **overrides}
     return SuperResolutionNet(ModelConfig(kind=kind, group=group, frames=frames, upscale=upscale, **options))
@@ -236,6 +242,8 @@ class SuperResolutionNet(nn.Module):
         self.stages = nn.Sequential(*stages)
         self.head = layers.conv(t, layers.output)
         self.output_map = layers.output_map()
+        # Channels of the middle input frame, upsampled and added to the output (None: no skip).
+        self.skip_frame = 3 * (config.frames // 2) if config.trilinear_skip else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 5 or x.shape[1] != self.in_channels:
@@ -243,7 +251,11 @@ class SuperResolutionNet(nn.Module):
         if x.shape[2] != x.shape[3] or x.shape[2] != x.shape[4] or x.shape[2] < 2:
             raise ValueError(f"expected a cubic input volume (B, {self.in_channels}, n, n, n) with n >= 2, "
                              f"got {list(x.shape)}")
-        return self.output_map(self.head(self.stages(self.lift(self.input_map(x)))))
+        y = self.output_map(self.head(self.stages(self.lift(self.input_map(x)))))
+        if self.skip_frame is not None:
+            middle = x[:, self.skip_frame:self.skip_frame + 3]
+            y = y + F.interpolate(middle, scale_factor=float(self.upscale), mode="trilinear", align_corners=False)
+        return y
 
     # ---- relaxed layers -----------------------------------------------------------------------
 
