@@ -196,6 +196,19 @@ def _recorder_class():
             for key, value in trainer.callback_metrics.items():
                 if key.startswith("val/") or key in ("train/l1_epoch", "train/l1", "train/penalty"):
                     row[key] = float(value)
+            model = getattr(pl_module, "model", None)
+            if getattr(getattr(model, "config", None), "relaxed", False):
+                # the symmetry read-out along training: kept subgroup, largest block significance,
+                # and the largest block (layer, irrep, bank)
+                from .symmetry import block_significance, relaxed_layers, symmetry_report
+
+                report = symmetry_report(model)
+                row["symmetry"] = report.stabilizer_name
+                row["significance"] = report.significance
+                best = max(((name, irrep, int(s.argmax()), float(s.max())) for name, layer in relaxed_layers(model)
+                            for irrep, s in block_significance(layer.relaxed_weights_on_group().detach(),
+                                                               layer.group).items()), key=lambda t: t[3])
+                row["largest_block"] = f"{best[0]} {best[1]} bank {best[2]}"
             self.curve.append(row)
 
     return Recorder
@@ -568,7 +581,13 @@ def run_discover(datasets: Sequence[str], cfg: CompareConfig, kinds: Sequence[st
                     md += ["Training frames: energy fractions (x, y, z) = ("
                            + ", ".join(f"{v:.3f}" for v in stats["energy_fractions"])
                            + f"), relative helicity {stats['relative_helicity']:.3f}.", ""]
-                md += [report.to_markdown(), "",
+                along = [f"{row['epoch'] + 1}: {row['symmetry']} (s = {row['significance']:.2g}, {row['largest_block']})"
+                         for row in r["curve"] if "symmetry" in row]
+                md += [report.to_markdown(), ""]
+                if along:
+                    md += ["Read-out after each epoch (epoch: kept symmetry, largest significance, its block): "
+                           + "; ".join(along) + ".", ""]
+                md += [
                        f"Test MAE {r['test'].get('mae', float('nan')):.4f}, equivariance error "
                        f"{r['test'].get('equiv_err', float('nan')):.2e}.", ""]
                 log(f"[discover] {spec} on {data}{' (' + cfg.augment + '-symmetrised)' if cfg.augment else ''} "
