@@ -37,6 +37,7 @@ from torch import nn
 from . import groups
 
 KINDS = ("cnn", "gcnn", "rgcnn", "steer", "rsteer")
+HEAD_INIT_SCALE = 0.01  # with the trilinear skip, the head's initial filters are scaled by this
 SEPARABLE_KINDS = ("gcnn", "rgcnn")
 PRESETS_DIR = Path(__file__).resolve().parents[1] / "configs" / "presets"
 
@@ -244,6 +245,12 @@ class SuperResolutionNet(nn.Module):
         self.output_map = layers.output_map()
         # Channels of the middle input frame, upsampled and added to the output (None: no skip).
         self.skip_frame = 3 * (config.frames // 2) if config.trilinear_skip else None
+        if config.trilinear_skip:
+            # Start close to the trilinear baseline: a small correction (relaxed weights stay at 1).
+            with torch.no_grad():
+                for name, p in self.head.named_parameters():
+                    if "relaxed" not in name:
+                        p.mul_(HEAD_INIT_SCALE)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 5 or x.shape[1] != self.in_channels:
