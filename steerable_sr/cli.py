@@ -485,8 +485,6 @@ def cmd_export(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    import torch
-
     from . import report
     from .training import load_module
 
@@ -518,7 +516,6 @@ def cmd_evaluate(args) -> int:
     m = result["metrics"]
     print(f"wrote {path}: MAE {m['model']['mae']:.4g} (trilinear {m['trilinear']['mae']:.4g}), "
           f"equivariance error {result['equivariance']['max']:.3g}")
-    del torch
     return 0
 
 
@@ -561,8 +558,6 @@ def _datamodule_for(args, module):
 
 
 def cmd_info(args) -> int:
-    import torch
-
     from .training import KINDS
 
     if args.ckpt:
@@ -570,7 +565,7 @@ def cmd_info(args) -> int:
         if loaded.source != "checkpoint":
             _fail("info --ckpt needs a training checkpoint (exported modules: see their .json)")
         net = loaded.net
-        kind, frames, upscale = loaded.meta["kind"], loaded.frames, loaded.upscale
+        kind, frames = loaded.meta["kind"], loaded.frames
     else:
         if args.kind not in KINDS:
             _fail(f"unknown model kind {args.kind!r}; allowed values: {', '.join(KINDS)}")
@@ -582,12 +577,11 @@ def cmd_info(args) -> int:
                               preset=args.preset, **overrides)
         except (TypeError, ValueError, KeyError) as exc:
             _fail(f"cannot build model: {exc}")
-        kind, frames, upscale = args.kind, args.frames, args.upscale
+        kind, frames = args.kind, args.frames
     print(layer_table(net, frames, args.input_size, kind))
     if hasattr(net, "layer_table"):
         print()
         print(net.layer_table())
-    del torch
     return 0
 
 

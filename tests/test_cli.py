@@ -4,7 +4,6 @@ Tiny: a 16^3 generated dataset (4^3 -> 16^3), narrow models, two epochs of four 
 """
 import json
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -19,12 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIG = str(ROOT / "configs" / "default.yaml")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")

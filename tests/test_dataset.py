@@ -20,12 +20,7 @@ from steerable_sr.groups import act, group_matrices
 SMALL = dict(n=8, frames=13, spinup=0.2, dt_save=0.05, progress=False)
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")

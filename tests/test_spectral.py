@@ -8,13 +8,7 @@ from steerable_sr.data.spectral import SpectralSolver, default_viscosity, energy
 from steerable_sr.groups import act, group_matrices
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """16^3 FFTs are faster on one thread, and much faster when another process loads the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def test_spectrum_sums_to_energy_exactly():

@@ -13,13 +13,7 @@ from steerable_sr.data.dataset import TurbulenceDataModule
 from steerable_sr.training import CheckpointMismatchError, SuperResolutionModule, load_module
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # 2 cores shared with other jobs: one intra-op thread avoids OpenMP oversubscription stalls.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")
