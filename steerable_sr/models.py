@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -312,7 +312,3 @@ def _export(module: nn.Module) -> nn.Module:
     clone._parameters = {name: copy.deepcopy(p) for name, p in module._parameters.items()}
     clone._buffers = {name: copy.deepcopy(b) for name, b in module._buffers.items()}
     return clone
-
-
-def config_dict(model: SuperResolutionNet) -> dict:
-    return asdict(model.config)

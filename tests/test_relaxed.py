@@ -188,10 +188,16 @@ def test_state_dict_round_trip_in_train_and_eval_mode(save_mode, load_mode):
     source = RelaxedR3ConvTransposed(regular, regular, num_filter_banks=2)
     source.set_relaxed_weights_on_group(torch.randn(2, 48))
     target = RelaxedR3ConvTransposed(regular, regular, num_filter_banks=2)
+    assert_state_dict_round_trip(source, target, save_mode, load_mode)
+
+
+def assert_state_dict_round_trip(source, target, save_mode: str, load_mode: str) -> None:
+    """``target`` loads ``source``'s state dict, each in the given mode, and then computes the same output;
+    an eval-mode target has cached its filter beforehand, so loading must invalidate the cache."""
     getattr(source, save_mode)()
     getattr(target, load_mode)()
-    x = random_input(regular, 3)
-    target(x)  # an eval-mode target caches its filter: loading must invalidate it
+    x = random_input(source.in_type, 3)
+    target(x)
     target.load_state_dict(source.state_dict())
     source.eval(), target.eval()
     with torch.no_grad():
