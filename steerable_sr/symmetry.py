@@ -171,6 +171,19 @@ def robust_stabilizer(weights_list, group: str = "Oh", block_tol: float | None =
     return _close_down({k for k, d in enumerate(measure.defects) if d <= defect_tol}, group)
 
 
+def consensus_stabilizer(stabilizers, group: str = "Oh") -> list[int]:
+    """The symmetry kept by most of several runs (e.g. seeds): the elements that more than half of
+    the ``stabilizers`` (lists of element indices) contain; if these do not form a group, the
+    largest named subgroup inside them (as in the robust criterion)."""
+    stabilizers = [set(int(k) for k in stab) for stab in stabilizers]
+    if not stabilizers:
+        raise ValueError("consensus_stabilizer needs at least one stabilizer")
+    votes = np.zeros(len(_matrices_np(group)), dtype=int)
+    for stab in stabilizers:
+        votes[sorted(stab)] += 1
+    return _close_down({k for k, v in enumerate(votes) if 2 * v > len(stabilizers)}, group)
+
+
 def weight_stabilizer(weights: torch.Tensor | np.ndarray, group: str = "Oh", tol: float | None = None,
                       block_tol: float | None = None, defect_tol: float | None = None) -> list[int]:
     """Stabilizer of weights ``(L, |G|)``: the robust criterion, or with ``tol`` the strict one

@@ -10,8 +10,8 @@ import torch
 
 from steerable_sr import groups
 from steerable_sr.compare import CompareConfig, aggregate, parse_kind, run_compare, table_markdown
-from steerable_sr.symmetry import (BLOCK_TOL, DEFECT_TOL, block_significance, breaking_measure, named_subgroups, robust_stabilizer,
-                                   subgroup_name, weight_stabilizer)
+from steerable_sr.symmetry import (BLOCK_TOL, DEFECT_TOL, block_significance, breaking_measure, consensus_stabilizer,
+                                   named_subgroups, robust_stabilizer, subgroup_name, weight_stabilizer)
 
 
 def invariant_weights(subgroup, banks: int = 2, seed: int = 0, group: str = "Oh") -> torch.Tensor:
@@ -78,6 +78,16 @@ def test_defect_is_zero_inside_and_order_one_outside_for_exact_invariant_weights
         assert subgroup_name(robust_stabilizer(invariant_weights(H, seed=7))) == name
 
 
+def test_consensus_keeps_the_elements_most_runs_keep():
+    named = dict(named_subgroups("Oh"))
+    runs = [named["D4h, axis x"], named["C4v, axis x"], named["D4h, axis x"]]
+    assert subgroup_name(consensus_stabilizer(runs)) == "D4h, axis x"
+    assert subgroup_name(consensus_stabilizer([named["Oh"], named["O"]])) == "O"  # a tie is not a majority
+    # majority set D4h(x) u D4h(y) is no group: the largest named subgroup inside it
+    mixed = consensus_stabilizer([named["D4h, axis x"], named["D4h, axis y"], named["Oh"]])
+    assert len(mixed) == 16 and set(mixed) <= named["D4h, axis x"] | named["D4h, axis y"]
+
+
 def test_parse_kind():
     assert parse_kind("gcnn") == ("gcnn", {})
     with pytest.raises(ValueError):
@@ -131,16 +141,19 @@ def test_aggregate_mean_and_spread():
 
 
 def test_discover_end_to_end_at_toy_size_with_symmetrised_control(toy_data, tmp_path):
-    from steerable_sr.compare import run_discover
+    from steerable_sr.compare import DISCOVERY_OVERRIDES, run_discover
 
     torch.set_num_threads(1)
     cfg = CompareConfig(data=str(toy_data), out=str(tmp_path / "disc"), seeds=(0,), crop=8, batch_size=1,
                         crops_per_window=1, max_epochs=1, max_steps=2, limit_val_batches=1, limit_test_batches=1,
-                        test_equivariance_elements=2, build_time=False, model_overrides={"hidden": 1})
+                        test_equivariance_elements=2, build_time=False, model_overrides=DISCOVERY_OVERRIDES)
     result = run_discover([str(toy_data)], cfg, kinds=("rgcnn",), control=True, log=lambda *a: None)
     assert [r["augment"] for r in result["results"]] == [None, "Oh"]
     for r in result["results"]:
         assert r["report"]["stabilizer_name"] and len(r["report"]["defects"]) == 48
         assert abs(sum(r["data_statistics"]["energy_fractions"]) - 1) < 1e-9
+    assert [row["augment"] for row in result["summary"]] == [None, "Oh"]
+    for row, r in zip(result["summary"], result["results"]):  # one seed: the consensus is its read-out
+        assert row["per_seed"] == [row["consensus"]] == [r["report"]["stabilizer_name"]]
     md = (tmp_path / "disc" / "discover.md").read_text()
-    assert md.count("Kept symmetry") == 2 and "symmetrised by random Oh" in md
+    assert md.count("Kept symmetry") == 2 and "symmetrised by random Oh" in md and "consensus over seeds" in md
