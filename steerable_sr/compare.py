@@ -755,7 +755,7 @@ def compare_parser(prog: str | None = None) -> argparse.ArgumentParser:
 
 
 def discover_parser(prog: str | None = None) -> argparse.ArgumentParser:
-    d = CompareConfig(out="runs/discover", seeds=(0,), max_epochs=12, crops_per_window=4,
+    d = CompareConfig(out="runs/discover", seeds=(0, 1, 2), max_epochs=12, crops_per_window=4,
                       model_overrides=DISCOVERY_OVERRIDES)
     p = argparse.ArgumentParser(prog=prog, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                                 description="Train relaxed kinds with an equivariance penalty on each dataset and "
