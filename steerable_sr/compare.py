@@ -47,6 +47,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .data.atomic import atomic_output
+
 DEFAULT_KINDS = ("cnn", "gcnn", "rgcnn", "steer", "rsteer")
 SEPARABLE_SUFFIX = "_separable"
 
@@ -415,7 +417,8 @@ def plot_curves(path: str | os.PathLike, runs: Sequence[dict], key: str = "val/m
     ax.set_title("validation MAE (mean over seeds, band = min..max)")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with atomic_output(path, overwrite=True) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
 
 
@@ -441,8 +444,15 @@ def plot_spectra(path: str | os.PathLike, runs: Sequence[dict]) -> None:
     ax.set_title("test-set energy spectra (mean over samples and seeds)")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with atomic_output(path, overwrite=True) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (a reader never sees half a file)."""
+    with atomic_output(path, overwrite=True) as tmp:
+        tmp.write_text(text)
 
 
 def _json_default(obj):
@@ -485,7 +495,7 @@ def run_compare(cfg: CompareConfig, log=print) -> dict[str, Any]:
                 f"equiv err {r['test'].get('equiv_err', float('nan')):.2e}")
             # Written after every run: a long comparison that is interrupted keeps what it has
             # (`--from-json OUT/results.json` renders the table and plots of what is there).
-            (out / "results.json").write_text(json.dumps({"config": asdict(cfg), "build": build, "runs": runs},
+            _write_text(out / "results.json", json.dumps({"config": asdict(cfg), "build": build, "runs": runs},
                                                          indent=1, default=_json_default))
     return render(cfg, runs, build, log)
 
@@ -496,9 +506,9 @@ def render(cfg: CompareConfig, runs: Sequence[dict], build: dict[str, dict] | No
     out.mkdir(parents=True, exist_ok=True)
     table = aggregate(runs, build)
     result = {"config": asdict(cfg), "build": build or {}, "table": table, "runs": list(runs)}
-    (out / "results.json").write_text(json.dumps(result, indent=1, default=_json_default))
+    _write_text(out / "results.json", json.dumps(result, indent=1, default=_json_default))
     md = table_markdown(table, cfg)
-    (out / "results.md").write_text(md + "\n")
+    _write_text(out / "results.md", md + "\n")
     plot_curves(out / "val_curves.png", runs)
     plot_spectra(out / "spectra.png", runs)
     log(md)
@@ -529,7 +539,7 @@ def render_from_json(path: str | os.PathLike, out: str | None = None, log=print)
 DISCOVERY_OVERRIDES: dict[str, Any] = {"hidden": 1, "trilinear_skip": False}
 
 
-def run_discover(datasets: Sequence[str], cfg: CompareConfig, kinds: Sequence[str] = ("rgcnn",),
+def run_discover(datasets: Sequence[str], cfg: CompareConfig, kinds: Sequence[str] = ("rgcnn", "rsteer"),
                  penalty_weight: float = 1e-3, tol: float | None = None, control: bool = False,
                  log=print) -> dict[str, Any]:
     """Train relaxed ``kinds`` on each dataset and write the symmetry reports of the learned weights.
@@ -548,8 +558,7 @@ def run_discover(datasets: Sequence[str], cfg: CompareConfig, kinds: Sequence[st
     _threads(cfg)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    results, md = [], []
-    jobs = []
+    results, jobs = [], []
     for data in datasets:
         if not Path(data).exists():
             raise FileNotFoundError(f"dataset not found: {data} (make one with `steerable-sr generate`)")
@@ -571,44 +580,71 @@ def run_discover(datasets: Sequence[str], cfg: CompareConfig, kinds: Sequence[st
                 r = train_one(spec, seed, cfg, data=data, penalty_weight=penalty_weight, keep_model=True)
                 model = r.pop("model")
                 tag = f"_aug{cfg.augment}" if cfg.augment else ""
-                torch.save(model.state_dict(), out / f"{Path(data).stem}{tag}_{spec}_seed{seed}.pt")
-                kwargs = {} if tol is None else {"tol": tol}
-                report = symmetry_report(model, **kwargs)
-                entry = {"data": data, "forcing": attrs.get("forcing"), "axis": attrs.get("axis"), "kind": spec,
-                         "augment": cfg.augment, "data_statistics": stats, "seed": seed,
-                         "penalty_weight": penalty_weight, "steps": r["steps"], "fit_s": r["fit_s"],
-                         "test": r["test"], "curve": r["curve"], "report": report.to_dict()}
-                results.append(entry)
-                head = (f"### {spec} on `{data}` (forcing {attrs.get('forcing')}"
-                        + (f", axis {'xyz'[int(attrs['axis'])]}" if attrs.get("forcing") == "anisotropic" else "")
-                        + f"), seed {seed}, penalty {penalty_weight}, {r['steps']} steps"
-                        + (f", training batches symmetrised by random {cfg.augment} elements" if cfg.augment else ""))
-                md += [head, ""]
-                if stats:
-                    md += ["Training frames: energy fractions (x, y, z) = ("
-                           + ", ".join(f"{v:.3f}" for v in stats["energy_fractions"])
-                           + f"), relative helicity {stats['relative_helicity']:.3f}.", ""]
-                along = [f"{row['epoch'] + 1}: {row['symmetry']} (s = {row['significance']:.2g}, {row['largest_block']})"
-                         for row in r["curve"] if "symmetry" in row]
-                md += [report.to_markdown(), ""]
-                if along:
-                    md += ["Read-out after each epoch (epoch: kept symmetry, largest significance, its block): "
-                           + "; ".join(along) + ".", ""]
-                md += [
-                       f"Test MAE {r['test'].get('mae', float('nan')):.4f}, equivariance error "
-                       f"{r['test'].get('equiv_err', float('nan')):.2e}.", ""]
+                with atomic_output(out / f"{Path(data).stem}{tag}_{spec}_seed{seed}.pt", overwrite=True) as tmp:
+                    torch.save(model.state_dict(), tmp)
+                report = symmetry_report(model, **({} if tol is None else {"tol": tol}))
+                results.append({"data": data, "forcing": attrs.get("forcing"), "axis": attrs.get("axis"),
+                                "kind": spec, "augment": cfg.augment, "data_statistics": stats, "seed": seed,
+                                "penalty_weight": penalty_weight, "steps": r["steps"], "fit_s": r["fit_s"],
+                                "test": r["test"], "curve": r["curve"], "report": report.to_dict()})
                 log(f"[discover] {spec} on {data}{' (' + cfg.augment + '-symmetrised)' if cfg.augment else ''} "
-                    f"seed {seed}: kept {report.stabilizer_name} "
-                    f"(order {len(report.stabilizer)})")
-                summary = discovery_summary(results)
-                (out / "discover.json").write_text(json.dumps({"config": asdict(base), "summary": summary,
-                                                               "results": results}, indent=1, default=_json_default))
-                (out / "discover.md").write_text("\n".join(summary_markdown(summary) + md) + "\n")
-    summary = discovery_summary(results)
-    for row in summary:
+                    f"seed {seed}: kept {report.stabilizer_name} (order {len(report.stabilizer)})")
+                write_discovery(out, {"config": asdict(base), "results": results})
+    result = write_discovery(out, {"config": asdict(base), "results": results})
+    for row in result["summary"]:
         log(f"[discover] {row['kind']} on {row['data']}{' (' + row['augment'] + '-symmetrised)' if row['augment'] else ''}: "
             f"kept {', '.join(row['per_seed'])}; consensus {row['consensus']}")
-    return {"config": asdict(base), "summary": summary, "results": results}
+    return result
+
+
+def write_discovery(out: str | os.PathLike, result: dict[str, Any]) -> dict[str, Any]:
+    """Add the summary to ``result`` (``{"config", "results"}``) and write ``discover.json`` and
+    ``discover.md`` to ``out``, each atomically."""
+    result = {"config": result["config"], "summary": discovery_summary(result["results"]),
+              "results": list(result["results"])}
+    md = summary_markdown(result["summary"])
+    for entry in result["results"]:
+        md += run_markdown(entry)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    _write_text(out / "discover.json", json.dumps(result, indent=1, default=_json_default))
+    _write_text(out / "discover.md", "\n".join(md) + "\n")
+    return result
+
+
+def render_discovery_from_json(paths: Sequence[str | os.PathLike], out: str | os.PathLike,
+                               log=print) -> dict[str, Any]:
+    """Merge the runs of one or more saved ``discover.json`` files (e.g. one per kind or dataset,
+    made with the same settings) and write their summary and reports to ``out``."""
+    saved = [json.loads(Path(p).read_text()) for p in paths]
+    result = write_discovery(out, {"config": saved[0]["config"],
+                                   "results": [entry for s in saved for entry in s["results"]]})
+    log("\n".join(summary_markdown(result["summary"])))
+    return result
+
+
+def run_markdown(entry: dict[str, Any]) -> list[str]:
+    """One discovery run (an entry of ``discover.json``) as Markdown lines: the data, the full
+    symmetry report, the read-out after each epoch and the test metrics."""
+    from .symmetry import SymmetryReport
+
+    axis = f", axis {'xyz'[int(entry['axis'])]}" if entry["forcing"] == "anisotropic" else ""
+    md = [f"### {entry['kind']} on `{entry['data']}` (forcing {entry['forcing']}{axis}), seed {entry['seed']}, "
+          f"penalty {entry['penalty_weight']}, {entry['steps']} steps"
+          + (f", training batches symmetrised by random {entry['augment']} elements" if entry["augment"] else ""), ""]
+    stats = entry.get("data_statistics")
+    if stats:
+        md += ["Training frames: energy fractions (x, y, z) = ("
+               + ", ".join(f"{v:.3f}" for v in stats["energy_fractions"])
+               + f"), relative helicity {stats['relative_helicity']:.3f}.", ""]
+    md += [SymmetryReport.from_dict(entry["report"]).to_markdown(), ""]
+    along = [f"{row['epoch'] + 1}: {row['symmetry']} (s = {row['significance']:.2g}, {row['largest_block']})"
+             for row in entry["curve"] if "symmetry" in row]
+    if along:
+        md += ["Read-out after each epoch (epoch: kept symmetry, largest significance, its block): "
+               + "; ".join(along) + ".", ""]
+    return md + [f"Test MAE {entry['test'].get('mae', float('nan')):.4f}, equivariance error "
+                 f"{entry['test'].get('equiv_err', float('nan')):.2e}.", ""]
 
 
 def discovery_summary(results: Sequence[dict]) -> list[dict[str, Any]]:
@@ -760,8 +796,12 @@ def discover_parser(prog: str | None = None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                                 description="Train relaxed kinds with an equivariance penalty on each dataset and "
                                 "write the symmetry reports of the learned relaxed weights (discover.md/json).")
-    p.add_argument("data", nargs="+", help="datasets, e.g. data/aniso_n32.h5 data/iso_n32.h5")
-    p.add_argument("--kinds", nargs="+", default=["rgcnn"], help="relaxed kinds: rgcnn, rsteer (and rgcnn_separable)")
+    p.add_argument("data", nargs="*", help="datasets, e.g. data/aniso_n32.h5 data/iso_n32_long.h5")
+    p.add_argument("--kinds", nargs="+", default=["rgcnn", "rsteer"],
+                   help="relaxed kinds: rgcnn, rsteer (and rgcnn_separable)")
+    p.add_argument("--from-json", nargs="+", metavar="DISCOVER_JSON",
+                   help="only merge saved discover.json files (same settings) and render their summary and "
+                   "reports into --out")
     p.add_argument("--penalty-weight", type=float, default=1e-3, help="weight of the equivariance penalty")
     p.add_argument("--control", action="store_true",
                    help="also train on O_h-symmetrised batches of every isotropic dataset (a control)")
@@ -787,7 +827,14 @@ def main_compare(argv: Sequence[str] | None = None, prog: str | None = None) -> 
 
 
 def main_discover(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
-    args = discover_parser(prog).parse_args(argv)
+    parser = discover_parser(prog)
+    args = parser.parse_args(argv)
+    if args.from_json:
+        render_discovery_from_json(args.from_json, args.out)
+        print(f"[discover] wrote {args.out}/discover.md, discover.json")
+        return 0
+    if not args.data:
+        parser.error("give the datasets to train on (or --from-json)")
     cfg = _config(args, augment=args.augment)
     result = run_discover(args.data, cfg, kinds=args.kinds, penalty_weight=args.penalty_weight, tol=args.tol,
                           control=args.control)

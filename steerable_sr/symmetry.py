@@ -324,6 +324,11 @@ class SymmetryReport:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, data: dict) -> "SymmetryReport":
+        """The inverse of :meth:`to_dict` (e.g. a report read back from JSON)."""
+        return cls(**{**data, "layers": [LayerSymmetry(**layer) for layer in data.get("layers", [])]})
+
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
 

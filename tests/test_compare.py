@@ -141,7 +141,7 @@ def test_aggregate_mean_and_spread():
 
 
 def test_discover_end_to_end_at_toy_size_with_symmetrised_control(toy_data, tmp_path):
-    from steerable_sr.compare import DISCOVERY_OVERRIDES, run_discover
+    from steerable_sr.compare import DISCOVERY_OVERRIDES, render_discovery_from_json, run_discover
 
     torch.set_num_threads(1)
     cfg = CompareConfig(data=str(toy_data), out=str(tmp_path / "disc"), seeds=(0,), crop=8, batch_size=1,
@@ -157,3 +157,7 @@ def test_discover_end_to_end_at_toy_size_with_symmetrised_control(toy_data, tmp_
         assert row["per_seed"] == [row["consensus"]] == [r["report"]["stabilizer_name"]]
     md = (tmp_path / "disc" / "discover.md").read_text()
     assert md.count("Kept symmetry") == 2 and "symmetrised by random Oh" in md and "consensus over seeds" in md
+    # the saved runs re-render to the same summary and reports
+    merged = render_discovery_from_json([tmp_path / "disc" / "discover.json"], tmp_path / "merged", log=lambda *a: None)
+    assert merged["summary"] == json.loads(json.dumps(result["summary"]))
+    assert (tmp_path / "merged" / "discover.md").read_text() == md
