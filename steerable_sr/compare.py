@@ -555,6 +555,11 @@ def run_discover(datasets: Sequence[str], cfg: CompareConfig, kinds: Sequence[st
 
     from .symmetry import symmetry_report
 
+    if not datasets or not kinds:
+        raise ValueError("symmetry discovery needs at least one dataset and one relaxed kind")
+    for spec in kinds:
+        if parse_kind(spec)[0] not in ("rgcnn", "rsteer"):
+            raise ValueError(f"symmetry discovery needs a relaxed kind (rgcnn, rsteer), got {spec!r}")
     _threads(cfg)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -573,9 +578,6 @@ def run_discover(datasets: Sequence[str], cfg: CompareConfig, kinds: Sequence[st
         except Exception:  # JHTDB cutouts and other layouts: no statistics
             stats = {}
         for spec in kinds:
-            kind, _ = parse_kind(spec)
-            if kind not in ("rgcnn", "rsteer"):
-                raise ValueError(f"symmetry discovery needs a relaxed kind (rgcnn, rsteer), got {spec!r}")
             for seed in cfg.seeds:
                 r = train_one(spec, seed, cfg, data=data, penalty_weight=penalty_weight, keep_model=True)
                 model = r.pop("model")
@@ -589,8 +591,7 @@ def run_discover(datasets: Sequence[str], cfg: CompareConfig, kinds: Sequence[st
                                 "test": r["test"], "curve": r["curve"], "report": report.to_dict()})
                 log(f"[discover] {spec} on {data}{' (' + cfg.augment + '-symmetrised)' if cfg.augment else ''} "
                     f"seed {seed}: kept {report.stabilizer_name} (order {len(report.stabilizer)})")
-                write_discovery(out, {"config": asdict(base), "results": results})
-    result = write_discovery(out, {"config": asdict(base), "results": results})
+                result = write_discovery(out, {"config": asdict(base), "results": results})
     for row in result["summary"]:
         log(f"[discover] {row['kind']} on {row['data']}{' (' + row['augment'] + '-symmetrised)' if row['augment'] else ''}: "
             f"kept {', '.join(row['per_seed'])}; consensus {row['consensus']}")
@@ -673,7 +674,7 @@ def summary_markdown(summary: Sequence[dict]) -> list[str]:
              "| data | training | kind | kept symmetry per seed (largest significance s) | consensus over seeds |",
              "| --- | --- | --- | --- | --- |"]
     for row in summary:
-        forcing = row["forcing"] or "?"
+        forcing = row["forcing"] or "forcing unknown"
         if row["forcing"] == "anisotropic" and row["axis"] is not None:
             forcing += f", axis {'xyz'[int(row['axis'])]}"
         training = f"batches symmetrised by random {row['augment']} elements" if row["augment"] else "plain"

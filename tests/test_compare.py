@@ -161,3 +161,13 @@ def test_discover_end_to_end_at_toy_size_with_symmetrised_control(toy_data, tmp_
     merged = render_discovery_from_json([tmp_path / "disc" / "discover.json"], tmp_path / "merged", log=lambda *a: None)
     assert merged["summary"] == json.loads(json.dumps(result["summary"]))
     assert (tmp_path / "merged" / "discover.md").read_text() == md
+
+
+@pytest.mark.parametrize("kinds, match", [(("gcnn",), "relaxed kind"), ((), "at least one")])
+def test_discover_rejects_bad_kinds_before_training(toy_data, tmp_path, kinds, match):
+    from steerable_sr.compare import run_discover
+
+    cfg = CompareConfig(data=str(toy_data), out=str(tmp_path / "disc"), build_time=False)
+    with pytest.raises(ValueError, match=match):
+        run_discover([str(toy_data)], cfg, kinds=kinds, log=lambda *a: None)
+    assert not (tmp_path / "disc").exists()
