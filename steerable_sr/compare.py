@@ -733,7 +733,7 @@ def _limit(text: str) -> int | float | None:
 
 def _common_args(p: argparse.ArgumentParser, defaults: CompareConfig) -> None:
     p.add_argument("--out", default=defaults.out, help="output directory (default: %(default)s)")
-    p.add_argument("--seeds", type=int, nargs="+", default=list(defaults.seeds))
+    p.add_argument("--seeds", type=int, nargs="+", default=list(defaults.seeds), help="training seeds")
     p.add_argument("--group", default=defaults.group, choices=("Oh", "O"))
     p.add_argument("--preset", default=defaults.preset, help="model widths, configs/presets/<preset>.yaml")
     p.add_argument("--overrides", type=json.loads, default=defaults.model_overrides,
@@ -741,11 +741,11 @@ def _common_args(p: argparse.ArgumentParser, defaults: CompareConfig) -> None:
     p.add_argument("--crop", type=_opt_int, default=defaults.crop, help="high-res crop edge (multiple of 4; none = whole)")
     p.add_argument("--batch-size", type=int, default=defaults.batch_size)
     p.add_argument("--crops-per-window", type=int, default=defaults.crops_per_window)
-    p.add_argument("--epochs", type=int, default=defaults.max_epochs)
+    p.add_argument("--epochs", type=int, default=defaults.max_epochs, help="training epochs")
     p.add_argument("--max-steps", type=int, default=defaults.max_steps, help="stop after this many steps (-1: off)")
-    p.add_argument("--limit-train-batches", type=_limit, default=None)
-    p.add_argument("--limit-val-batches", type=_limit, default=None)
-    p.add_argument("--limit-test-batches", type=_limit, default=None)
+    for split in ("train", "val", "test"):
+        p.add_argument(f"--limit-{split}-batches", type=_limit, default=getattr(defaults, f"limit_{split}_batches"),
+                       help=f"{split} batches per epoch (an int, a fraction, or none = all)")
     p.add_argument("--lr", type=float, default=defaults.lr)
     p.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
     p.add_argument("--gamma", type=float, default=defaults.gamma)
@@ -792,7 +792,9 @@ def compare_parser(prog: str | None = None) -> argparse.ArgumentParser:
 
 
 def discover_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    # the same budget on every dataset, whatever its length: 12 epochs of 20 batches of 4 crops
     d = CompareConfig(out="runs/discover", seeds=(0, 1, 2), max_epochs=12, crops_per_window=4,
+                      limit_train_batches=20, limit_val_batches=8, limit_test_batches=8,
                       model_overrides=DISCOVERY_OVERRIDES)
     p = argparse.ArgumentParser(prog=prog, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                                 description="Train relaxed kinds with an equivariance penalty on each dataset and "
