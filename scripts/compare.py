@@ -3,7 +3,7 @@
 symmetry discovery with relaxed kinds (``steerable-sr discover``). See docs/results.md.
 
     python scripts/compare.py --data data/iso_n32.h5 --out runs/compare
-    python scripts/compare.py discover data/aniso_n32.h5 data/iso_n32.h5 --out runs/discover
+    python scripts/compare.py discover data/aniso_n32.h5 data/iso_n32_long.h5 --control --out runs/discover
 """
 import sys
 
