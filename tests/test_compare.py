@@ -141,7 +141,7 @@ def test_aggregate_mean_and_spread():
 
 
 def test_discover_end_to_end_at_toy_size_with_symmetrised_control(toy_data, tmp_path):
-    from steerable_sr.compare import DISCOVERY_OVERRIDES, render_discovery_from_json, run_discover
+    from steerable_sr.compare import DISCOVERY_OVERRIDES, main_discover, run_discover
 
     torch.set_num_threads(1)
     cfg = CompareConfig(data=str(toy_data), out=str(tmp_path / "disc"), seeds=(0,), crop=8, batch_size=1,
@@ -158,7 +158,8 @@ def test_discover_end_to_end_at_toy_size_with_symmetrised_control(toy_data, tmp_
     md = (tmp_path / "disc" / "discover.md").read_text()
     assert md.count("Kept symmetry") == 2 and "symmetrised by random Oh" in md and "consensus over seeds" in md
     # the saved runs re-render to the same summary and reports
-    merged = render_discovery_from_json([tmp_path / "disc" / "discover.json"], tmp_path / "merged", log=lambda *a: None)
+    assert main_discover(["--from-json", str(tmp_path / "disc" / "discover.json"), "--out", str(tmp_path / "merged")]) == 0
+    merged = json.loads((tmp_path / "merged" / "discover.json").read_text())
     assert merged["summary"] == json.loads(json.dumps(result["summary"]))
     assert (tmp_path / "merged" / "discover.md").read_text() == md
 
@@ -171,3 +172,11 @@ def test_discover_rejects_bad_kinds_before_training(toy_data, tmp_path, kinds, m
     with pytest.raises(ValueError, match=match):
         run_discover([str(toy_data)], cfg, kinds=kinds, log=lambda *a: None)
     assert not (tmp_path / "disc").exists()
+
+
+def test_discover_command_without_datasets_is_a_usage_error(capsys):
+    from steerable_sr.compare import main_discover
+
+    with pytest.raises(SystemExit) as exc:
+        main_discover([])
+    assert exc.value.code == 2 and "give the datasets" in capsys.readouterr().err
