@@ -555,8 +555,8 @@ def run_discover(datasets: Sequence[str], cfg: CompareConfig, kinds: Sequence[st
 
     from .symmetry import symmetry_report
 
-    if not datasets or not kinds:
-        raise ValueError("symmetry discovery needs at least one dataset and one relaxed kind")
+    if not datasets or not kinds or not cfg.seeds:
+        raise ValueError("symmetry discovery needs at least one dataset, one relaxed kind and one seed")
     for spec in kinds:
         if parse_kind(spec)[0] not in ("rgcnn", "rsteer"):
             raise ValueError(f"symmetry discovery needs a relaxed kind (rgcnn, rsteer), got {spec!r}")
@@ -617,7 +617,17 @@ def render_discovery_from_json(paths: Sequence[str | os.PathLike], out: str | os
                                log=print) -> dict[str, Any]:
     """Merge the runs of one or more saved ``discover.json`` files (e.g. one per kind or dataset,
     made with the same settings) and write their summary and reports to ``out``."""
-    saved = [json.loads(Path(p).read_text()) for p in paths]
+    saved = []
+    for path in paths:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"discovery results not found: {path}")
+        try:
+            data = json.loads(Path(path).read_text())
+        except ValueError as exc:
+            raise ValueError(f"{path} is not valid JSON ({exc})") from None
+        if not isinstance(data, dict) or not {"config", "results"} <= data.keys():
+            raise ValueError(f"{path} is not a discover.json of `steerable-sr discover` (no config and results)")
+        saved.append(data)
     result = write_discovery(out, {"config": saved[0]["config"],
                                    "results": [entry for s in saved for entry in s["results"]]})
     log("\n".join(summary_markdown(result["summary"])))
@@ -832,6 +842,8 @@ def main_compare(argv: Sequence[str] | None = None, prog: str | None = None) -> 
 def main_discover(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     parser = discover_parser(prog)
     args = parser.parse_args(argv)
+    if args.from_json and args.data:
+        parser.error("give either datasets to train on or --from-json, not both")
     if args.from_json:
         render_discovery_from_json(args.from_json, args.out)
         print(f"[discover] wrote {args.out}/discover.md, discover.json")

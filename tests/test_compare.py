@@ -180,3 +180,19 @@ def test_discover_command_without_datasets_is_a_usage_error(capsys):
     with pytest.raises(SystemExit) as exc:
         main_discover([])
     assert exc.value.code == 2 and "give the datasets" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("content, error, match", [
+    (None, FileNotFoundError, "not found"),
+    ("garbage", ValueError, "not valid JSON"),
+    ('{"runs": []}', ValueError, "not a discover.json"),
+])
+def test_merging_bad_discovery_files_names_the_file(tmp_path, content, error, match):
+    from steerable_sr.compare import render_discovery_from_json
+
+    path = tmp_path / "discover.json"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(error, match=match):
+        render_discovery_from_json([path], tmp_path / "out", log=lambda *a: None)
+    assert not (tmp_path / "out").exists()
