@@ -392,12 +392,7 @@ def table_markdown(table: dict[str, dict], cfg: CompareConfig | None = None) -> 
 
 
 def plot_curves(path: str | os.PathLike, runs: Sequence[dict], key: str = "val/mae") -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = _new_figure()
     for spec in dict.fromkeys(r["kind"] for r in runs):
         curves = [[row.get(key, np.nan) for row in r["curve"]] for r in runs if r["kind"] == spec]
         n = min(len(c) for c in curves) if curves else 0
@@ -415,20 +410,11 @@ def plot_curves(path: str | os.PathLike, runs: Sequence[dict], key: str = "val/m
     ax.set_xlabel("epoch")
     ax.set_ylabel(key + " (normalised units)")
     ax.set_title("validation MAE (mean over seeds, band = min..max)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_output(path, overwrite=True) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
+    _save_figure(fig, ax, path)
 
 
 def plot_spectra(path: str | os.PathLike, runs: Sequence[dict]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = _new_figure()
     first = runs[0]["spectra"]
     k = np.arange(len(first["truth"]))
     sel = slice(1, None)
@@ -442,6 +428,23 @@ def plot_spectra(path: str | os.PathLike, runs: Sequence[dict]) -> None:
     ax.set_xlabel("k")
     ax.set_ylabel("E(k)")
     ax.set_title("test-set energy spectra (mean over samples and seeds)")
+    _save_figure(fig, ax, path)
+
+
+def _new_figure():
+    """A 6 x 4 inch figure and its axes, with the non-interactive backend (no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(figsize=(6, 4))
+
+
+def _save_figure(fig, ax, path: str | os.PathLike) -> None:
+    """Add the legend, lay out, write ``fig`` to ``path`` as PNG atomically and close it."""
+    import matplotlib.pyplot as plt
+
     ax.legend(fontsize=8)
     fig.tight_layout()
     with atomic_output(path, overwrite=True) as tmp:
@@ -548,8 +551,10 @@ def run_discover(datasets: Sequence[str], cfg: CompareConfig, kinds: Sequence[st
     random O_h element each (``cfg.augment = "Oh"``): a training distribution that is exactly O_h
     symmetric, whatever the finite sample's anisotropy.
 
-    Writes ``discover.json`` (per dataset and kind: report, test metrics) and ``discover.md`` (the
-    reports in Markdown) to ``cfg.out``.
+    Writes to ``cfg.out`` (:func:`write_discovery`, after every run): ``discover.json`` (config,
+    summary per dataset and kind with the consensus over seeds, and per run: report, read-out per
+    epoch, test metrics), ``discover.md`` (the summary table, then every run's report) and the
+    trained weights.
     """
     import torch
 
