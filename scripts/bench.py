@@ -30,7 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-KINDS = ("cnn", "gcnn", "rgcnn", "steer", "rsteer")
+from steerable_sr.models import KINDS
 
 
 def _timed(fn, repeats: int) -> float:

@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 
-KINDS = ("cnn", "gcnn", "rgcnn", "steer", "rsteer")
+from steerable_sr.models import KINDS
 
 
 def run_one(args) -> dict:

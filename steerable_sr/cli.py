@@ -486,6 +486,7 @@ def cmd_export(args) -> int:
 
 def cmd_evaluate(args) -> int:
     from . import report
+    from .models import RELAXED_KINDS
     from .training import load_module
 
     try:
@@ -505,7 +506,7 @@ def cmd_evaluate(args) -> int:
                                    equivariance_elements=args.equivariance_elements, device=args.device,
                                    max_batches=args.max_batches, divergence_periodic=hp.divergence_periodic)
     symmetry = None
-    if hp.kind in report.RELAXED_KINDS:
+    if hp.kind in RELAXED_KINDS:
         from .symmetry import symmetry_report
 
         symmetry = symmetry_report(module.model)
@@ -558,7 +559,7 @@ def _datamodule_for(args, module):
 
 
 def cmd_info(args) -> int:
-    from .training import KINDS
+    from .models import KINDS
 
     if args.ckpt:
         loaded = load_any(args.ckpt)

@@ -48,8 +48,9 @@ from typing import Any, Sequence
 import numpy as np
 
 from .data.atomic import atomic_output
+from .models import KINDS, RELAXED_KINDS, SEPARABLE_KINDS
 
-DEFAULT_KINDS = ("cnn", "gcnn", "rgcnn", "steer", "rsteer")
+DEFAULT_KINDS = KINDS
 SEPARABLE_SUFFIX = "_separable"
 
 #: Test metrics of the table: (key logged by SuperResolutionModule, column title, format).
@@ -113,27 +114,19 @@ class CompareConfig:
 
 def parse_kind(spec: str) -> tuple[str, dict[str, Any]]:
     """``"gcnn"`` -> ``("gcnn", {})``; ``"gcnn_separable"`` -> ``("gcnn", {"separable": True})``."""
-    from .models import KINDS
-
     kind, overrides = spec, {}
     if spec.endswith(SEPARABLE_SUFFIX):
         kind, overrides = spec[: -len(SEPARABLE_SUFFIX)], {"separable": True}
-        from . import models
-
-        if not hasattr(models, "SEPARABLE_KINDS") or kind not in models.SEPARABLE_KINDS:
+        if kind not in SEPARABLE_KINDS:
             raise ValueError(f"{spec!r}: separable models are not available for kind {kind!r}")
     if kind not in KINDS:
-        allowed = ", ".join(list(KINDS) + [k + SEPARABLE_SUFFIX for k in ("gcnn", "rgcnn")])
-        raise ValueError(f"unknown model kind {spec!r}; allowed values: {allowed}")
+        raise ValueError(f"unknown model kind {spec!r}; allowed values: {', '.join(available_kinds())}")
     return kind, overrides
 
 
 def available_kinds() -> tuple[str, ...]:
-    """The five kinds, plus the separable ones when this version of the models has them."""
-    from . import models
-
-    extra = tuple(k + SEPARABLE_SUFFIX for k in getattr(models, "SEPARABLE_KINDS", ()))
-    return tuple(models.KINDS) + extra
+    """Every kind of the registry, plus ``<kind>_separable`` for the kinds that allow it."""
+    return KINDS + tuple(k + SEPARABLE_SUFFIX for k in SEPARABLE_KINDS)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -542,7 +535,7 @@ def render_from_json(path: str | os.PathLike, out: str | None = None, log=print)
 DISCOVERY_OVERRIDES: dict[str, Any] = {"hidden": 1, "trilinear_skip": False}
 
 
-def run_discover(datasets: Sequence[str], cfg: CompareConfig, kinds: Sequence[str] = ("rgcnn", "rsteer"),
+def run_discover(datasets: Sequence[str], cfg: CompareConfig, kinds: Sequence[str] = RELAXED_KINDS,
                  penalty_weight: float = 1e-3, tol: float | None = None, control: bool = False,
                  log=print) -> dict[str, Any]:
     """Train relaxed ``kinds`` on each dataset and write the symmetry reports of the learned weights.
@@ -563,8 +556,8 @@ def run_discover(datasets: Sequence[str], cfg: CompareConfig, kinds: Sequence[st
     if not datasets or not kinds or not cfg.seeds:
         raise ValueError("symmetry discovery needs at least one dataset, one relaxed kind and one seed")
     for spec in kinds:
-        if parse_kind(spec)[0] not in ("rgcnn", "rsteer"):
-            raise ValueError(f"symmetry discovery needs a relaxed kind (rgcnn, rsteer), got {spec!r}")
+        if parse_kind(spec)[0] not in RELAXED_KINDS:
+            raise ValueError(f"symmetry discovery needs a relaxed kind ({', '.join(RELAXED_KINDS)}), got {spec!r}")
     _threads(cfg)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -815,8 +808,8 @@ def discover_parser(prog: str | None = None) -> argparse.ArgumentParser:
                                 description="Train relaxed kinds with an equivariance penalty on each dataset and "
                                 "write the symmetry reports of the learned relaxed weights (discover.md/json).")
     p.add_argument("data", nargs="*", help="datasets, e.g. data/aniso_n32.h5 data/iso_n32_long.h5")
-    p.add_argument("--kinds", nargs="+", default=["rgcnn", "rsteer"],
-                   help="relaxed kinds: rgcnn, rsteer (and rgcnn_separable)")
+    p.add_argument("--kinds", nargs="+", default=list(RELAXED_KINDS),
+                   help=f"relaxed kinds: {', '.join(RELAXED_KINDS)} (and <kind>_separable where allowed)")
     p.add_argument("--from-json", nargs="+", metavar="DISCOVER_JSON",
                    help="only merge saved discover.json files (same settings) and render their summary and "
                    "reports into --out")

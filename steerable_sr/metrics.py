@@ -281,30 +281,47 @@ def sample_elements(group: str = "Oh", count: int | None = None) -> list[int]:
 
 
 @torch.no_grad()
-def equivariance_errors(model, x: torch.Tensor, group: str = "Oh",
+def equivariance_errors(model, x, group: str = "Oh",
                         elements: Iterable[int] | int | None = None, eps: float = 1e-30) -> torch.Tensor:
     """Per-element ``||f(R.x) - R.f(x)|| / ||f(x)||`` (norms over the whole batch), in eval mode.
 
+    ``x``: a tensor of velocity frames in the public convention ``(B, 3 T, N, N, N)`` (``R`` acts by
+    :func:`steerable_sr.groups.act`), or an escnn ``GeometricTensor`` on a voxel grid (``R`` acts by
+    :func:`steerable_sr.groups.transform` on input and output; ``group`` is then the tensor's own).
     ``elements``: indices into ``groups.group_matrices(group)``, or a count (see
     :func:`sample_elements`), or ``None`` for all. Returns a float64 tensor ``(len(elements),)``.
     The model's training flag is restored afterwards.
     """
     from . import groups
 
+    if isinstance(x, torch.Tensor):
+        mats = groups.group_matrices(group)
+
+        def move(t, i):
+            return groups.act(t, mats[i], "vector")
+
+        def values(t):
+            return t
+    else:  # escnn GeometricTensor
+        group = groups.group_of(x.type)
+
+        def move(t, i):
+            return groups.transform(t, i)
+
+        def values(t):
+            return t.tensor
     if elements is None or isinstance(elements, int):
         elements = sample_elements(group, elements)
     elements = list(elements)
-    mats = groups.group_matrices(group)
     was_training = getattr(model, "training", False)
     if hasattr(model, "eval"):
         model.eval()
     try:
         y = model(x)
-        ref = y.double().norm().clamp_min(eps)
+        ref = values(y).double().norm().clamp_min(eps)
         out = []
         for i in elements:
-            R = mats[i]
-            diff = model(groups.act(x, R, "vector")) - groups.act(y, R, "vector")
+            diff = values(model(move(x, i))) - values(move(y, i))
             out.append(diff.double().norm() / ref)
     finally:
         if was_training and hasattr(model, "train"):

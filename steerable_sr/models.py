@@ -36,9 +36,36 @@ from torch import nn
 
 from . import groups
 
-KINDS = ("cnn", "gcnn", "rgcnn", "steer", "rsteer")
+
+
+@dataclass(frozen=True)
+class KindSpec:
+    """What a model kind puts in the common topology.
+
+    Attributes:
+        fields: hidden field family: ``"plain"`` (channels of a Conv3d, no symmetry), ``"regular"``
+            (regular fields of the group) or ``"irreps"`` (bands of all irreps, Fourier ReLU).
+        relaxed: relaxed convolutions (filter banks and relaxed weights) instead of exact ones.
+        separable: whether ``separable=True`` is allowed (regular hidden fields only).
+    """
+
+    fields: str
+    relaxed: bool = False
+    separable: bool = False
+
+
+#: The registry of model kinds: everything else (CLI choices, studies, benchmarks) derives from it.
+KIND_SPECS: dict[str, KindSpec] = {
+    "cnn": KindSpec("plain"),
+    "gcnn": KindSpec("regular", separable=True),
+    "rgcnn": KindSpec("regular", relaxed=True, separable=True),
+    "steer": KindSpec("irreps"),
+    "rsteer": KindSpec("irreps", relaxed=True),
+}
+KINDS = tuple(KIND_SPECS)
+RELAXED_KINDS = tuple(kind for kind, spec in KIND_SPECS.items() if spec.relaxed)
+SEPARABLE_KINDS = tuple(kind for kind, spec in KIND_SPECS.items() if spec.separable)
 HEAD_INIT_SCALE = 0.01  # with the trilinear skip, the head's initial filters are scaled by this
-SEPARABLE_KINDS = ("gcnn", "rgcnn")
 PRESETS_DIR = Path(__file__).resolve().parents[1] / "configs" / "presets"
 
 
@@ -75,8 +102,12 @@ class ModelConfig:
                              f"{', '.join(SEPARABLE_KINDS)}, not {self.kind!r}")
 
     @property
+    def spec(self) -> KindSpec:
+        return KIND_SPECS[self.kind]
+
+    @property
     def relaxed(self) -> bool:
-        return self.kind in ("rgcnn", "rsteer")
+        return self.spec.relaxed
 
 
 def load_preset(preset: str, kind: str) -> dict:
@@ -167,7 +198,7 @@ class EquivariantLayers:
         self.banks = config.num_filter_banks if config.relaxed else None
         self.input = groups.velocity_type(config.group, config.frames)
         self.output = groups.velocity_type(config.group, 1)
-        hidden = groups.regular_type if config.kind in ("gcnn", "rgcnn") else groups.irrep_type
+        hidden = groups.regular_type if config.spec.fields == "regular" else groups.irrep_type
         self.hidden = hidden(config.group, config.hidden)
 
     def conv(self, t_in, t_out) -> nn.Module:
@@ -231,7 +262,7 @@ class SuperResolutionNet(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
-        layers = PlainLayers(config) if config.kind == "cnn" else EquivariantLayers(config)
+        layers = PlainLayers(config) if config.spec.fields == "plain" else EquivariantLayers(config)
         self.in_channels, self.out_channels = 3 * config.frames, 3
         self.upscale = config.upscale
         t = layers.hidden

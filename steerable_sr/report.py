@@ -30,7 +30,6 @@ import torch
 
 from . import metrics
 
-RELAXED_KINDS = ("rgcnn", "rsteer")
 
 _ROWS = [
     ("mae", "MAE"),

@@ -34,11 +34,11 @@ import torch
 import torch.nn.functional as F
 
 from . import metrics
+from .groups import GROUPS
+from .models import KINDS
 
-#: The model kinds (kept in step with ``steerable_sr.models.KINDS``; a test checks it).
-KINDS = ("cnn", "gcnn", "rgcnn", "steer", "rsteer")
-Kind = Literal["cnn", "gcnn", "rgcnn", "steer", "rsteer"]
-Group = Literal["Oh", "O"]
+Kind = Literal[KINDS]
+Group = Literal[GROUPS]
 
 
 class CheckpointMismatchError(ValueError):
@@ -85,8 +85,8 @@ class SuperResolutionModule(pl.LightningModule):
         super().__init__()
         if kind not in KINDS:
             raise ValueError(f"unknown model kind {kind!r}; allowed values: {', '.join(KINDS)}")
-        if group not in ("Oh", "O"):
-            raise ValueError(f"unknown group {group!r}; allowed values: Oh, O")
+        if group not in GROUPS:
+            raise ValueError(f"unknown group {group!r}; allowed values: {', '.join(GROUPS)}")
         for name, value, lo in (("frames", frames, 1), ("upscale", upscale, 1)):
             if not isinstance(value, int) or value < lo:
                 raise ValueError(f"{name} must be an integer >= {lo}, got {value!r}")

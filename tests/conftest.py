@@ -1,18 +1,7 @@
-"""Shared helpers for the specification tests.
-
-Tolerances: an exactly equivariant float32 network differs from its transformed copy only by
-summation order, ~1e-7 relative per operation over a few dozen layers, so 1e-5 relative is the
-bar for "equivariant"; "clearly not" means 1e-2 or more.
-"""
+"""Fixtures shared by the specification tests (tolerances and equivariance assertions live in
+:mod:`steerable_sr.testing`)."""
 import pytest
 import torch
-
-EQUIVARIANT_TOL = 1e-5
-BROKEN_TOL = 1e-2
-
-
-def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a - b).norm() / b.norm()).item()
 
 
 @pytest.fixture(autouse=True)

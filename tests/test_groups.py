@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import EQUIVARIANT_TOL, relative_error
+from steerable_sr.testing import EQUIVARIANT_TOL, relative_error
 from steerable_sr import groups
 
 

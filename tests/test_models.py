@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from conftest import BROKEN_TOL, EQUIVARIANT_TOL, relative_error
+from steerable_sr.testing import BROKEN_TOL, EQUIVARIANT_TOL, relative_error
 from steerable_sr.groups import act, group_matrices
 from steerable_sr.models import KINDS, build_model
 

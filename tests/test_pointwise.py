@@ -3,7 +3,7 @@ import pytest
 import torch
 from escnn import nn as enn
 
-from conftest import EQUIVARIANT_TOL, relative_error
+from steerable_sr.testing import EQUIVARIANT_TOL, relative_error
 from steerable_sr import groups
 from steerable_sr.nn.pointwise import FieldBatchNorm, FourierReLU
 

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from escnn import nn as enn
 
-from conftest import BROKEN_TOL, EQUIVARIANT_TOL, relative_error
+from steerable_sr.testing import BROKEN_TOL, EQUIVARIANT_TOL, relative_error
 from steerable_sr import groups
 from steerable_sr.nn import RelaxedR3Conv, RelaxedR3ConvTransposed
 from steerable_sr.nn.fourier import fourier_embedding

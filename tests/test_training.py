@@ -8,7 +8,6 @@ import lightning.pytorch as pl
 import pytest
 import torch
 
-from steerable_sr import models, training
 from steerable_sr.data.dataset import TurbulenceDataModule
 from steerable_sr.training import CheckpointMismatchError, SuperResolutionModule, load_module
 
@@ -34,10 +33,6 @@ def _trainer(root, epochs, **kw):
     cb = pl.callbacks.ModelCheckpoint(dirpath=str(root), save_last=True, save_top_k=0)
     return pl.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=False, callbacks=[cb],
                       enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, **kw)
-
-
-def test_kinds_in_step_with_models():
-    assert tuple(training.KINDS) == tuple(models.KINDS)
 
 
 def test_bad_hyperparameters_are_refused():

@@ -102,11 +102,9 @@ class SeparableGroupConv(RelaxedLayerMixin, enn.EquivariantModule):
         if in_type.gspace is not out_type.gspace:
             raise ValueError(f"in_type and out_type live on different gspaces: {in_type.gspace} vs {out_type.gspace}")
         if not _is_regular(out_type):
-            from ..models import SEPARABLE_KINDS
-
             raise ValueError(f"a separable group convolution maps into regular fields only (its spatial part acts "
-                             f"on each group channel; model kinds {', '.join(SEPARABLE_KINDS)}), got output type "
-                             f"{out_type}; use OctahedralConv for other field types")
+                             f"on each group channel), got output type {out_type}; use OctahedralConv for other "
+                             f"field types")
         self.group = group_of(in_type)
         self.in_type, self.out_type = in_type, out_type
         self.kernel_size, self.stride, self.transposed = int(kernel_size), int(stride), bool(transposed)
