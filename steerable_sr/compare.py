@@ -47,7 +47,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .data.atomic import atomic_output
+from .io import atomic_output
 from .models import KINDS, RELAXED_KINDS, SEPARABLE_KINDS
 
 DEFAULT_KINDS = KINDS

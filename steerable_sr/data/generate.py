@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .atomic import atomic_output
+from ..io import atomic_output
 from .dataset import SPLITS, split_frames
 from .spectral import FORCINGS, SOLVER_VERSION, SpectralSolver, default_viscosity, energy_spectrum
 

@@ -20,7 +20,7 @@ import h5py
 import numpy as np
 import torch
 
-from .atomic import atomic_output
+from ..io import atomic_output
 
 __all__ = ["JHTDBCutout", "load_jhtdb", "read_jhtdb", "resolve_paths", "save_jhtdb"]
 
