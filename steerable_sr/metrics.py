@@ -1,6 +1,6 @@
 r"""Physics-aware metrics for 3D velocity super-resolution, and the trilinear baseline.
 
-All functions use the public tensor convention (``DESIGN.md`` section 1): a velocity frame is
+All functions use the public tensor convention (``docs/conventions.md``, "Axes and vectors"): a velocity frame is
 ``(3, N, N, N)``, spatial axis ``a`` is the coordinate ``x_a`` and channel ``a`` the component
 ``u_a``; batches are ``(B, 3, N, N, N)``; ``T`` stacked input frames are ``(B, 3 T, n, n, n)``.
 
