@@ -5,9 +5,10 @@ A relaxed layer with weights ``w_l : G -> R`` is equivariant exactly to the stab
     H = { k in G : w_l(k^-1 g) = w_l(g) for every g and every bank l }
 
 (``docs/conventions.md``, "Relaxed group convolution"). :func:`stabilizer` computes H over every
-relaxed layer of a module (indices into ``steerable_sr.groups.group_matrices``); :func:`subgroup_name` names the well-known subgroups of
-O_h (e.g. "D4h, axis x", "D3d, diagonal (1,1,1)"); :func:`symmetry_report` gathers, per layer,
-the per-irrep energies ``||w_l(psi)||`` and the stabilizer.
+relaxed layer of a module (indices into ``steerable_sr.groups.group_matrices``);
+:func:`subgroup_name` names the well-known subgroups of O_h (e.g. "D4h, axis x", "D3d, diagonal
+(1,1,1)"); :func:`symmetry_report` gathers, per layer, the per-irrep energies ``||w_l(psi)||`` and
+the stabilizer.
 
 **Robust criterion (the default).** Learned relaxed weights are never exactly invariant: Adam moves
 every Fourier block a little, whatever the data (measured with penalty weight 1e-3, lr 2e-3,
