@@ -1,4 +1,6 @@
 """Super-resolution samples, splits, normalization, the data module and dataset generation."""
+import math
+
 import h5py
 import numpy as np
 import pytest
@@ -112,22 +114,54 @@ def test_lr_is_three_block_averaged_frames_and_hr_the_middle_one():
     torch.testing.assert_close(sample["lr"], downsample(velocity[2:5]).reshape(9, 4, 4, 4))
 
 
-def test_periodic_crops_wrap_like_roll_and_others_stay_inside():
+def _crops(periodic, seed=1):
     velocity = torch.randn(3, 3, 12, 12, 12, dtype=torch.float64)
-    periodic = SuperResolutionDataset(velocity, [0, 1, 2], crop=8, periodic=True, crops_per_window=20, seed=1)
-    inside = SuperResolutionDataset(velocity, [0, 1, 2], crop=8, periodic=False, crops_per_window=20, seed=1)
+    return velocity, SuperResolutionDataset(velocity, [0, 1, 2], crop=8, periodic=periodic, crops_per_window=20,
+                                            seed=seed)
+
+
+def test_periodic_crops_wrap_around_like_roll():
+    velocity, periodic = _crops(periodic=True)
     wrapped = False
-    for i in range(20):
+    for i in range(len(periodic)):
         sample = periodic[i]
         o = sample["offset"].tolist()
         rolled = torch.roll(velocity[1], shifts=[-o[0], -o[1], -o[2]], dims=(1, 2, 3))[:, :8, :8, :8]
-        torch.testing.assert_close(sample["hr"], rolled, rtol=0, atol=0)
+        torch.testing.assert_close(sample["hr"], rolled, rtol=0, atol=0)  # a copy: bit for bit
         wrapped |= max(o) > 4
+    assert wrapped  # 20 crops of 8 in 12: some start past 12 - 8 (else the test checks no wrapping)
+
+
+def test_crops_of_a_non_periodic_volume_stay_inside():
+    velocity, inside = _crops(periodic=False)
+    for i in range(len(inside)):
         o = inside[i]["offset"]
-        assert int(o.min()) >= 0 and int(o.max()) <= 4
-        torch.testing.assert_close(inside[i]["hr"], velocity[1, :, o[0]:o[0] + 8, o[1]:o[1] + 8, o[2]:o[2] + 8])
-    assert wrapped
-    assert torch.equal(periodic[3]["offset"], periodic[3]["offset"])  # fixed positions are reproducible
+        assert int(o.min()) >= 0 and int(o.max()) <= 12 - 8
+        torch.testing.assert_close(inside[i]["hr"], velocity[1, :, o[0]:o[0] + 8, o[1]:o[1] + 8, o[2]:o[2] + 8],
+                                   rtol=0, atol=0)
+
+
+def test_fixed_crop_positions_depend_on_seed_and_index_only():
+    _, first = _crops(periodic=True)
+    expected = [first[i]["offset"] for i in range(len(first))]
+    # An independently built dataset with the same seed, read in reverse order after the global RNG
+    # moved on, gives every sample the same position: a function of (seed, index), no hidden state.
+    _, again = _crops(periodic=True)
+    torch.manual_seed(1234)
+    torch.rand(100)
+    got = [again[i]["offset"] for i in reversed(range(len(again)))][::-1]
+    assert all(torch.equal(a, b) for a, b in zip(got, expected))
+    # ...and the positions do depend on the seed (20 draws from 12^3 positions: all equal by chance with p = 1728^-20 ~ 2e-65)
+    _, other = _crops(periodic=True, seed=2)
+    assert not all(torch.equal(other[i]["offset"], expected[i]) for i in range(len(other)))
+
+
+def test_rms_velocity_is_the_rms_component_of_the_given_frames_only():
+    velocity = torch.empty(4, 3, 2, 2, 2)
+    velocity[:, 0], velocity[:, 1], velocity[:, 2] = 1.0, 2.0, -2.0  # <u.u> = 9: rms component sqrt(3)
+    velocity[3] = 100.0  # a frame that is not averaged
+    # float32 input: 1e-6 relative covers the rounding of sqrt(3)
+    assert rms_velocity(velocity, [0, 1, 2]) == pytest.approx(math.sqrt(3), rel=1e-6)
 
 
 def test_dataset_errors():
@@ -153,7 +187,8 @@ def test_generated_file_layout_and_metadata(generated):
     assert attrs["dt_save"] == 0.05 and attrs["nu"] > 0 and attrs["solver_version"]
     assert np.isclose(attrs["domain_length"], 2 * np.pi)
     assert [len(splits[s]) for s in ("train", "val", "test")] == [3, 3, 3]
-    assert np.isclose(attrs["velocity_scale"], rms_velocity(v, splits["train"]))
+    # the rms velocity component sqrt(<u.u> / 3) of the training frames, computed here from its definition
+    assert np.isclose(attrs["velocity_scale"], float(v[splits["train"]].double().pow(2).mean().sqrt()), rtol=1e-6)
     with h5py.File(generated, "r") as handle:
         np.testing.assert_allclose(handle["time"][()], 0.2 + 0.05 * np.arange(13))
     # the frames are consecutive states of the solver, and divergence-free
@@ -231,7 +266,7 @@ def test_data_module_on_generated_data(generated):
     frame = int(sample["frame"][0])
     torch.testing.assert_close(sample["hr"][0] * dm.velocity_scale, data["velocity"][frame])
     assert frame - 1 in data["splits"]["test"] and frame + 1 in data["splits"]["test"]
-    assert dm.state_dict() == {"velocity_scale": dm.velocity_scale}
+    assert dm.state_dict() == {"velocity_scale": pytest.approx(float(data["attrs"]["velocity_scale"]))}
 
 
 def test_normalization_uses_the_training_split_only(tmp_path):
