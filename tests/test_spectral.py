@@ -4,8 +4,10 @@ import math
 import pytest
 import torch
 
+from steerable_sr.data.generate import main as generate_main
 from steerable_sr.data.spectral import SpectralSolver, default_viscosity, energy_spectrum, kinetic_energy
 from steerable_sr.groups import act, group_matrices
+from steerable_sr.symmetry import subgroup_name
 
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -151,6 +153,126 @@ def test_anisotropic_forcing_breaks_component_isotropy():
         assert 0.5 * 0.1 < solver.dissipation(u) < 2 * 0.1  # statistically steady: dissipation ~ power
     assert ratios["anisotropic"] > 5.0
     assert 1 / 3 < ratios["isotropic"] < 3.0
+
+
+def test_kolmogorov_force_is_the_prescribed_shear_and_drives_the_laminar_flow():
+    """f = A sin(k x_b) e_a on the grid, whatever u; U = A / (nu k^2) sin(k x_b) e_a is steady.
+
+    The laminar flow stays put up to RK4's error in integrating the constant force through the
+    integrating factor, ``O((nu k^2 dt)^4)``: measured 3.2e-11 and 2.0e-12 (relative, after t = 1)
+    for dt = 0.05 and 0.025 at nu k^2 = 0.45, and round-off (3e-15) at nu k^2 = 0.05.
+    """
+    x = torch.arange(16, dtype=torch.float64) * 2 * math.pi / 16
+    for axis, shear_axis, k in ((0, None, 1), (2, 0, 3)):
+        solver = SpectralSolver(16, 0.05, "kolmogorov", axis=axis, shear_axis=shear_axis, amplitude=0.3,
+                                wavenumber=k)
+        b = (axis + 1) % 3 if shear_axis is None else shear_axis
+        expected = torch.zeros(3, 16, 16, 16, dtype=torch.float64)
+        expected[axis] = 0.3 * torch.sin(k * x).view([16 if i == b else 1 for i in range(3)])
+        f = solver.force(solver.initial_field())
+        assert float((f - expected).abs().max()) < 1e-15
+        assert torch.equal(f, solver.force(torch.zeros_like(f)))
+        laminar = expected / (0.05 * k ** 2)
+        drift = [float((solver.advance(laminar, 1.0, dt=dt) - laminar).abs().max() / laminar.abs().max())
+                 for dt in (0.05, 0.025)]
+        if k == 1:
+            assert max(drift) < 1e-13
+        else:
+            assert drift[0] < 1e-10 and 14 < drift[0] / drift[1] < 18  # fourth order
+
+
+def test_kolmogorov_forcing_injects_f_dot_u():
+    """nu = 0: the nonlinear term conserves energy, so the forced step gains ``<f . u> h + O(h^2)``
+    over the unforced one (unlike the band forcings, the force does not follow u within the step);
+    Richardson extrapolation of two steps removes the O(h) error of the rate."""
+    solver = SpectralSolver(16, 0.0, "kolmogorov", amplitude=0.5)
+    no_forcing = SpectralSolver(16, 0.0, None)
+    u = solver.initial_field(k_peak=1.0)
+
+    def rate(h: float) -> float:
+        return (solver.energy(solver.step(u, h)) - no_forcing.energy(no_forcing.step(u, h))) / h
+
+    power = float((solver.force(u) * u).sum(0).mean())
+    assert abs(power) > 1e-2
+    assert math.isclose(2 * rate(5e-4) - rate(1e-3), power, rel_tol=1e-6)  # measured 7e-8 (rate(1e-3): 2e-3)
+
+
+def _nearest_translate(g: torch.Tensor, f: torch.Tensor) -> tuple[list[int], float]:
+    """The grid shift ``s`` that brings ``g`` closest to ``f`` (both ``(3, n, n, n)``, ``||g|| = ||f||``)
+    and the relative L2 distance ``||roll(g, s) - f|| / ||f||`` there.
+
+    All n^3 circular shifts at once: ``c(s) = sum_p f(p) . g(p - s)`` is a circular cross-correlation,
+    and ``||roll(g, s) - f||^2 = 2 ||f||^2 - 2 c(s)``.
+    """
+    dims = (-3, -2, -1)
+    spectrum = torch.fft.fftn(f, dim=dims) * torch.fft.fftn(g, dim=dims).conj()
+    correlation = torch.fft.ifftn(spectrum, dim=dims).real.sum(0)
+    shift = [int(i) for i in torch.unravel_index(correlation.argmax(), correlation.shape)]
+    return shift, float((torch.roll(g, shift, dims=dims) - f).norm() / f.norm())
+
+
+@pytest.mark.parametrize("axis, shear_axis", [(0, 1), (2, 0)])
+def test_kolmogorov_forcing_keeps_exactly_the_8_sign_flips_up_to_translations(axis, shear_axis):
+    """An element of O_h maps the shear force to a translate of itself iff it is one of the 8 sign
+    flips (D2h); the solver then commutes with it followed by that translation. The other 40 map
+    the force to a field orthogonal to all its translates (relative distance sqrt(2))."""
+    solver = SpectralSolver(16, default_viscosity(16), "kolmogorov", axis=axis, shear_axis=shear_axis,
+                            amplitude=0.5, wavenumber=2)
+    u = solver.advance(solver.initial_field(), 0.5)
+    f = solver.force(u)
+    stepped = solver.step(u, 0.05)
+    kept, force_errors, step_errors, distances = [], [], [], []
+    for index, R in enumerate(group_matrices("Oh")):
+        shift, distance = _nearest_translate(act(f, R), f)
+        if distance > 1e-12:
+            distances.append(distance)
+            continue
+
+        def g(v: torch.Tensor) -> torch.Tensor:  # translation o R: keeps f, so commutes with a step
+            return torch.roll(act(v, R), shift, dims=(-3, -2, -1))
+
+        kept.append(index)
+        force_errors.append(float((g(f) - f).abs().max()) / 0.5)
+        step_errors.append(float((solver.step(g(u), 0.05) - g(stepped)).abs().max()) / float(stepped.abs().max()))
+    diagonal = [bool(torch.equal(R.abs(), torch.eye(3, dtype=R.dtype))) for R in group_matrices("Oh")]
+    assert kept == [i for i, d in enumerate(diagonal) if d] and subgroup_name(kept) == "D2h"
+    assert max(force_errors) < 1e-15 and max(step_errors) < 1e-13  # measured 0 and 5e-16
+    assert min(distances) > 1.41  # sqrt(2): orthogonal to every translate
+    # The translation is needed: without it only the identity and the flip of the third axis
+    # commute with a step (act reflects about the grid centre, half a cell off x_b = 0, so a flip
+    # of x_b also shifts the force by one cell).
+    b = solver.shear_axis
+    untranslated = [float((solver.step(act(u, R), 0.05) - act(stepped, R)).abs().max()) / float(stepped.abs().max())
+                    for R in group_matrices("Oh")[kept]]
+    fixes = [bool(R[axis, axis] == 1 and R[b, b] == 1) for R in group_matrices("Oh")[kept]]
+    assert sum(fixes) == 2 and max(e for e, fix in zip(untranslated, fixes) if fix) < 1e-13
+    assert min(e for e, fix in zip(untranslated, fixes) if not fix) > 1e-3  # measured 1.0e-2
+
+
+def test_kolmogorov_options_are_validated():
+    for kwargs, match in (({"axis": 1, "shear_axis": 1}, r"shear_axis must be one of the axes other than axis=1 "
+                                                         r"\(0 or 2\)"),
+                          ({"shear_axis": 3}, "shear_axis"),
+                          ({"amplitude": 0.0}, "amplitude must be > 0"),
+                          ({"wavenumber": 0}, "1..5 at n=16"),
+                          ({"wavenumber": 6}, "1..5 at n=16"),
+                          ({"wavenumber": 1.5}, "must be an integer")):
+        with pytest.raises(ValueError, match=match):
+            SpectralSolver(16, 0.01, "kolmogorov", **kwargs)
+    with pytest.raises(ValueError, match="allowed values: 'isotropic', 'anisotropic', 'kolmogorov', None"):
+        SpectralSolver(16, 0.01, "shear")
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--axis", "2", "--shear-axis", "2"], "--shear-axis must differ from --axis=2"),
+    (["--amplitude", "-1"], "--amplitude must be > 0, got -1.0"),
+    (["--wavenumber", "3"], "--wavenumber must be in 1..2 at --n 8"),
+])
+def test_generate_command_rejects_bad_kolmogorov_options(tmp_path, capsys, options, message):
+    with pytest.raises(SystemExit) as exit_info:
+        generate_main([str(tmp_path / "k.h5"), "--n", "8", "--forcing", "kolmogorov", *options])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_float32_runs_and_keeps_its_dtype():

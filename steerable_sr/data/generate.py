@@ -8,7 +8,8 @@ The output is one HDF5 file:
 * ``splits/train``, ``splits/val``, ``splits/test``: frame indices, contiguous blocks in time with
   ``gap`` unused frames between them (:func:`steerable_sr.data.dataset.split_frames`);
 * attributes: the generation parameters (forcing, axis, nu, power, dt_save, spinup, seed, n,
-  domain_length, solver_version, ...) and ``velocity_scale``, the rms velocity component of the
+  domain_length, solver_version, ...; shear_axis, amplitude and wavenumber for the Kolmogorov
+  forcing) and ``velocity_scale``, the rms velocity component of the
   training frames (the normalization of :class:`~steerable_sr.data.dataset.TurbulenceDataModule`).
 
 The file appears atomically: it is written under a temporary name in the target directory and
@@ -29,7 +30,8 @@ from tqdm.auto import tqdm
 
 from ..io import atomic_output
 from .dataset import SPLITS, split_frames
-from .spectral import FORCINGS, SOLVER_VERSION, SpectralSolver, default_viscosity, energy_spectrum
+from .spectral import (FORCINGS, KOLMOGOROV_AMPLITUDE, SOLVER_VERSION, SpectralSolver, default_viscosity,
+                       energy_spectrum)
 
 __all__ = ["generate_dataset", "main", "plot_spectrum"]
 
@@ -37,8 +39,9 @@ GENERATOR = "steerable_sr.data.generate"
 #: Initial condition: energy close to the steady state of the default forcing power 0.1.
 INITIAL_ENERGY = 0.5
 #: Default spin-up time per forcing (see docs/data.md): the isotropic run is statistically steady
-#: after ~3 time units at 64^3; the axial jets of the anisotropic forcing take ~15 to saturate.
-DEFAULT_SPINUP = {"isotropic": 6.0, "anisotropic": 20.0, None: 6.0}
+#: after ~3 time units at 64^3; the axial jets of the anisotropic forcing take ~15 to saturate; the
+#: mean shear of the Kolmogorov forcing builds up and breaks down into turbulence within ~30 at 32^3.
+DEFAULT_SPINUP = {"isotropic": 6.0, "anisotropic": 20.0, "kolmogorov": 30.0, None: 6.0}
 
 
 def _dtype(name: str | None, device: str) -> torch.dtype:
@@ -63,6 +66,9 @@ def generate_dataset(
     frames: int = 20,
     forcing: str | None = "isotropic",
     axis: int = 0,
+    shear_axis: int | None = None,
+    amplitude: float = KOLMOGOROV_AMPLITUDE,
+    wavenumber: int = 1,
     nu: float | None = None,
     power: float = 0.1,
     dt_save: float = 0.1,
@@ -85,19 +91,25 @@ def generate_dataset(
         Grid points per direction (``n^3``; use a multiple of 4 for 4x super-resolution).
     frames : int
         Number of saved snapshots ``T``.
-    forcing : {"isotropic", "anisotropic", None}
+    forcing : {"isotropic", "anisotropic", "kolmogorov", None}
         See :mod:`steerable_sr.data.spectral`.
     axis : int
-        Preferred axis of the anisotropic forcing.
+        Preferred axis of the anisotropic forcing; forced component of the Kolmogorov forcing.
+    shear_axis : int, optional
+        Coordinate along which the Kolmogorov force ``amplitude * sin(wavenumber * x_shear_axis) e_axis``
+        varies; default ``(axis + 1) % 3``.
+    amplitude, wavenumber
+        Amplitude and wavenumber of the Kolmogorov force.
     nu : float, optional
         Viscosity; default :func:`~steerable_sr.data.spectral.default_viscosity` (``k_max eta = 1``).
     power : float
-        Injected power (= dissipation rate in the steady state).
+        Injected power (= dissipation rate in the steady state) of the band forcings; for all
+        forcings, the dissipation rate assumed by the default viscosity.
     dt_save : float
         Simulation time between snapshots.
     spinup : float, optional
         Simulation time before the first snapshot (from a random band-limited field); default
-        :data:`DEFAULT_SPINUP` of the forcing (6 isotropic, 20 anisotropic).
+        :data:`DEFAULT_SPINUP` of the forcing (6 isotropic, 20 anisotropic, 30 kolmogorov).
     seed : int
         Seed of the initial field; the output is a deterministic function of all arguments (on a
         given device and dtype).
@@ -127,8 +139,8 @@ def generate_dataset(
         raise ValueError(f"need dt_save > 0 and spinup >= 0, got dt_save={dt_save}, spinup={spinup}")
     split_idx = split_frames(frames, splits, gap)
     nu = default_viscosity(n, power) if nu is None else float(nu)
-    solver = SpectralSolver(n, nu, forcing, axis=axis, power=power, device=device,
-                            dtype=_dtype(dtype, device), seed=seed)
+    solver = SpectralSolver(n, nu, forcing, axis=axis, shear_axis=shear_axis, amplitude=amplitude,
+                            wavenumber=wavenumber, power=power, device=device, dtype=_dtype(dtype, device), seed=seed)
     spin_chunks = math.ceil(spinup / dt_save - 1e-9) if spinup > 0 else 0
     attrs = {
         "generator": GENERATOR, "solver_version": SOLVER_VERSION, "forcing": str(forcing), "axis": axis,
@@ -138,6 +150,8 @@ def generate_dataset(
         "gap": gap, "dtype": str(solver.dtype).removeprefix("torch."), "device_type": solver.device.type,
         "convention": "velocity[t, a, i0, i1, i2] = u_a(x_0 = i0 dx, x_1 = i1 dx, x_2 = i2 dx), dx = 2 pi / n",
     }
+    if forcing == "kolmogorov":
+        attrs.update(shear_axis=solver.shear_axis, amplitude=solver.amplitude, wavenumber=solver.wavenumber)
     with atomic_output(out_path, overwrite=overwrite) as tmp, h5py.File(tmp, "w") as handle:
         handle.attrs.update(attrs)
         velocity = handle.create_dataset("velocity", shape=(frames, 3, n, n, n), dtype=np.float32,
@@ -240,12 +254,20 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> None:
     parser.add_argument("--n", type=int, default=64, help="grid points per direction")
     parser.add_argument("--frames", type=int, default=20, help="number of saved snapshots")
     parser.add_argument("--forcing", choices=[f for f in FORCINGS if f] + ["none"], default="isotropic")
-    parser.add_argument("--axis", type=int, choices=(0, 1, 2), default=0, help="axis of the anisotropic forcing")
+    parser.add_argument("--axis", type=int, choices=(0, 1, 2), default=0,
+                        help="axis of the anisotropic forcing; forced component u_axis of the kolmogorov forcing")
+    parser.add_argument("--shear-axis", type=int, choices=(0, 1, 2), default=None,
+                        help="kolmogorov: coordinate x_b of the force amplitude sin(wavenumber x_b) e_axis; "
+                             "None: (axis + 1) mod 3")
+    parser.add_argument("--amplitude", type=float, default=KOLMOGOROV_AMPLITUDE,
+                        help="kolmogorov: amplitude of the force (> 0)")
+    parser.add_argument("--wavenumber", type=int, default=1,
+                        help="kolmogorov: wavenumber of the force, 1 <= wavenumber < n/3")
     parser.add_argument("--nu", type=float, default=None, help="viscosity; None: k_max eta = 1")
     parser.add_argument("--power", type=float, default=0.1, help="injected power = dissipation rate")
     parser.add_argument("--dt-save", type=float, default=0.1, help="time between snapshots")
     parser.add_argument("--spinup", type=float, default=None,
-                        help="time before the first snapshot; None: 6 (isotropic), 20 (anisotropic)")
+                        help="time before the first snapshot; None: 6 (isotropic), 20 (anisotropic), 30 (kolmogorov)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--splits", type=float, nargs=3, default=(0.6, 0.2, 0.2), metavar=("TRAIN", "VAL", "TEST"))
     parser.add_argument("--gap", type=int, default=2, help="unused frames between splits")
@@ -255,11 +277,19 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     args = parser.parse_args(argv)
+    if args.shear_axis == args.axis:
+        parser.error(f"--shear-axis must differ from --axis={args.axis} (the force sin(k x_b) e_a needs b != a "
+                     f"to be divergence-free); accepted: {' or '.join(str(b) for b in range(3) if b != args.axis)}")
+    if not args.amplitude > 0:
+        parser.error(f"--amplitude must be > 0, got {args.amplitude}")
+    if not 1 <= args.wavenumber < args.n / 3:
+        parser.error(f"--wavenumber must be in 1..{math.ceil(args.n / 3) - 1} at --n {args.n} "
+                     f"(kept by the 2/3 rule), got {args.wavenumber}")
     path = generate_dataset(
         args.out, n=args.n, frames=args.frames, forcing=None if args.forcing == "none" else args.forcing,
-        axis=args.axis, nu=args.nu, power=args.power, dt_save=args.dt_save, spinup=args.spinup, seed=args.seed,
-        splits=args.splits, gap=args.gap, device=args.device, dtype=args.dtype, overwrite=args.overwrite,
-        progress=not args.no_progress)
+        axis=args.axis, shear_axis=args.shear_axis, amplitude=args.amplitude, wavenumber=args.wavenumber,
+        nu=args.nu, power=args.power, dt_save=args.dt_save, spinup=args.spinup, seed=args.seed, splits=args.splits,
+        gap=args.gap, device=args.device, dtype=args.dtype, overwrite=args.overwrite, progress=not args.no_progress)
     print(f"wrote {path}")
 
 

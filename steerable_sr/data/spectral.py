@@ -13,7 +13,8 @@ wavevector component ``|k_i| < n/3``; the cubic truncation keeps the O_h symmetr
 Time stepping is classical RK4 on ``v = exp(nu k^2 t) u_hat`` (integrating factor: the viscous
 term is integrated exactly), with ``dt = cfl * dx / max|u|`` capped at ``dt_max``.
 
-**Forcing** (fixed injected power ``power`` = the mean dissipation rate in the steady state):
+**Forcing.** The two band forcings fix the injected power ``power`` (= the mean dissipation rate
+in the steady state); the Kolmogorov forcing fixes the force itself:
 
 * ``"isotropic"``: linear band forcing ``f_hat = power / (2 E_f) u_hat`` on the shells
   ``0 < |k| <= k_f`` (``E_f``: kinetic energy in that band). The band is a union of spheres and the
@@ -28,6 +29,16 @@ term is integrated exactly), with ``dt = cfl * dx / max|u|`` capped at ``dt_max`
   The forced modes include those with ``k_a = 0``: jets ``u_a(x_b, x_c)`` along the axis, exact
   nonlinear solutions that grow until their shear instabilities break them down, so this steady
   state takes longer to reach (about 15-20 time units at 64^3; see docs/data.md).
+* ``"kolmogorov"``: a constant shear force ``f = amplitude * sin(wavenumber * x_b) e_a`` (component
+  ``a = axis``, coordinate ``b = shear_axis``, by default ``(axis + 1) mod 3``: ``sin(k x_1) e_0``).
+  It is divergence-free (``b != a``) and does not depend on ``u``; ``U(x_b) e_a`` with
+  ``U = amplitude / (nu k^2) sin(k x_b)`` is an exact steady solution (the laminar Kolmogorov flow),
+  unstable at the solver's usual viscosities, so the flow becomes turbulent around a mean shear
+  profile; the injected power ``<f . u>`` follows the flow. An element ``R`` of O_h maps ``f`` to
+  ``R f(R^-1 p) = +-sin(k x_b') e_a'``, a translate of ``f`` iff ``R e_a = +-e_a`` and
+  ``R e_b = +-e_b``, i.e. ``R`` is diagonal (``-f`` is ``f`` shifted by ``pi / k`` along ``x_b``):
+  up to translations (which the solver commutes with) the equations keep exactly D2h, the 8 sign
+  flips of the axes, and break the other 40 elements of O_h.
 * ``None``: free decay (or inviscid evolution with ``nu = 0``).
 
 Fields are tensors ``(3, n, n, n)`` in the public convention (spatial axis ``a`` = coordinate
@@ -41,6 +52,7 @@ import torch
 
 __all__ = [
     "FORCINGS",
+    "KOLMOGOROV_AMPLITUDE",
     "SOLVER_VERSION",
     "SpectralSolver",
     "default_viscosity",
@@ -50,7 +62,9 @@ __all__ = [
 
 #: Bumped whenever a change alters the fields the solver produces for a given seed.
 SOLVER_VERSION = "1"
-FORCINGS = ("isotropic", "anisotropic", None)
+#: Default amplitude of the Kolmogorov force (see :class:`SpectralSolver`).
+KOLMOGOROV_AMPLITUDE = 0.2
+FORCINGS = ("isotropic", "anisotropic", "kolmogorov", None)
 
 _DIMS = (-3, -2, -1)
 
@@ -147,13 +161,23 @@ class SpectralSolver:
         Grid points per direction (``n^3`` grid, ``dx = 2 pi / n``).
     nu : float
         Kinematic viscosity (``>= 0``).
-    forcing : {"isotropic", "anisotropic", None}
+    forcing : {"isotropic", "anisotropic", "kolmogorov", None}
         Band forcing that keeps O_h (``"isotropic"``), only D4h about ``axis`` (``"anisotropic"``),
-        or none.
+        the shear force ``amplitude * sin(wavenumber * x_shear_axis) e_axis`` that keeps only D2h
+        up to translations (``"kolmogorov"``), or none.
     axis : int
-        Preferred axis (0, 1, 2) of the anisotropic forcing; ignored otherwise.
+        Preferred axis (0, 1, 2) of the anisotropic forcing, forced velocity component of the
+        Kolmogorov forcing; ignored otherwise.
+    shear_axis : int, optional
+        Coordinate (0, 1, 2; not ``axis``) along which the Kolmogorov force varies; default
+        ``(axis + 1) % 3``. Ignored by the other forcings.
+    amplitude : float
+        Amplitude (``> 0``) of the Kolmogorov force.
+    wavenumber : int
+        Wavenumber of the Kolmogorov force, ``1 <= wavenumber < n / 3`` (kept by the 2/3 rule).
     power : float
-        Injected power = steady-state dissipation rate.
+        Injected power = steady-state dissipation rate of the band forcings (unused by
+        ``"kolmogorov"``).
     forcing_kmax : float
         Forced band ``0 < |k| <= forcing_kmax``.
     cfl : float
@@ -173,6 +197,9 @@ class SpectralSolver:
         forcing: str | None = "isotropic",
         *,
         axis: int = 0,
+        shear_axis: int | None = None,
+        amplitude: float = KOLMOGOROV_AMPLITUDE,
+        wavenumber: int = 1,
         power: float = 0.1,
         forcing_kmax: float = 2.0,
         cfl: float = 0.5,
@@ -189,9 +216,19 @@ class SpectralSolver:
             raise ValueError(f"unknown forcing {forcing!r}; allowed values: {', '.join(map(repr, FORCINGS))}")
         if axis not in (0, 1, 2):
             raise ValueError(f"axis must be 0, 1 or 2, got {axis}")
+        shear_axis = (axis + 1) % 3 if shear_axis is None else shear_axis
+        if shear_axis not in {0, 1, 2} - {axis}:
+            raise ValueError(f"shear_axis must be one of the axes other than axis={axis} "
+                             f"({' or '.join(str(b) for b in range(3) if b != axis)}), got {shear_axis}")
+        if not amplitude > 0:
+            raise ValueError(f"amplitude must be > 0, got {amplitude}")
+        if isinstance(wavenumber, bool) or int(wavenumber) != wavenumber or not 1 <= wavenumber < n / 3:
+            raise ValueError(f"wavenumber must be an integer with 1 <= wavenumber < n/3 (kept by the 2/3 rule: "
+                             f"1..{math.ceil(n / 3) - 1} at n={n}), got {wavenumber}")
         if not dtype.is_floating_point or dtype.is_complex:
             raise ValueError(f"dtype must be a real floating-point dtype, got {dtype}")
         self.n, self.nu, self.forcing, self.axis = n, float(nu), forcing, axis
+        self.shear_axis, self.amplitude, self.wavenumber = shear_axis, float(amplitude), int(wavenumber)
         self.power, self.forcing_kmax = float(power), float(forcing_kmax)
         self.cfl, self.dt_max, self.seed = float(cfl), float(dt_max), seed
         self.device, self.dtype = torch.device(device), dtype
@@ -200,6 +237,7 @@ class SpectralSolver:
         self._band = (self._grid.k2 > 0) & (self._grid.k2 <= self.forcing_kmax ** 2) & self._grid.dealias
         self._k2_safe = torch.where(self._grid.k2 > 0, self._grid.k2, torch.ones_like(self._grid.k2))
         self._ik = 1j * self._grid.k.to(torch.complex128 if dtype == torch.float64 else torch.complex64)
+        self._shear_hat = self._kolmogorov_hat() if forcing == "kolmogorov" else None
 
     # ---------------------------------------------------------------- transforms and diagnostics
 
@@ -231,6 +269,16 @@ class SpectralSolver:
         u_hat = self.to_spectral(u)
         modes = self._grid.weight * self._grid.k2 * u_hat.abs().square().sum(0)
         return float(self.nu * modes.sum())
+
+    def force(self, u: torch.Tensor) -> torch.Tensor:
+        """The forcing ``f`` ``(3, n, n, n)`` acting on the state ``u`` ``(3, n, n, n)`` (zero if unforced).
+
+        The band forcings depend on ``u``; the Kolmogorov force does not.
+        """
+        if self.forcing is None:
+            self._check(u)
+            return torch.zeros_like(u)
+        return self.to_physical(self._force(self.to_spectral(u)))
 
     def divergence(self, u: torch.Tensor) -> torch.Tensor:
         """Spectral divergence ``(n, n, n)`` of a field ``(3, n, n, n)``."""
@@ -323,7 +371,23 @@ class SpectralSolver:
         k = self._grid.k
         return a_hat - k * ((k * a_hat).sum(0) / self._k2_safe)
 
+    def _kolmogorov_hat(self) -> torch.Tensor:
+        """Coefficients ``(3, n, n, n//2+1)`` of ``amplitude * sin(wavenumber * x_b) e_a``.
+
+        ``sin(k x) = (e^{ikx} - e^{-ikx}) / 2i``: ``-i amplitude / 2`` at the wavevector ``k e_b`` and
+        ``+i amplitude / 2`` at ``-k e_b`` (absent from the half spectrum when ``b = 2``).
+        """
+        k = self._grid.k
+        b = self.shear_axis
+        on_axis = (k[[c for c in range(3) if c != b]] == 0).all(0)
+        sign = (k[b] == self.wavenumber).to(self.dtype) - (k[b] == -self.wavenumber).to(self.dtype)
+        f_hat = torch.zeros((3,) + tuple(k.shape[1:]), dtype=self._ik.dtype, device=self.device)
+        f_hat[self.axis] = -0.5j * self.amplitude * sign * on_axis
+        return f_hat
+
     def _force(self, u_hat: torch.Tensor) -> torch.Tensor:
+        if self._shear_hat is not None:
+            return self._shear_hat
         band = self._band
         weight = self._grid.weight * band
         if self.forcing == "isotropic":
