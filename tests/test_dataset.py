@@ -151,7 +151,8 @@ def test_fixed_crop_positions_depend_on_seed_and_index_only():
     torch.rand(100)
     got = [again[i]["offset"] for i in reversed(range(len(again)))][::-1]
     assert all(torch.equal(a, b) for a, b in zip(got, expected))
-    # ...and the positions do depend on the seed (20 draws from 12^3 positions: all equal by chance with p = 1728^-20 ~ 2e-65)
+    # ...and the positions do depend on the seed (20 draws from 12^3 positions: all equal by chance
+    # with p = 1728^-20 ~ 2e-65)
     _, other = _crops(periodic=True, seed=2)
     assert not all(torch.equal(other[i]["offset"], expected[i]) for i in range(len(other)))
 

@@ -50,39 +50,71 @@ def test_axes_and_components_map_to_the_public_convention(tmp_path):
     torch.testing.assert_close(u[1, 0], expect_0 + 1)
 
 
-def test_times_are_sorted_across_files_directories_and_globs(tmp_path):
+@pytest.mark.parametrize("source", ["directory", "glob", "list"])
+def test_times_are_sorted_across_files(tmp_path, source):
     _write_jhtdb_layout(tmp_path / "b.h5", times=(3, 1))
     _write_jhtdb_layout(tmp_path / "a.h5", times=(2,), name="VELOCITY_{:04d}")
-    for source in (tmp_path, str(tmp_path / "*.h5"), [tmp_path / "b.h5", tmp_path / "a.h5"]):
-        cut = read_jhtdb(source)
-        assert cut.times == [1, 2, 3]
-        torch.testing.assert_close(cut.velocity[:, 0, 0, 0, 0], torch.tensor([3.0, 4.0, 5.0]))
-        assert cut.coords is not None and len(cut.coords[0]) == NX
+    paths = {"directory": tmp_path, "glob": str(tmp_path / "*.h5"), "list": [tmp_path / "b.h5", tmp_path / "a.h5"]}
+    cut = read_jhtdb(paths[source])
+    assert cut.times == [1, 2, 3]
+    # u_x at x = 0 is sin(0) + 2 + t: 3, 4, 5 in time order (exact in float32)
+    torch.testing.assert_close(cut.velocity[:, 0, 0, 0, 0], torch.tensor([3.0, 4.0, 5.0]), rtol=0, atol=0)
+
+
+def test_coordinates_are_read_per_axis(tmp_path):
+    x, y, z = _write_jhtdb_layout(tmp_path / "cut.h5")
+    cut = read_jhtdb(tmp_path / "cut.h5")
+    for got, written in zip(cut.coords, (x, y, z)):  # xcoor, ycoor, zcoor: distinct lengths and ranges
+        np.testing.assert_array_equal(got, written)
+
+
+def _saved(tmp_path):
+    u = torch.randn(3, 3, 8, 4, 12)
+    coords = [np.arange(8) * 0.5, np.arange(4) * 0.25, np.arange(12) * 1.0]
+    return u, coords, save_jhtdb(tmp_path / "out.h5", u, coords=coords, start=7)
+
+
+def test_save_writes_the_jhtdb_layout(tmp_path):
+    u, coords, path = _saved(tmp_path)
+    with h5py.File(path, "r") as handle:
+        assert sorted(handle) == ["Velocity_0007", "Velocity_0008", "Velocity_0009", "xcoor", "ycoor", "zcoor"]
+        # (nz, ny, nx, 3) with components (u_x, u_y, u_z): entry [k, j, i, c] is u_c at voxel (i, j, k)
+        stored = handle["Velocity_0008"][()]
+        assert stored.shape == (12, 4, 8, 3)
+        assert stored[5, 2, 7, 1] == u[1, 1, 7, 2, 5].item()
+        np.testing.assert_array_equal(stored, np.einsum("cxyz->zyxc", u[1].numpy()))
+        np.testing.assert_array_equal(handle["ycoor"][()], coords[1].astype(np.float32))
 
 
 def test_save_then_load_round_trips(tmp_path):
-    u = torch.randn(3, 3, 8, 4, 12)
-    coords = [np.arange(8) * 0.5, np.arange(4) * 0.25, np.arange(12) * 1.0]
-    path = save_jhtdb(tmp_path / "out.h5", u, coords=coords, start=7)
+    u, coords, path = _saved(tmp_path)
+    cut = read_jhtdb(path)
+    torch.testing.assert_close(cut.velocity, u, rtol=0, atol=0)  # float32 in, float32 out: bit for bit
+    assert cut.times == [7, 8, 9]
+
+
+def test_saved_file_gets_the_usual_permissions(tmp_path):
+    _, _, path = _saved(tmp_path)
     umask = os.umask(0o022)
     os.umask(umask)
     assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # not the 0600 of the temporary file
-    with h5py.File(path, "r") as handle:
-        assert sorted(handle) == ["Velocity_0007", "Velocity_0008", "Velocity_0009", "xcoor", "ycoor", "zcoor"]
-        assert handle["Velocity_0007"].shape == (12, 4, 8, 3)
-    cut = read_jhtdb(path)
-    torch.testing.assert_close(cut.velocity, u, rtol=0, atol=0)
-    assert cut.times == [7, 8, 9]
-    np.testing.assert_allclose(cut.coords[2], coords[2])
+
+
+def test_save_refuses_to_overwrite(tmp_path):
+    u, _, path = _saved(tmp_path)
+    before = path.read_bytes()
     with pytest.raises(FileExistsError, match="out.h5 already exists"):
-        save_jhtdb(tmp_path / "out.h5", u)
+        save_jhtdb(path, torch.zeros_like(u))
+    assert path.read_bytes() == before
 
 
-def test_failed_save_leaves_nothing(tmp_path):
-    with pytest.raises(ValueError, match="coords must be three 1D arrays"):
-        save_jhtdb(tmp_path / "bad.h5", torch.zeros(1, 3, 4, 4, 4), coords=[np.arange(4)] * 2)
-    with pytest.raises(ValueError, match="expected velocity of shape"):
-        save_jhtdb(tmp_path / "bad.h5", torch.zeros(2, 4, 4, 4, 4))
+@pytest.mark.parametrize("velocity, coords, message", [
+    (torch.zeros(1, 3, 4, 4, 4), [np.arange(4)] * 2, "coords must be three 1D arrays"),
+    (torch.zeros(2, 4, 4, 4, 4), None, "expected velocity of shape"),
+])
+def test_invalid_save_arguments_are_refused_before_writing(tmp_path, velocity, coords, message):
+    with pytest.raises(ValueError, match=message):
+        save_jhtdb(tmp_path / "bad.h5", velocity, coords=coords)
     assert list(tmp_path.iterdir()) == []
 
 
