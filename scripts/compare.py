@@ -7,7 +7,7 @@ symmetry discovery with relaxed kinds (``steerable-sr discover``). See docs/resu
 """
 import sys
 
-from steerable_sr.compare import main_compare, main_discover
+from steerable_sr.cli.study import main_compare, main_discover
 
 if __name__ == "__main__":
     argv = sys.argv[1:]

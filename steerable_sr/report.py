@@ -18,17 +18,18 @@ evaluation never leaves a half-written or clobbered report.
 """
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import numpy as np
 import torch
+from matplotlib.figure import Figure
 
 from . import metrics
+from .io import atomic_directory, to_json
+from .plots import plot_spectra, save_png
+from .symmetry import SymmetryReport
 
 
 _ROWS = [
@@ -41,12 +42,6 @@ _ROWS = [
     ("spec_err_high", "spectrum error, high k"),
     ("div", "divergence residual"),
 ]
-
-
-def _to_float(v):
-    if isinstance(v, torch.Tensor):
-        return float(v)
-    return v
 
 
 @torch.no_grad()
@@ -136,40 +131,11 @@ def metrics_markdown(result: Mapping[str, Any], info: Mapping[str, Any] | None =
     return "\n".join(lines) + "\n"
 
 
-def plot_spectra(path: str | os.PathLike, spectra: Mapping[str, np.ndarray], title: str = "") -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.5, 4))
-    styles = {"truth": ("k", "-"), "prediction": ("C0", "-"), "trilinear": ("C1", "--"), "input": ("C2", ":")}
-    for name, E in spectra.items():
-        E = np.asarray(E)
-        k = np.arange(len(E))
-        keep = (k >= 1) & (E > 0)
-        color, ls = styles.get(name, (None, "-"))
-        ax.loglog(k[keep], E[keep], color=color, linestyle=ls, label=name)
-    ax.set_xlabel("k (shell)")
-    ax.set_ylabel("E(k)")
-    if title:
-        ax.set_title(title)
-    ax.legend()
-    ax.grid(True, which="both", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
 def plot_slice(path: str | os.PathLike, fields: Mapping[str, torch.Tensor], title: str = "") -> None:
     """Velocity magnitude (top) and vorticity magnitude (bottom), middle slice along x_2."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     names = list(fields)
-    fig, axes = plt.subplots(2, len(names), figsize=(3 * len(names), 6), squeeze=False)
+    fig = Figure(figsize=(3 * len(names), 6))
+    axes = fig.subplots(2, len(names), squeeze=False)
     speeds = {k: v.double().norm(dim=0) for k, v in fields.items()}
     vorts = {}
     for k, v in fields.items():
@@ -191,39 +157,19 @@ def plot_slice(path: str | os.PathLike, fields: Mapping[str, torch.Tensor], titl
             fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def _json_ready(obj):
-    if isinstance(obj, dict):
-        return {str(k): _json_ready(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_ready(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, torch.Tensor):
-        return obj.tolist()
-    if isinstance(obj, (np.floating, np.integer)):
-        return obj.item()
-    return obj
+    save_png(fig, path, dpi=110)
 
 
 def write_report(out_dir: str | os.PathLike, result: Mapping[str, Any], info: Mapping[str, Any] | None = None,
-                 symmetry=None, overwrite: bool = False) -> Path:
-    """Write the report directory atomically (temp sibling, then rename). Returns its path."""
+                 symmetry: SymmetryReport | None = None, overwrite: bool = False) -> Path:
+    """Write the report directory atomically (:func:`steerable_sr.io.atomic_directory`). Returns its path."""
     out = Path(out_dir)
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"report directory {out} exists; pass --overwrite to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_directory(out, overwrite=overwrite) as tmp:
         payload = {"info": dict(info or {}), "samples": result["samples"], "metrics": result["metrics"],
                    "equivariance": result.get("equivariance"),
                    "spectrum_error_of_mean_spectra": result.get("spectrum_error_of_mean_spectra"),
                    "spectra": result["spectra"]}
-        (tmp / "metrics.json").write_text(json.dumps(_json_ready(payload), indent=2) + "\n")
+        (tmp / "metrics.json").write_text(to_json(payload) + "\n")
         (tmp / "metrics.md").write_text(metrics_markdown(result, info))
         title = str((info or {}).get("kind", ""))
         plot_spectra(tmp / "spectra.png", result["spectra"], title)
@@ -231,18 +177,5 @@ def write_report(out_dir: str | os.PathLike, result: Mapping[str, Any], info: Ma
             plot_slice(tmp / "slice.png", result["sample"], title)
         if symmetry is not None:
             (tmp / "symmetry.md").write_text(symmetry.to_markdown())
-            if hasattr(symmetry, "to_dict"):
-                (tmp / "symmetry.json").write_text(json.dumps(_json_ready(symmetry.to_dict()), indent=2) + "\n")
-        os.chmod(tmp, 0o755)
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
-            old.rmdir()
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+            (tmp / "symmetry.json").write_text(to_json(symmetry.to_dict()) + "\n")
     return out

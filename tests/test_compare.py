@@ -9,7 +9,10 @@ import pytest
 import torch
 
 from steerable_sr import groups
-from steerable_sr.compare import CompareConfig, aggregate, parse_kind, run_compare, table_markdown
+from steerable_sr.cli.study import main_discover
+from steerable_sr.study.compare import aggregate, render_from_json, run_compare, table_markdown
+from steerable_sr.study.config import DISCOVERY_OVERRIDES, CompareConfig, parse_kind
+from steerable_sr.study.discover import render_discovery_from_json, run_discover
 from steerable_sr.symmetry import (BLOCK_TOL, DEFECT_TOL, block_significance, breaking_measure, consensus_stabilizer,
                                    named_subgroups, robust_stabilizer, subgroup_name, weight_stabilizer)
 
@@ -125,8 +128,6 @@ def test_compare_end_to_end_at_toy_size(toy_data, tmp_path):
     assert "| cnn |" in md and "| rgcnn |" in md and "| trilinear |" in md
     assert result["runs"][0]["steps"] == 2 and result["runs"][0]["curve"]
     # a saved (possibly partial) results.json renders again
-    from steerable_sr.compare import render_from_json
-
     again = render_from_json(out / "results.json", str(tmp_path / "again"), log=lambda *a: None)
     assert set(again["table"]) == {"cnn", "rgcnn"} and (tmp_path / "again" / "results.md").is_file()
 
@@ -141,8 +142,6 @@ def test_aggregate_mean_and_spread():
 
 
 def test_discover_end_to_end_at_toy_size_with_symmetrised_control(toy_data, tmp_path):
-    from steerable_sr.compare import DISCOVERY_OVERRIDES, main_discover, run_discover
-
     torch.set_num_threads(1)
     cfg = CompareConfig(data=str(toy_data), out=str(tmp_path / "disc"), seeds=(0,), crop=8, batch_size=1,
                         crops_per_window=1, max_epochs=1, max_steps=2, limit_val_batches=1, limit_test_batches=1,
@@ -166,8 +165,6 @@ def test_discover_end_to_end_at_toy_size_with_symmetrised_control(toy_data, tmp_
 
 @pytest.mark.parametrize("kinds, match", [(("gcnn",), "relaxed kind"), ((), "at least one")])
 def test_discover_rejects_bad_kinds_before_training(toy_data, tmp_path, kinds, match):
-    from steerable_sr.compare import run_discover
-
     cfg = CompareConfig(data=str(toy_data), out=str(tmp_path / "disc"), build_time=False)
     with pytest.raises(ValueError, match=match):
         run_discover([str(toy_data)], cfg, kinds=kinds, log=lambda *a: None)
@@ -175,8 +172,6 @@ def test_discover_rejects_bad_kinds_before_training(toy_data, tmp_path, kinds, m
 
 
 def test_discover_command_without_datasets_is_a_usage_error(capsys):
-    from steerable_sr.compare import main_discover
-
     with pytest.raises(SystemExit) as exc:
         main_discover([])
     assert exc.value.code == 2 and "give the datasets" in capsys.readouterr().err
@@ -188,8 +183,6 @@ def test_discover_command_without_datasets_is_a_usage_error(capsys):
     ('{"runs": []}', ValueError, "not a discover.json"),
 ])
 def test_merging_bad_discovery_files_names_the_file(tmp_path, content, error, match):
-    from steerable_sr.compare import render_discovery_from_json
-
     path = tmp_path / "discover.json"
     if content is not None:
         path.write_text(content)

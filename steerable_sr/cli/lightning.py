@@ -1,0 +1,134 @@
+"""``steerable-sr fit | validate | test``: Lightning's command line for
+:class:`~steerable_sr.training.SuperResolutionModule` on :class:`~steerable_sr.data.dataset.TurbulenceDataModule`.
+
+Every option of the module, the datamodule and the Trainer is on the command line or in a YAML
+config (``configs/``). Added to Lightning's defaults: two checkpoints (the best by ``val/mae`` and
+the latest, every epoch), a CSV logger under ``runs/``, and checks that fail before any work with
+one clear line: a missing dataset, a checkpoint that is not there or holds another model than the
+one asked for, a model whose frame count or upscale factor the datamodule does not serve.
+"""
+from __future__ import annotations
+
+import glob
+import os
+import sys
+import warnings
+from typing import Any, Sequence
+
+import torch
+from jsonargparse import Namespace
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningCLI
+
+from ..data.dataset import FACTOR, WINDOW, TurbulenceDataModule
+from ..training import CheckpointMismatchError, SuperResolutionModule, check_checkpoint_compatible
+from . import CLIError
+
+#: ``ckpt_path`` values Lightning resolves itself (no file to check).
+SPECIAL_CKPT_PATHS = ("last", "best", "hpc", "registry")
+
+
+class SteerableSRCLI(LightningCLI):
+    def add_arguments_to_parser(self, parser) -> None:
+        # Two checkpoint callbacks: the best by a validation metric, and the latest (every epoch).
+        # (Lightning's save_last only writes last.ckpt on epochs where a top-k save happened.)
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults({
+            "checkpoint.monitor": "val/mae",
+            "checkpoint.mode": "min",
+            "checkpoint.save_top_k": 1,
+            "checkpoint.save_last": False,
+            "checkpoint.filename": "best-epoch{epoch:03d}-step{step}",
+            "checkpoint.auto_insert_metric_name": False,
+        })
+        parser.add_lightning_class_args(ModelCheckpoint, "last_checkpoint")
+        parser.set_defaults({
+            "last_checkpoint.monitor": None,
+            "last_checkpoint.save_top_k": 1,
+            "last_checkpoint.every_n_epochs": 1,
+            "last_checkpoint.filename": "last",
+            "last_checkpoint.enable_version_counter": False,
+        })
+
+    def _parse_ckpt_path(self) -> None:
+        # Lightning replaces the model section by the checkpoint's hyperparameters. Refuse when the
+        # command line or config file explicitly asks for another model than the checkpoint holds.
+        sub = self.config.get("subcommand")
+        cfg = self.config.get(sub) if sub else None
+        ckpt = cfg.get("ckpt_path") if cfg is not None else None
+        if ckpt and ckpt not in SPECIAL_CKPT_PATHS:
+            requested = _as_dict(cfg.get("model"))
+            defaults = _as_dict(self._subcommand_parsers[sub].get_defaults().get("model"))
+            explicit = {k: v for k, v in requested.items() if defaults.get(k, object()) != v}
+            check_checkpoint_file(ckpt, explicit)
+        super()._parse_ckpt_path()
+
+    def before_instantiate_classes(self) -> None:
+        cfg = self.config.get(self.subcommand, self.config)
+        check_data_path(cfg.get("data").get("path"))
+        model = _as_dict(cfg.get("model"))
+        if model.get("frames", WINDOW) != WINDOW or model.get("upscale", FACTOR) != FACTOR:
+            raise CLIError(f"the turbulence datamodule serves {WINDOW} frames and {FACTOR}x super-resolution; "
+                           f"got model.frames={model.get('frames')}, model.upscale={model.get('upscale')}")
+
+    def after_fit(self) -> None:
+        if not self.trainer.is_global_zero:
+            return
+        for cb in self.trainer.checkpoint_callbacks:
+            label = "best checkpoint" if cb.monitor else "last checkpoint"
+            print(f"{label}: {cb.best_model_path or '-'}")
+
+
+def _as_dict(ns: Namespace | None) -> dict[str, Any]:
+    return {} if ns is None else ns.as_dict()
+
+
+def check_data_path(path: str | Sequence[str] | None) -> None:
+    """Refuse a dataset path (or glob pattern, or list of them) that names no file."""
+    for item in [path] if isinstance(path, (str, os.PathLike)) else list(path or []):
+        text = os.fspath(item)
+        if any(ch in text for ch in "*?["):
+            if not glob.glob(text):
+                raise CLIError(f"data path pattern matches no file: {text}")
+        elif not os.path.exists(text):
+            raise CLIError(f"data path not found: {text} (generate a dataset with `steerable-sr generate`)")
+
+
+def check_checkpoint_file(path: str, expected: dict[str, Any]) -> None:
+    """Refuse a missing or unreadable checkpoint, or one written for another model than ``expected``."""
+    if not os.path.isfile(path):
+        raise CLIError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise CLIError(f"cannot read checkpoint {path}: {exc}")
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise CLIError(f"{path} is not a Lightning checkpoint")
+    try:
+        check_checkpoint_compatible(ckpt, expected)
+    except CheckpointMismatchError as exc:
+        raise CLIError(f"{path}: {exc}")
+
+
+def main(argv: Sequence[str]) -> int:
+    """Run the Lightning command line; ``argv`` starts with the subcommand (fit, validate, test)."""
+    args: list[str] | None = list(argv)
+    if args == sys.argv[1:]:
+        args = None  # parse the real command line (LightningCLI warns when given both)
+    else:
+        warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter is intended.*")
+    SteerableSRCLI(
+        SuperResolutionModule,
+        TurbulenceDataModule,
+        args=args,
+        seed_everything_default=0,
+        trainer_defaults={
+            "accelerator": "auto",
+            "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "runs"}},
+            "log_every_n_steps": 10,
+            "deterministic": False,
+        },
+        parser_kwargs={"prog": "steerable-sr", "description": "steerable-sr: train and evaluate"},
+        save_config_kwargs={"overwrite": False},
+    )
+    return 0

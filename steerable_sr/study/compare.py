@@ -1,0 +1,187 @@
+"""The comparison of model kinds: every kind and seed trained alike (:func:`run_compare`), the table of
+test metrics over seeds (:func:`aggregate`, :func:`table_markdown`) and the two plots."""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from ..io import to_json, write_text
+from ..plots import plot_spectra, save_png
+from .config import CompareConfig
+from .runs import measure_build_time, set_threads, train_one
+
+#: Test metrics of the table: (key logged by SuperResolutionModule, column title, format).
+TABLE_METRICS = (
+    ("mae", "MAE", "{:.4f}"),
+    ("rmse", "RMSE", "{:.4f}"),
+    ("rel_l2", "rel L2", "{:.4f}"),
+    ("spec_err", "spectrum err", "{:.4f}"),
+    ("div", "divergence", "{:.4f}"),
+    ("equiv_err", "equiv err", "{:.2e}"),
+)
+
+
+def _stats(values: Sequence[float | None]) -> dict[str, float]:
+    v = np.asarray([x for x in values if x is not None], dtype=float)
+    if v.size == 0:
+        return {"mean": float("nan"), "std": float("nan"), "min": float("nan"), "max": float("nan"), "n": 0}
+    return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if v.size > 1 else 0.0,
+            "min": float(v.min()), "max": float(v.max()), "n": int(v.size)}
+
+
+def aggregate(runs: Sequence[dict], build: dict[str, dict] | None = None) -> dict[str, dict]:
+    """Per kind: statistics over seeds of the test metrics, step time, and the build times."""
+    table: dict[str, dict] = {}
+    for spec in dict.fromkeys(r["kind"] for r in runs):
+        mine = [r for r in runs if r["kind"] == spec]
+        row: dict[str, Any] = {"params": mine[0]["params"], "seeds": [r["seed"] for r in mine],
+                               "step_s": _stats([r["step_s"] for r in mine])}
+        for key in sorted({k for r in mine for k in r["test"]}):
+            row[key] = _stats([r["test"].get(key) for r in mine])
+        if build and spec in build:
+            row.update(build[spec])
+        table[spec] = row
+    return table
+
+
+def _pm(stats: dict | None, fmt: str) -> str:
+    if not stats or not stats.get("n"):
+        return "–"
+    text = fmt.format(stats["mean"])
+    if stats["n"] > 1:
+        text += " ± " + fmt.format(stats["std"])
+    return text
+
+
+def table_markdown(table: dict[str, dict], cfg: CompareConfig | None = None) -> str:
+    """The comparison table (mean ± sample std over seeds)."""
+    cols = ["kind", "params", "build cold (s)", "build warm (s)", "step (ms)"] + [t for _, t, _ in TABLE_METRICS]
+    lines = ["| " + " | ".join(cols) + " |", "| --- |" + " ---: |" * (len(cols) - 1)]
+    for spec, row in table.items():
+        step = row["step_s"]
+        step_ms = {**step, "mean": step["mean"] * 1e3, "std": step["std"] * 1e3}
+        cells = [spec, f"{row['params']:,}",
+                 f"{row['build_cold_s']:.2f}" if "build_cold_s" in row else "–",
+                 f"{row['build_warm_s']:.2f}" if "build_warm_s" in row else "–",
+                 _pm(step_ms, "{:.0f}")]
+        cells += [_pm(row.get(key), fmt) for key, _, fmt in TABLE_METRICS]
+        lines.append("| " + " | ".join(cells) + " |")
+    if table:
+        ref = next(iter(table.values()))
+        cells = ["trilinear", "0", "–", "–", "–"] + [
+            _pm(ref.get("trilinear_" + key), fmt) if key != "equiv_err" else "0 (exact)"
+            for key, _, fmt in TABLE_METRICS]
+        lines.append("| " + " | ".join(cells) + " |")
+        if "div_true" in ref:
+            lines.append("")
+            lines.append(f"Divergence residual of the truth (the floor of the central-difference stencil on crops): "
+                         f"{ref['div_true']['mean']:.4f}.")
+    if cfg is not None:
+        seeds = ", ".join(str(s) for s in cfg.seeds)
+        lines.append("")
+        lines.append(f"Data `{cfg.data}`, crops {cfg.crop}^3 (input {cfg.crop // 4 if cfg.crop else 'whole'}^3), "
+                     f"batch {cfg.batch_size}, {cfg.max_epochs} epochs"
+                     + (f" of {cfg.limit_train_batches} batches" if cfg.limit_train_batches else "")
+                     + (f" (at most {cfg.max_steps} steps)" if cfg.max_steps and cfg.max_steps > 0 else "")
+                     + f", Adam lr {cfg.lr} (weight decay "
+                     f"{cfg.weight_decay}, StepLR {cfg.gamma}), penalty weight {cfg.penalty_weight} (relaxed kinds), "
+                     f"preset `{cfg.preset}`, group {cfg.group}, seeds {seeds}: mean ± sample std over seeds; "
+                     "test split; equivariance error over "
+                     f"{'all' if cfg.test_equivariance_elements is None else cfg.test_equivariance_elements} group elements.")
+    return "\n".join(lines)
+
+
+def plot_curves(path: str | os.PathLike, runs: Sequence[dict], key: str = "val/mae") -> None:
+    """Validation ``key`` per epoch and kind: mean over seeds, band = min..max; trilinear dashed."""
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
+    for spec in dict.fromkeys(r["kind"] for r in runs):
+        curves = [[row.get(key, np.nan) for row in r["curve"]] for r in runs if r["kind"] == spec]
+        n = min(len(c) for c in curves)
+        if n == 0:
+            continue
+        arr = np.asarray([c[:n] for c in curves], dtype=float)
+        epochs = np.arange(1, n + 1)
+        line, = ax.plot(epochs, arr.mean(0), marker="o", ms=3, label=spec)
+        if arr.shape[0] > 1:
+            ax.fill_between(epochs, arr.min(0), arr.max(0), color=line.get_color(), alpha=0.2)
+    tri = [r["curve"][-1].get("val/trilinear_mae") for r in runs if r["curve"]]
+    tri = [t for t in tri if t is not None]
+    if tri:
+        ax.axhline(float(np.mean(tri)), color="k", ls="--", lw=1, label="trilinear")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(key + " (normalised units)")
+    ax.set_title("validation MAE (mean over seeds, band = min..max)")
+    ax.legend(fontsize=8)
+    save_png(fig, path)
+
+
+def plot_run_spectra(path: str | os.PathLike, runs: Sequence[dict]) -> None:
+    """Test-set spectra of the truth, trilinear and each kind's predictions (mean over seeds)."""
+    first = runs[0]["spectra"]
+    spectra = {"truth": first["truth"], "trilinear": first["trilinear"]}
+    for spec in dict.fromkeys(r["kind"] for r in runs):
+        spectra[spec] = np.mean([r["spectra"]["prediction"] for r in runs if r["kind"] == spec], axis=0)
+    # k = N/2, the largest shell resolved in every direction (num_shells(N) = round(sqrt(3) N/2) + 1)
+    half = round((len(first["truth"]) - 1) / math.sqrt(3))
+    plot_spectra(path, spectra, "test-set energy spectra (mean over samples and seeds)", mark_k=half)
+
+
+def run_compare(cfg: CompareConfig, log: Callable[[str], Any] = print) -> dict[str, Any]:
+    """Train every kind of ``cfg`` with every seed; write results.{json,md}, val_curves.png, spectra.png."""
+    if not Path(cfg.data).exists():
+        raise FileNotFoundError(f"dataset not found: {cfg.data} (make one with `steerable-sr generate`)")
+    set_threads(cfg)
+    out = Path(cfg.out)
+    build: dict[str, dict] = {}
+    if cfg.build_time:
+        for spec in cfg.kinds:
+            build[spec] = measure_build_time(spec, cfg.group, cfg.preset)
+            log(f"[compare] build {spec}: cold {build[spec]['build_cold_s']:.2f} s, "
+                f"warm {build[spec]['build_warm_s']:.2f} s")
+    runs = []
+    for spec in cfg.kinds:
+        for seed in cfg.seeds:
+            r = train_one(spec, seed, cfg)
+            runs.append(r)
+            log(f"[compare] {spec} seed {seed}: {r['params']:,} params, {r['steps']} steps in {r['fit_s']:.1f} s "
+                f"(step {r['step_s'] * 1e3:.0f} ms), test MAE {r['test'].get('mae', float('nan')):.4f}, "
+                f"equiv err {r['test'].get('equiv_err', float('nan')):.2e}")
+            # Written after every run: a long comparison that is interrupted keeps what it has
+            # (`--from-json OUT/results.json` renders the table and plots of what is there).
+            write_text(out / "results.json", to_json({"config": asdict(cfg), "build": build, "runs": runs}, indent=1))
+    return render(cfg, runs, build, log)
+
+
+def render(cfg: CompareConfig, runs: Sequence[dict], build: dict[str, dict] | None = None,
+           log: Callable[[str], Any] = print) -> dict[str, Any]:
+    """Aggregate ``runs`` and write results.json, results.md, val_curves.png and spectra.png to ``cfg.out``."""
+    out = Path(cfg.out)
+    table = aggregate(runs, build)
+    result = {"config": asdict(cfg), "build": build or {}, "table": table, "runs": list(runs)}
+    write_text(out / "results.json", to_json(result, indent=1))
+    md = table_markdown(table, cfg)
+    write_text(out / "results.md", md + "\n")
+    plot_curves(out / "val_curves.png", runs)
+    plot_run_spectra(out / "spectra.png", runs)
+    log(md)
+    return result
+
+
+def render_from_json(path: str | os.PathLike, out: str | None = None,
+                     log: Callable[[str], Any] = print) -> dict[str, Any]:
+    """Re-render a (possibly partial) ``results.json`` of :func:`run_compare`."""
+    saved = json.loads(Path(path).read_text())
+    config = dict(saved["config"])
+    if out is not None:
+        config["out"] = out
+    cfg = CompareConfig(**{k: v for k, v in config.items() if k in CompareConfig.__dataclass_fields__})
+    cfg.kinds = tuple(dict.fromkeys(r["kind"] for r in saved["runs"])) or cfg.kinds
+    return render(cfg, saved["runs"], saved.get("build") or {}, log)
