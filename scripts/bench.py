@@ -1,10 +1,10 @@
 #!/usr/bin/env python
-"""Benchmarks of model construction, training steps and inference (issue 7). Prints Markdown tables.
+"""Benchmarks of model construction, training steps and inference. Prints Markdown tables.
 
     python scripts/bench.py build                      # cold and warm construction per kind
     python scripts/bench.py step --batch 2 --size 16   # training step vs the plain-conv twin
     python scripts/bench.py infer --batch 2 --size 16  # exported module vs escnn model (eval)
-    python scripts/bench.py separable --batch 1 --size 8  # separable vs full gcnn/rgcnn (issue 9)
+    python scripts/bench.py separable --batch 1 --size 8  # separable vs full gcnn/rgcnn
 
 * build: each kind in a new process. "cold" = empty steerable_sr cache and escnn's joblib cache
   moved aside (restored afterwards); "warm" = caches on disk. Import time is reported separately.

@@ -4,8 +4,11 @@ r"""The LightningModule that trains every model kind: L1 loss + the relaxed laye
 own hyperparameters (saved with ``save_hyperparameters``), so a checkpoint alone rebuilds the model:
 ``SuperResolutionModule.load_from_checkpoint(path)``.
 
-Batches are dicts ``{"lr": (B, 3 T, n, n, n), "hr": (B, 3, 4 n, 4 n, 4 n)}`` (public convention,
-``DESIGN.md``), or bare ``lr`` tensors for prediction.
+A batch from :class:`steerable_sr.data.dataset.TurbulenceDataModule` is a dict ``{"lr": (B, 3 T, n, n, n),
+"hr": (B, 3, 4 n, 4 n, 4 n)}`` (the public convention, ``docs/conventions.md``, "Axes and vectors"):
+``training_step`` predicts ``model(lr)`` and minimises ``L1(prediction, hr) + penalty_weight x
+model.equivariance_penalty()`` (the penalty is zero for exactly equivariant kinds). Bare ``lr``
+tensors are accepted for prediction.
 
 Logged (``stage`` = ``train``, ``val``, ``test``; epoch means over batches):
 
@@ -35,7 +38,7 @@ import torch.nn.functional as F
 
 from . import metrics
 from .groups import GROUPS
-from .models import KINDS
+from .models import KINDS, build_model
 
 Kind = Literal[KINDS]
 Group = Literal[GROUPS]
@@ -97,8 +100,6 @@ class SuperResolutionModule(pl.LightningModule):
         if not 0 < gamma <= 1:
             raise ValueError(f"gamma must be in (0, 1], got {gamma}")
         self.save_hyperparameters()
-        from .models import build_model
-
         self.model = build_model(kind, group=group, frames=frames, upscale=upscale, preset=preset,
                                  **(model_overrides or {}))
         # Velocity scale of the training data (set from the datamodule when it exposes one); kept in
@@ -112,10 +113,7 @@ class SuperResolutionModule(pl.LightningModule):
         return self.model(lr_frames)
 
     def penalty(self) -> torch.Tensor:
-        fn = getattr(self.model, "equivariance_penalty", None)
-        if fn is None:
-            return torch.zeros((), device=self.device)
-        return fn()
+        return self.model.equivariance_penalty()
 
     # ------------------------------------------------------------------ setup / RNG
     def setup(self, stage: str) -> None:

@@ -57,7 +57,12 @@ def test_fit_logs_metrics_and_checkpoint_rebuilds_model(dataset, tmp_path):
         assert key in m and math.isfinite(m[key]), key
     assert m["train/penalty"] == 0.0  # not relaxed
     assert m["val/equiv_err"] > 1e-3  # a plain CNN is not equivariant
-    assert m["val/div_true"] < m["val/trilinear_div"] + 1.0
+    # The truth's divergence floor: interior central differences of a solenoidal field give, per Fourier
+    # mode, div = sum_j sin(k_j h) / h u_j = -(h^2 / 6) sum_j k_j^3 u_j + O(h^4), at most (|k| h)^2 / 6 of
+    # |grad u|. On h = 2 pi / 16 with the gradient energy in the forcing band |k| <= 2 that is
+    # (2 * 2 pi / 16)^2 / 6 = 0.10 (measured: 0.04); trilinear fields from 4^3 obey no such bound (0.29).
+    assert m["val/div_true"] < 0.1
+    assert m["val/div_true"] < m["val/trilinear_div"]
     assert trainer.global_step == 4  # 4 windows x 2 crops / batch 2
     assert float(module.velocity_scale) == pytest.approx(dm.velocity_scale)
     assert int(module.train_input_size) == 4
