@@ -62,7 +62,11 @@ __all__ = [
 
 #: Bumped whenever a change alters the fields the solver produces for a given seed.
 SOLVER_VERSION = "1"
-#: Default amplitude of the Kolmogorov force (see :class:`SpectralSolver`).
+#: Default amplitude of the Kolmogorov force (see :class:`SpectralSolver`). Measured at 32^3 with
+#: ``default_viscosity(32)`` (``k = 1``, t = 20..100 after a random start): mean shear amplitude
+#: 1.0-1.5, energy 0.56-1.09 and dissipation 0.08-0.18 (mean about 0.13) in bursts; rms velocity
+#: component 0.61-0.85, against about 0.6 for the anisotropic forcing at ``power = 0.1``. At 0.15
+#: the flow nearly relaminarises between bursts (dissipation down to 0.05).
 KOLMOGOROV_AMPLITUDE = 0.2
 FORCINGS = ("isotropic", "anisotropic", "kolmogorov", None)
 
