@@ -264,7 +264,8 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> None:
     parser.add_argument("--wavenumber", type=int, default=1,
                         help="kolmogorov: wavenumber of the force, 1 <= wavenumber < n/3")
     parser.add_argument("--nu", type=float, default=None, help="viscosity; None: k_max eta = 1")
-    parser.add_argument("--power", type=float, default=0.1, help="injected power = dissipation rate of the band forcings; the dissipation rate the default nu assumes")
+    parser.add_argument("--power", type=float, default=0.1,
+                        help="injected power = dissipation rate of the band forcings; the rate the default nu assumes")
     parser.add_argument("--dt-save", type=float, default=0.1, help="time between snapshots")
     parser.add_argument("--spinup", type=float, default=None,
                         help="time before the first snapshot; None: 6 (isotropic), 20 (anisotropic), 30 (kolmogorov)")
