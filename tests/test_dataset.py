@@ -72,7 +72,7 @@ def test_splits_are_ordered_contiguous_blocks_with_gaps(T):
 
 
 def test_split_errors():
-    with pytest.raises(ValueError, match="12 frames are too few .* the train split would get 2 frames"):
+    with pytest.raises(ValueError, match="12 frames are too few .* at least 13 frames are needed"):
         split_frames(12, (0.6, 0.2, 0.2))
     with pytest.raises(ValueError, match="at least 2 frames"):
         split_frames(50, (0.6, 0.2, 0.2), gap=1)
@@ -305,3 +305,31 @@ def test_data_module_errors(tmp_path):
     (tmp_path / "corrupt.h5").write_text("not an HDF5 file")
     with pytest.raises(ValueError, match="corrupt.h5: not a readable HDF5 file"):
         TurbulenceDataModule(str(tmp_path / "corrupt.h5")).setup("fit")
+
+
+def _copy_with_nan(source, target, frame):
+    target.write_bytes(source.read_bytes())
+    with h5py.File(target, "r+") as handle:
+        values = handle["velocity"][frame]
+        values[1, 2, 3, 4] = np.nan
+        handle["velocity"][frame] = values
+
+
+def test_generated_file_with_nan_is_refused_naming_the_frame(generated, tmp_path):
+    _copy_with_nan(generated, tmp_path / "nan.h5", frame=5)
+    with pytest.raises(ValueError, match=r"nan.h5:velocity\[5\]: 1 NaN or Inf value\(s\) \(the first at index "
+                                         r"\(1, 2, 3, 4\)\); velocities must be finite"):
+        TurbulenceDataModule(str(tmp_path / "nan.h5")).setup("fit")
+
+
+def test_truncated_generated_file_is_named(generated, tmp_path):
+    data = generated.read_bytes()
+    (tmp_path / "cut.h5").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="cut.h5: not a readable HDF5 file"):
+        TurbulenceDataModule(str(tmp_path / "cut.h5")).setup("fit")
+
+
+def test_too_few_jhtdb_frames_for_the_splits_say_how_many_are_needed(tmp_path):
+    save_jhtdb(tmp_path / "six.h5", torch.zeros(6, 3, 4, 4, 4))
+    with pytest.raises(ValueError, match=r"six.h5: 6 frames are too few .* at least 13 frames are needed"):
+        TurbulenceDataModule(str(tmp_path / "six.h5")).setup("fit")

@@ -187,5 +187,5 @@ def test_non_finite_frame_is_named(tmp_path, bad):
     _write_jhtdb_layout(tmp_path / "n.h5", times=(1, 2, 3))
     with h5py.File(tmp_path / "n.h5", "a") as handle:
         handle["Velocity_0002"][1, 2, 3, 0] = bad
-    with pytest.raises(ValueError, match="n.h5:Velocity_0002: contains NaN or Inf"):
+    with pytest.raises(ValueError, match="n.h5:Velocity_0002: 1 NaN or Inf value"):
         load_jhtdb(tmp_path / "n.h5")

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from .checks import check_finite, open_hdf5
 from .jhtdb import read_jhtdb, resolve_paths
 
 __all__ = [
@@ -106,20 +107,27 @@ def split_frames(num_frames: int, fractions: Sequence[float] = (0.8, 0.1, 0.1), 
         raise ValueError("the train fraction must be positive")
     if gap < WINDOW - 1:
         raise ValueError(f"the gap between splits must be at least {WINDOW - 1} frames, got {gap}")
-    active = [i for i, f in enumerate(fractions) if f > 0]
-    usable = num_frames - gap * (len(active) - 1)
-    counts = [max(WINDOW, math.floor(fractions[i] * usable)) if i in active else 0 for i in range(3)]
-    counts[0] = usable - counts[1] - counts[2]
+    counts = _split_counts(num_frames, fractions, gap)
     if counts[0] < WINDOW:
+        needed = next(t for t in range(num_frames + 1, 2 ** 62) if _split_counts(t, fractions, gap)[0] >= WINDOW)
         raise ValueError(
-            f"{num_frames} frames are too few for split fractions {fractions} with a gap of {gap}: the train "
-            f"split would get {counts[0]} frames, at least {WINDOW} are needed")
+            f"{num_frames} frames are too few for split fractions {fractions} with a gap of {gap}: at least "
+            f"{needed} frames are needed ({WINDOW} per split, {gap} between splits)")
     out, start = {}, 0
     for i, name in enumerate(SPLITS):
         out[name] = np.arange(start, start + counts[i], dtype=np.int64)
         if counts[i]:
             start += counts[i] + gap
     return out
+
+
+def _split_counts(num_frames: int, fractions: tuple[float, ...], gap: int) -> list[int]:
+    """Frames of train, val and test (see :func:`split_frames`); train's may come out below ``WINDOW``."""
+    active = [i for i, f in enumerate(fractions) if f > 0]
+    usable = num_frames - gap * (len(active) - 1)
+    counts = [max(WINDOW, math.floor(fractions[i] * usable)) if i in active else 0 for i in range(3)]
+    counts[0] = usable - counts[1] - counts[2]
+    return counts
 
 
 def rms_velocity(velocity: torch.Tensor, frames: Sequence[int] | np.ndarray) -> float:
@@ -251,20 +259,37 @@ def load_generated(path: str | os.PathLike) -> dict:
     dict
         ``velocity`` ``(T, 3, n, n, n)`` float32 tensor, ``splits`` (``{"train": idx, ...}``),
         ``attrs`` (the file's metadata).
+
+    Raises
+    ------
+    ValueError
+        The file is not readable HDF5 (truncated, corrupt), or a frame cannot be read or holds NaN or
+        Inf (each frame is checked as it is read).
     """
-    with h5py.File(path, "r") as handle:
+    with open_hdf5(path) as handle:
+        stored = handle["velocity"]
+        velocity = np.empty(stored.shape, dtype=stored.dtype)
+        for t in range(stored.shape[0]):
+            where = f"{path}:velocity[{t}]"
+            try:
+                velocity[t] = stored[t]
+            except (OSError, ValueError) as exc:
+                raise ValueError(f"{where}: cannot read the data ({exc})") from exc
+            check_finite(velocity[t], where)
         return {
-            "velocity": torch.from_numpy(handle["velocity"][()]),
+            "velocity": torch.from_numpy(velocity),
             "splits": {name: np.asarray(handle["splits"][name][()], dtype=np.int64) for name in SPLITS},
             "attrs": dict(handle.attrs),
         }
 
 
 def is_generated(path: Path) -> bool:
-    """Whether ``path`` is an HDF5 file written by ``generate_dataset`` (has ``velocity`` and ``splits``)."""
+    """Whether ``path`` is an HDF5 file written by ``generate_dataset`` (has ``velocity`` and ``splits``).
+
+    Raises ``ValueError`` for an HDF5 file that cannot be opened (truncated, corrupt)."""
     if not path.is_file() or not h5py.is_hdf5(path):
         return False
-    with h5py.File(path, "r") as handle:
+    with open_hdf5(path) as handle:
         return "velocity" in handle and "splits" in handle and handle.attrs.get("generator") is not None
 
 

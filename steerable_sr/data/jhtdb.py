@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from ..io import atomic_output
+from .checks import check_finite, open_hdf5
 
 __all__ = ["JHTDBCutout", "load_jhtdb", "read_jhtdb", "resolve_paths", "save_jhtdb"]
 
@@ -86,11 +87,7 @@ def resolve_paths(path_or_paths: PathLike | Sequence[PathLike]) -> list[Path]:
 
 
 def _read_file(path: Path) -> tuple[list[tuple[int, str, np.ndarray]], tuple[np.ndarray, ...] | None]:
-    try:
-        handle = h5py.File(path, "r")
-    except OSError as exc:
-        raise ValueError(f"{path}: not a readable HDF5 file ({exc})") from exc
-    with handle:
+    with open_hdf5(path) as handle:
         frames = []
         for name in handle.keys():
             match = _VELOCITY.match(name)
@@ -106,8 +103,7 @@ def _read_file(path: Path) -> tuple[list[tuple[int, str, np.ndarray]], tuple[np.
                 data = np.asarray(node[()], dtype=np.float32)
             except (OSError, TypeError, ValueError) as exc:
                 raise ValueError(f"{where}: cannot read the data ({exc})") from exc
-            if not np.isfinite(data).all():
-                raise ValueError(f"{where}: contains NaN or Inf values")
+            check_finite(data, where)
             frames.append((int(match.group(1)), where, data))
         if not frames:
             raise ValueError(f"{path}: no velocity datasets (names like Velocity_0001) among {sorted(handle.keys())}")
