@@ -48,6 +48,19 @@ class CheckpointMismatchError(ValueError):
     """A checkpoint that was written for another model (kind, group, frames, upscale)."""
 
 
+class NonFiniteLossError(ValueError):
+    """The loss became NaN or Inf: training stops before such weights are checkpointed."""
+
+
+def check_finite_loss(where: str, **terms: torch.Tensor) -> None:
+    """Raise :class:`NonFiniteLossError` naming ``where`` and the loss terms unless all are finite."""
+    if all(bool(torch.isfinite(t).all()) for t in terms.values()):
+        return
+    values = ", ".join(f"{name} = {float(t.detach()):.4g}" for name, t in terms.items())
+    raise NonFiniteLossError(f"non-finite loss at {where} ({values}): the weights diverged (try a lower "
+                             "--model.lr) or the data holds NaN/Inf")
+
+
 class SuperResolutionModule(pl.LightningModule):
     """Super-resolution of ``frames`` low-res velocity frames to the middle frame at ``upscale`` x.
 
@@ -162,6 +175,8 @@ class SuperResolutionModule(pl.LightningModule):
         l1 = F.l1_loss(pred, y)
         pen = self.penalty()
         loss = l1 + self.hparams.penalty_weight * pen
+        check_finite_loss(f"training step {self.global_step} (epoch {self.current_epoch}, batch {batch_idx})",
+                          l1=l1, penalty=pen)
         bs = x.shape[0]
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=bs, sync_dist=True)
         self.log("train/l1", l1, on_step=False, on_epoch=True, batch_size=bs, sync_dist=True)
@@ -172,7 +187,9 @@ class SuperResolutionModule(pl.LightningModule):
         x, y = self._split(batch)
         pred = self(x)
         bs = x.shape[0]
-        loss = F.l1_loss(pred, y) + self.hparams.penalty_weight * self.penalty()
+        l1, pen = F.l1_loss(pred, y), self.penalty()
+        check_finite_loss(f"{stage} batch {batch_idx} (epoch {self.current_epoch})", l1=l1, penalty=pen)
+        loss = l1 + self.hparams.penalty_weight * pen
         logs: dict[str, float] = {f"{stage}/loss": float(loss)}
         periodic = self.hparams.divergence_periodic
         for key, value in metrics.field_metrics(pred, y, periodic=periodic).items():

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from steerable_sr.data.dataset import TurbulenceDataModule
-from steerable_sr.training import CheckpointMismatchError, SuperResolutionModule, load_module
+from steerable_sr.training import CheckpointMismatchError, NonFiniteLossError, SuperResolutionModule, load_module
 
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -132,3 +132,12 @@ def test_bf16_mixed_precision_fit(dataset, tmp_path, kind):
     trainer.fit(module, _dm(dataset, crops_per_window=1))
     m = {k: float(v) for k, v in trainer.callback_metrics.items()}
     assert math.isfinite(m["train/loss"]) and math.isfinite(m["val/mae"]) and math.isfinite(m["val/equiv_err"])
+
+
+def test_diverging_fit_stops_with_an_error_before_any_checkpoint(dataset, tmp_path):
+    pl.seed_everything(0)
+    module = SuperResolutionModule(kind="cnn", model_overrides={"hidden": 2}, lr=1e30)  # one step overflows
+    with pytest.raises(NonFiniteLossError, match=r"non-finite loss at training step 1 \(epoch 0, batch 1\) "
+                                                 r"\(l1 = nan, penalty = 0\)"):
+        _trainer(tmp_path, 1).fit(module, _dm(dataset))
+    assert list(tmp_path.iterdir()) == []
