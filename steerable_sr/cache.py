@@ -1,5 +1,9 @@
 """A small on-disk cache for group data that escnn computes slowly (element look-ups, representation
-matrices): one ``.npz`` per group in a user cache directory.
+matrices, kernel bases): one ``.npz`` of named arrays per cache name, in a user cache directory.
+
+:func:`get_or_compute` is the entry point: an array is read from memory, else from disk (the whole
+file, once per process), else computed; new arrays are written when the process exits, one file
+write per name. :func:`load` and :func:`save` read and write a whole file.
 
 The directory is ``$STEERABLE_SR_CACHE`` if set, else ``$XDG_CACHE_HOME/steerable_sr`` (default
 ``~/.cache/steerable_sr``); it never lives in site-packages, so a read-only installation works.
@@ -8,10 +12,13 @@ ignored (the data is recomputed), never an error.
 """
 from __future__ import annotations
 
+import atexit
+import functools
 import os
 import tempfile
 import warnings
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -19,6 +26,7 @@ FORMAT = 1
 
 
 def cache_dir() -> Path:
+    """Where the cache files live (see the module docstring)."""
     root = os.environ.get("STEERABLE_SR_CACHE")
     if root:
         return Path(root)
@@ -59,3 +67,25 @@ def save(name: str, arrays: dict[str, np.ndarray]) -> None:
             raise
     except OSError:
         pass
+
+
+def get_or_compute(name: str, key: str, compute: Callable[[], np.ndarray]) -> np.ndarray:
+    """The array ``key`` of cache ``name``, from memory or disk, else ``compute()``d and stored (in
+    memory at once, on disk when the process exits). Read-only."""
+    arrays = _in_memory(name)
+    if key not in arrays:
+        arrays[key] = np.asarray(compute())
+        _save_at_exit(name)
+    arrays[key].setflags(write=False)
+    return arrays[key]
+
+
+@functools.lru_cache(maxsize=None)
+def _in_memory(name: str) -> dict[str, np.ndarray]:
+    return load(name)
+
+
+@functools.lru_cache(maxsize=None)
+def _save_at_exit(name: str) -> None:
+    """Registers one write of ``name`` at exit (the lru_cache makes it once per name)."""
+    atexit.register(lambda: save(name, _in_memory(name)))

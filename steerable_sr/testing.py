@@ -1,4 +1,4 @@
-r"""Assertions for tests of equivariant modules, ours and users'.
+r"""Assertions and random inputs for tests of equivariant modules, ours and users'.
 
 Tolerances: an exactly equivariant float32 network differs from its transformed copy only by the
 order of summation, ~1e-7 relative per operation over a few dozen layers, so :data:`EQUIVARIANT_TOL`
@@ -12,7 +12,7 @@ from typing import Iterable
 import numpy as np
 import torch
 
-from . import groups
+from . import fields, groups
 from .metrics import equivariance_errors
 
 EQUIVARIANT_TOL = 1e-5
@@ -47,7 +47,7 @@ def assert_not_equivariant(module, x, group: str = "Oh", elements: Iterable[int]
     (``None``: the whole group but the identity). Returns the errors."""
     if elements is None:
         if not isinstance(x, torch.Tensor):
-            group = groups.group_of(x.type)
+            group = fields.group_of(x.type)
         elements = range(1, groups.group_order(group))
     elements = sorted(elements)
     errors = equivariance_errors(module, x, group, elements).numpy()
@@ -55,3 +55,29 @@ def assert_not_equivariant(module, x, group: str = "Oh", elements: Iterable[int]
     assert errors[best] >= min_error, (f"unexpectedly equivariant: relative error {errors[best]:.3g} < "
                                        f"{min_error:g} for element {elements[best]}")
     return errors
+
+
+def assert_symmetry(module, x, subgroup: Iterable[int], group: str = "Oh") -> None:
+    """Assert ``module`` is equivariant exactly to the elements of ``subgroup``: to round-off
+    (:func:`assert_equivariant`) inside it, broken (:func:`assert_not_equivariant`) outside
+    (``x``, ``group`` as in :func:`assert_equivariant`)."""
+    if not isinstance(x, torch.Tensor):
+        group = fields.group_of(x.type)
+    inside = sorted(subgroup)
+    assert_equivariant(module, x, group, inside)
+    assert_not_equivariant(module, x, group, sorted(set(range(groups.group_order(group))) - set(inside)))
+
+
+def random_field(field_type, size: int = 4, batch: int = 2):
+    """A ``GeometricTensor`` ``(batch, field_type.size, size, size, size)`` of standard normal values."""
+    from escnn import nn as enn
+
+    return enn.GeometricTensor(torch.randn(batch, field_type.size, size, size, size), field_type)
+
+
+def random_invariant_weights(subgroup: Iterable[int], group: str = "Oh", banks: int = 2) -> torch.Tensor:
+    """Random relaxed weights ``(banks, |G|)`` with ``w_l(k^-1 g) = w_l(g)`` for ``k`` in ``subgroup``
+    (constant on the right cosets ``H g``): a relaxed layer holding them is equivariant to ``subgroup``."""
+    table = groups.cayley_table(group)
+    coset = [min(table[k, g] for k in subgroup) for g in range(len(table))]  # representative of H g
+    return torch.randn(banks, len(table))[:, coset]

@@ -1,7 +1,9 @@
-"""Fixtures shared by the specification tests (tolerances and equivariance assertions live in
-:mod:`steerable_sr.testing`)."""
+"""Fixtures shared by the specification tests (tolerances, equivariance assertions and random inputs
+live in :mod:`steerable_sr.testing`)."""
 import pytest
 import torch
+
+from steerable_sr.models import build_model
 
 
 @pytest.fixture(autouse=True)
@@ -17,3 +19,24 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(params=[{"kernel_size": 3}, {"kernel_size": 4, "stride": 2, "transposed": True}],
+                ids=["conv", "transposed"])
+def spatial(request) -> dict:
+    """The two exact geometries of a grid convolution: ``k = 3`` 'same', and ``k = 4, s = 2`` upsampling."""
+    return request.param
+
+
+@pytest.fixture(scope="session")
+def model_with_statistics():
+    """``make(kind, **options)``: ``build_model(kind, trilinear_skip=False, **options)`` whose batch-norm
+    statistics come from one training-mode pass on a random 4^3 batch, in eval mode. Without the
+    trilinear skip, the errors measured are those of the learned network alone."""
+    def make(kind: str, **options):
+        model = build_model(kind, trilinear_skip=False, **options)
+        with torch.no_grad():
+            model(torch.randn(2, model.in_channels, 4, 4, 4))
+        return model.eval()
+
+    return make

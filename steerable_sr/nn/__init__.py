@@ -1,8 +1,9 @@
-"""Equivariant layers over O_h / O: exact and relaxed convolutions, normalisation, nonlinearities."""
-from .conv import GridR3Conv, GridR3ConvTransposed, OctahedralConv, RelaxedR3Conv, RelaxedR3ConvTransposed
-from .separable import (RelaxedSeparableR3Conv, RelaxedSeparableR3ConvTransposed, SeparableGroupConv, SeparableR3Conv,
-                        SeparableR3ConvTransposed)
+"""Equivariant layers over O_h / O on escnn field types: exact and relaxed convolutions
+(:class:`OctahedralConv` between any field types, :class:`SeparableGroupConv` into regular fields),
+normalisation (:class:`FieldBatchNorm`) and nonlinearity (:class:`FourierReLU`). Each exports to
+plain torch modules."""
+from .conv import OctahedralConv
+from .pointwise import FieldBatchNorm, FourierReLU
+from .separable import SeparableGroupConv
 
-__all__ = ["OctahedralConv", "GridR3Conv", "GridR3ConvTransposed", "RelaxedR3Conv", "RelaxedR3ConvTransposed",
-           "SeparableGroupConv", "SeparableR3Conv", "SeparableR3ConvTransposed", "RelaxedSeparableR3Conv",
-           "RelaxedSeparableR3ConvTransposed"]
+__all__ = ["OctahedralConv", "SeparableGroupConv", "FieldBatchNorm", "FourierReLU"]

@@ -20,7 +20,9 @@ import functools
 
 import numpy as np
 
-from ..groups import _matrices_np, grid_permutation
+from .. import cache
+from ..fields import gspace, representation_matrices
+from ..groups import grid_permutation, group_matrices
 
 
 @functools.lru_cache(maxsize=None)
@@ -30,7 +32,7 @@ def grid_orbits(group: str, size: int) -> tuple[np.ndarray, tuple[tuple[int, np.
     Returns ``(image, orbits)``: ``image[g, p]`` is the flat index of ``R_g p``; each orbit is
     ``(representative, stabilizer indices, points)``.
     """
-    mats = _matrices_np(group)
+    mats = group_matrices(group)
     # grid_permutation(R)[q] = index of R^-1 q, so image[g] is its inverse permutation.
     image = np.stack([np.argsort(grid_permutation(R, size)) for R in mats])
     seen = np.zeros(size ** 3, dtype=bool)
@@ -77,21 +79,12 @@ def equivariant_kernel_basis(rho_out: np.ndarray, rho_in: np.ndarray, group: str
 def irrep_pair_basis(group: str, out_irrep: str, in_irrep: str, size: int) -> np.ndarray:
     """:func:`equivariant_kernel_basis` between two irreps of ``group``, named by escnn irrep name
     (cached in memory and on disk with the group's data; read-only)."""
-    from ..groups import _group_cache, _save_group_cache, gspace, representation_matrices
-
-    stored = _group_cache(group)
-    key = f"basis:{out_irrep}:{in_irrep}:{size}"
-    if key not in stored:
-        G = gspace(group).fibergroup
-        stored[key] = equivariant_kernel_basis(
-            representation_matrices(G.irreps()[_irrep_index(G, out_irrep)]),
-            representation_matrices(G.irreps()[_irrep_index(G, in_irrep)]),
-            group,
-            size,
-        )
-        _save_group_cache(group)
-    stored[key].setflags(write=False)
-    return stored[key]
+    G = gspace(group).fibergroup
+    return cache.get_or_compute(f"group-{group}", f"basis:{out_irrep}:{in_irrep}:{size}",
+                                lambda: equivariant_kernel_basis(
+                                    representation_matrices(G.irreps()[_irrep_index(G, out_irrep)]),
+                                    representation_matrices(G.irreps()[_irrep_index(G, in_irrep)]),
+                                    group, size))
 
 
 def _irrep_index(G, name: str) -> int:

@@ -1,27 +1,16 @@
-r"""Exact and relaxed octahedral convolutions between escnn field types.
+r"""Exact and relaxed octahedral convolutions between any escnn field types: :class:`OctahedralConv`.
 
-One implementation, :class:`OctahedralConv`, four public faces:
-
-=========================  ==========  =======================================================
-class                      transposed  filter
-=========================  ==========  =======================================================
-``GridR3Conv``             no          ``K`` (exactly equivariant)
-``GridR3ConvTransposed``   yes         ``K``
-``RelaxedR3Conv``          no          ``sum_l M_out(w_l) K_l`` (Wang et al., output-indexed w)
-``RelaxedR3ConvTransposed`` yes        ``sum_l M_out(w_l) K_l``
-=========================  ==========  =======================================================
-
-Filters ``K_l`` are linear combinations of the exact voxel-grid basis of :mod:`.basis`, built per
-pair of irreps and moved to the field types' bases with escnn's change of basis ``Q``:
-``K = Q_out [irrep blocks] Q_in^-1``. The relaxed mixing ``M_out(w_l)`` (:mod:`.relaxed`) acts on the
-output fields and is folded into the filter, so a forward pass is *one* ``conv3d`` /
+The filter of bank ``l`` is ``K_l``, a linear combination of the exact voxel-grid basis of
+:mod:`.basis`, built per pair of irreps and moved to the field types' bases with escnn's change of
+basis ``Q``: ``K = Q_out [irrep blocks] Q_in^-1``. An exact layer uses ``K`` (one bank); a relaxed
+one (Wang et al., output-indexed relaxed weights; docs/conventions.md, "Relaxed group convolution")
+uses ``sum_l M_out(w_l) K_l``, the relaxed mixing ``M_out(w_l)`` (:mod:`.relaxed`) acting on the
+output fields and folded into the filter. A forward pass is therefore *one* ``conv3d`` /
 ``conv_transpose3d`` with a combined filter, exported as a plain ``torch.nn.Conv3d`` /
 ``ConvTranspose3d``. The bias lives in the invariant subspace of each output field and is added
 after the mixing.
 
-Shapes: input ``GeometricTensor`` ``(B, in_type.size, N, N, N)``; output ``(B, out_type.size, M, M, M)``
-with ``M = N`` (convolution, stride 1, ``padding = (k - 1) / 2``) or ``M = s N`` (transposed, stride
-``s``, ``padding = (k - s) / 2``). These are the only exact choices on a voxel grid (DESIGN.md 4).
+Shapes and padding: as :mod:`.grid`.
 """
 from __future__ import annotations
 
@@ -33,42 +22,9 @@ import torch
 import torch.nn.functional as F
 from escnn import nn as enn
 
-from ..groups import group_of, representation_matrices
+from ..fields import representation_matrices
 from .basis import invariant_subspace, irrep_pair_basis
-from .relaxed import RelaxedLayerMixin, RelaxedWeights
-
-
-def exact_padding(kernel_size: int, stride: int, transposed: bool) -> int:
-    """The padding of the only exact choices on the voxel grid (DESIGN.md 4): ``(k - 1) / 2`` for a
-    stride-1 convolution with an odd kernel, ``(k - s) / 2`` for a transposed one with ``k - s`` even."""
-    k, s = kernel_size, stride
-    if k < 1 or s < 1:
-        raise ValueError(f"kernel_size and stride must be >= 1, got {k} and {s}")
-    if not transposed:
-        if s != 1 or k % 2 == 0:
-            raise ValueError(f"an exactly equivariant convolution needs stride 1 and an odd kernel "
-                             f"(got kernel {k}, stride {s}); upsample with the transposed layer")
-        return (k - 1) // 2
-    if (k - s) % 2 or k < s:
-        raise ValueError(f"a transposed convolution is equivariant on the grid only if kernel - stride is even "
-                         f"and >= 0 (got kernel {k}, stride {s}); e.g. kernel 4, stride 2")
-    return (k - s) // 2
-
-
-def eval_cached(module: torch.nn.Module, compute):
-    """``compute()`` in training mode; in eval mode its result, cached on ``module._cache`` until a
-    parameter of ``module`` changes (in place, replaced or moved). Always computed in the parameters'
-    precision (autocast off): under mixed precision the convolution casts the filter itself."""
-    device = next(module.parameters()).device.type
-    if module.training:
-        module._cache = None
-        with torch.autocast(device, enabled=False):
-            return compute()
-    key = tuple((p.data_ptr(), p._version) for p in module.parameters())
-    if module._cache is None or module._cache[0] != key:
-        with torch.no_grad(), torch.autocast(device, enabled=False):
-            module._cache = (key, compute())
-    return module._cache[1]
+from .grid import GridConv, eval_cached
 
 
 class FieldLayout:
@@ -121,46 +77,29 @@ class FieldLayout:
         return Q, Q_inv
 
 
-class OctahedralConv(RelaxedLayerMixin, enn.EquivariantModule):
-    r"""Convolution between field types over O_h or O with the exact voxel-grid kernel basis.
+class OctahedralConv(GridConv):
+    r"""Convolution between any field types over O_h or O with the exact voxel-grid kernel basis
+    (arguments, shapes and equivariance as :class:`~.grid.GridConv`).
 
     Args:
-        in_type, out_type: escnn field types on the same gspace (``steerable_sr.groups.gspace``).
-        kernel_size: ``k``.
-        stride: 1 for a convolution; the upsampling factor ``s`` for a transposed one.
-        transposed: ``conv_transpose3d`` instead of ``conv3d``.
-        num_filter_banks: ``None`` for an exactly equivariant layer; ``L >= 1`` for a relaxed layer
-            with ``L`` filter banks and relaxed weights on the output element.
         bias: learn a bias in the invariant subspace of every output field.
 
-    Equivariance: ``layer(x.transform(g)) == layer(x).transform(g)`` for every ``g`` in G (exact
-    layer) or every ``g`` in the stabilizer of the relaxed weights (relaxed layer), to float
-    round-off.
+    Attributes:
+        weights: Parameter ``(L, num_basis)``, the coefficients of every bank in the kernel basis.
     """
 
     def __init__(self, in_type: enn.FieldType, out_type: enn.FieldType, kernel_size: int, *, stride: int = 1,
                  transposed: bool = False, num_filter_banks: int | None = None, bias: bool = True):
-        super().__init__()
-        if in_type.gspace is not out_type.gspace:
-            raise ValueError(f"in_type and out_type live on different gspaces: {in_type.gspace} vs {out_type.gspace}")
-        self.group = group_of(in_type)
-        self.in_type, self.out_type = in_type, out_type
-        self.kernel_size, self.stride, self.transposed = int(kernel_size), int(stride), bool(transposed)
-        self.padding = self._exact_padding()
-        self.relaxed = None if num_filter_banks is None else RelaxedWeights(self.group, num_filter_banks)
-        banks = 1 if self.relaxed is None else self.relaxed.num_filter_banks
+        super().__init__(in_type, out_type, kernel_size, stride=stride, transposed=transposed,
+                         num_filter_banks=num_filter_banks)
         self._in_layout, self._out_layout = FieldLayout(in_type), FieldLayout(out_type)
         self._build_pairs()
-        self.weights = torch.nn.Parameter(torch.empty(banks, self.num_basis))
+        self.weights = torch.nn.Parameter(torch.empty(self.filter_banks, self.num_basis))
         self._build_output_transforms()
         self._build_bias(bias)
-        self._cache: tuple[tuple, torch.Tensor] | None = None
         self.reset_parameters()
 
     # ---- construction -------------------------------------------------------------------------
-
-    def _exact_padding(self) -> int:
-        return exact_padding(self.kernel_size, self.stride, self.transposed)
 
     def _build_pairs(self) -> None:
         """One basis per (out irrep, in irrep): buffer ``basis_j_i`` ``(n_b, d_out d_in k^3)``; the filter
@@ -313,24 +252,11 @@ class OctahedralConv(RelaxedLayerMixin, enn.EquivariantModule):
 
     # ---- forward / export ---------------------------------------------------------------------
 
-    def forward(self, x: enn.GeometricTensor) -> enn.GeometricTensor:
-        if not isinstance(x, enn.GeometricTensor) or x.type != self.in_type:
-            got = x.type if isinstance(x, enn.GeometricTensor) else type(x).__name__
-            raise ValueError(f"expected a GeometricTensor of type {self.in_type}, got {got}")
-        return enn.GeometricTensor(self._conv(x.tensor), self.out_type)
-
     def _conv(self, x: torch.Tensor) -> torch.Tensor:
         weight, bias = self._filter_and_bias()
         if self.transposed:
             return F.conv_transpose3d(x, weight.transpose(0, 1), bias, stride=self.stride, padding=self.padding)
         return F.conv3d(x, weight, bias, padding=self.padding)
-
-    def evaluate_output_shape(self, input_shape: tuple) -> tuple:
-        b, c, *spatial = input_shape
-        if c != self.in_type.size:
-            raise ValueError(f"expected {self.in_type.size} input channels, got {c}")
-        scale = self.stride if self.transposed else 1
-        return (b, self.out_type.size, *[n * scale for n in spatial])
 
     @torch.no_grad()
     def export(self) -> torch.nn.Module:
@@ -345,38 +271,4 @@ class OctahedralConv(RelaxedLayerMixin, enn.EquivariantModule):
         return conv.to(weight.device)
 
     def extra_repr(self) -> str:
-        banks = "" if self.relaxed is None else f", num_filter_banks={self.relaxed.num_filter_banks}"
-        return (f"{self.in_type.size} -> {self.out_type.size} channels, kernel_size={self.kernel_size}, "
-                f"stride={self.stride}, transposed={self.transposed}{banks}, basis={self.num_basis}")
-
-
-class GridR3Conv(OctahedralConv):
-    """Exactly equivariant convolution (stride 1, odd kernel, 'same' padding)."""
-
-    def __init__(self, in_type: enn.FieldType, out_type: enn.FieldType, kernel_size: int = 3, bias: bool = True):
-        super().__init__(in_type, out_type, kernel_size, bias=bias)
-
-
-class GridR3ConvTransposed(OctahedralConv):
-    """Exactly equivariant transposed convolution upsampling by ``stride`` (kernel - stride even)."""
-
-    def __init__(self, in_type: enn.FieldType, out_type: enn.FieldType, kernel_size: int = 4, stride: int = 2,
-                 bias: bool = True):
-        super().__init__(in_type, out_type, kernel_size, stride=stride, transposed=True, bias=bias)
-
-
-class RelaxedR3Conv(OctahedralConv):
-    """Relaxed group convolution with ``num_filter_banks`` banks and relaxed weights on the output element."""
-
-    def __init__(self, in_type: enn.FieldType, out_type: enn.FieldType, kernel_size: int = 3,
-                 num_filter_banks: int = 2, bias: bool = True):
-        super().__init__(in_type, out_type, kernel_size, num_filter_banks=num_filter_banks, bias=bias)
-
-
-class RelaxedR3ConvTransposed(OctahedralConv):
-    """Relaxed transposed group convolution (upsampling by ``stride``)."""
-
-    def __init__(self, in_type: enn.FieldType, out_type: enn.FieldType, kernel_size: int = 4, stride: int = 2,
-                 num_filter_banks: int = 2, bias: bool = True):
-        super().__init__(in_type, out_type, kernel_size, stride=stride, transposed=True,
-                         num_filter_banks=num_filter_banks, bias=bias)
+        return f"{super().extra_repr()}, basis={self.num_basis}"

@@ -17,7 +17,7 @@ import functools
 
 import numpy as np
 
-from ..groups import _group_name, escnn_element_indices, gspace, irrep_names, representation_matrices
+from ..fields import escnn_element_indices, group_name, gspace, irrep_names, representation_matrices
 
 
 @functools.lru_cache(maxsize=None)
@@ -42,7 +42,7 @@ def peter_weyl_basis(group: str) -> tuple[np.ndarray, tuple[tuple[str, slice], .
 def fourier_embedding(rep) -> np.ndarray:
     """Isometric intertwiner ``F`` ``(|G|, d)`` from the escnn representation ``rep`` to functions on G:
     ``F rho(k) = lambda(k) F`` with ``(lambda(k) f)(g) = f(k^-1 g)``, and ``F^T F = I``."""
-    key = (_group_name(rep.group), rep.name)
+    key = (group_name(rep.group), rep.name)
     if key not in _EMBEDDINGS:
         _EMBEDDINGS[key] = _fourier_embedding(rep, *key)
     return _EMBEDDINGS[key]

@@ -10,15 +10,9 @@ import torch
 import torch.nn.functional as F
 from escnn import nn as enn
 
-from ..groups import representation_matrices
+from ..fields import check_type, is_regular, representation_matrices
 from .basis import invariant_subspace
 from .fourier import fourier_embedding
-
-
-def _check_input(module: enn.EquivariantModule, x: enn.GeometricTensor) -> None:
-    if not isinstance(x, enn.GeometricTensor) or x.type != module.in_type:
-        got = x.type if isinstance(x, enn.GeometricTensor) else type(x).__name__
-        raise ValueError(f"expected a GeometricTensor of type {module.in_type}, got {got}")
 
 
 class FieldBatchNorm(enn.EquivariantModule):
@@ -54,7 +48,7 @@ class FieldBatchNorm(enn.EquivariantModule):
         self.register_buffer("running_var", torch.ones(n_fields))
 
     def forward(self, x: enn.GeometricTensor) -> enn.GeometricTensor:
-        _check_input(self, x)
+        check_type(x, self.in_type)
         t = x.tensor
         # Statistics and coefficients in the buffers' precision (float32 under bf16/fp16 autocast).
         with torch.autocast(t.device.type, enabled=False):
@@ -108,7 +102,7 @@ class FourierReLU(enn.EquivariantModule):
         super().__init__()
         self.in_type = self.out_type = field_type
         embeddings = [fourier_embedding(rep) for rep in field_type.representations]
-        self.pointwise = all(rep.name == "regular" for rep in field_type.representations)
+        self.pointwise = is_regular(field_type)
         if not self.pointwise:
             # Block-diagonal F over the fields: (fields * |G|, C).
             order = embeddings[0].shape[0]
@@ -120,7 +114,7 @@ class FourierReLU(enn.EquivariantModule):
             self.register_buffer("embedding", torch.tensor(F_full, dtype=torch.float32), persistent=False)
 
     def forward(self, x: enn.GeometricTensor) -> enn.GeometricTensor:
-        _check_input(self, x)
+        check_type(x, self.in_type)
         if self.pointwise:
             return enn.GeometricTensor(F.relu(x.tensor), self.out_type)
         size, order = self.embedding.shape[1], self.embedding.shape[0]

@@ -1,4 +1,5 @@
-r"""Relaxed weights ``w_l : G -> R`` stored by their Fourier blocks (DESIGN.md section 3).
+r"""Relaxed weights ``w_l : G -> R`` stored by their Fourier blocks (docs/conventions.md, "Relaxed group
+convolution").
 
 ``RelaxedWeights`` holds ``L`` functions on the group as coefficients ``(L, |G|)`` in the
 Peter-Weyl basis (one ``d_psi x d_psi`` block per irrep ``psi``). Multiplying a field by ``w_l``

@@ -4,7 +4,7 @@ option of Wang et al.'s octahedral super-resolution nets), exact, relaxed and tr
 **Definition.** A regular field is a function ``f(x, i, h)`` of the voxel ``x``, the field channel
 ``i`` and the group element ``h`` (escnn channel ``c(h)`` of field ``i``; element ``k`` acts by
 ``(k.f)(x, i, h) = f(R_k^-1 x, i, k^-1 h)``). A group convolution with kernel ``Psi_{o,i}(t, h)``
-(cross-correlation, DESIGN.md 3) is
+(cross-correlation; docs/conventions.md, "Relaxed group convolution") is
 
     y(x, o, g) = sum_t sum_{i,h} Psi_{o,i}(R_g^-1 t, g^-1 h) f(x + t, i, h).
 
@@ -66,25 +66,21 @@ import torch
 import torch.nn.functional as F
 from escnn import nn as enn
 
-from ..groups import _matrices_np, cayley_table, grid_permutation, group_of, inverses
-from .conv import OctahedralConv, eval_cached, exact_padding
+from ..fields import is_regular
+from ..groups import cayley_table, grid_permutation, group_matrices, group_order, inverses
+from .conv import OctahedralConv
 from .fourier import fourier_embedding
-from .relaxed import RelaxedLayerMixin, RelaxedWeights
+from .grid import GridConv, eval_cached
 
 
-def _is_regular(field_type: enn.FieldType) -> bool:
-    return all(rep.name == "regular" for rep in field_type.representations)
-
-
-class SeparableGroupConv(RelaxedLayerMixin, enn.EquivariantModule):
-    r"""Separable group convolution into regular fields over O_h or O (see the module docstring).
+class SeparableGroupConv(GridConv):
+    r"""Separable group convolution into regular fields over O_h or O (see the module docstring;
+    arguments, shapes and equivariance as :class:`~.grid.GridConv`).
 
     Args:
         in_type: regular fields (group convolution) or any field type, e.g. velocity (lifting).
         out_type: regular fields (same gspace).
-        kernel_size: ``k`` of the depthwise spatial part.
-        stride: 1 for a convolution; the upsampling factor ``s`` for a transposed one.
-        transposed: ``conv_transpose3d`` for the spatial part.
+        kernel_size: ``k`` of the depthwise spatial part (``stride``, ``transposed``: of the spatial part).
         num_filter_banks: ``None`` for an exactly equivariant layer; ``L >= 1`` for ``L`` banks of the
             spatial part with relaxed weights on the output element.
         bias: one bias per output field (constant over the group), added after the spatial part.
@@ -98,41 +94,33 @@ class SeparableGroupConv(RelaxedLayerMixin, enn.EquivariantModule):
 
     def __init__(self, in_type: enn.FieldType, out_type: enn.FieldType, kernel_size: int, *, stride: int = 1,
                  transposed: bool = False, num_filter_banks: int | None = None, bias: bool = True):
-        super().__init__()
-        if in_type.gspace is not out_type.gspace:
-            raise ValueError(f"in_type and out_type live on different gspaces: {in_type.gspace} vs {out_type.gspace}")
-        if not _is_regular(out_type):
+        super().__init__(in_type, out_type, kernel_size, stride=stride, transposed=transposed,
+                         num_filter_banks=num_filter_banks)
+        if not is_regular(out_type):
             raise ValueError(f"a separable group convolution maps into regular fields only (its spatial part acts "
                              f"on each group channel), got output type {out_type}; use OctahedralConv for other "
                              f"field types")
-        self.group = group_of(in_type)
-        self.in_type, self.out_type = in_type, out_type
-        self.kernel_size, self.stride, self.transposed = int(kernel_size), int(stride), bool(transposed)
-        self.padding = exact_padding(self.kernel_size, self.stride, self.transposed)
-        self.relaxed = None if num_filter_banks is None else RelaxedWeights(self.group, num_filter_banks)
-        banks = 1 if self.relaxed is None else self.relaxed.num_filter_banks
-        order = len(_matrices_np(self.group))
         self.fields_out = len(out_type)
         # escnn channel c of a regular field <-> our element e[c] (Fourier embedding = relabelling).
         channel_of = fourier_embedding(out_type.representations[0]).argmax(axis=1)
         element = np.argsort(channel_of)
         self.register_buffer("element_of_channel", torch.from_numpy(element), persistent=False)
         # Depthwise kernel of channel c: kappa moved by g = e[c], D(q) = kappa(R_g^-1 q).
-        grid = np.stack([grid_permutation(_matrices_np(self.group)[g], self.kernel_size) for g in element])
+        mats = group_matrices(self.group)
+        grid = np.stack([grid_permutation(mats[g], self.kernel_size) for g in element])
         self.register_buffer("grid_index", torch.from_numpy(grid), persistent=False)
         self.group_kernel, self.pointwise = None, None
-        if _is_regular(in_type):
+        if is_regular(in_type):
             # W[(o, c), (i, c')] = psi(o, i, e[c]^-1 e[c']).
             table, inv = cayley_table(self.group), inverses(self.group)
             self.register_buffer("group_index", torch.from_numpy(table[inv[element]][:, element].copy()),
                                  persistent=False)
-            self.group_kernel = torch.nn.Parameter(torch.empty(self.fields_out, len(in_type), order))
+            self.group_kernel = torch.nn.Parameter(torch.empty(self.fields_out, len(in_type), group_order(self.group)))
         else:
             self.pointwise = OctahedralConv(in_type, out_type, 1, bias=False)
         k = self.kernel_size
-        self.spatial_kernel = torch.nn.Parameter(torch.empty(banks, self.fields_out, k, k, k))
+        self.spatial_kernel = torch.nn.Parameter(torch.empty(self.filter_banks, self.fields_out, k, k, k))
         self.bias = torch.nn.Parameter(torch.zeros(self.fields_out)) if bias else None
-        self._cache: tuple[tuple, tuple] | None = None
         self.reset_parameters()
 
     @torch.no_grad()
@@ -190,27 +178,12 @@ class SeparableGroupConv(RelaxedLayerMixin, enn.EquivariantModule):
 
     # ---- forward / export ---------------------------------------------------------------------
 
-    def forward(self, x: enn.GeometricTensor) -> enn.GeometricTensor:
-        if not isinstance(x, enn.GeometricTensor) or x.type != self.in_type:
-            got = x.type if isinstance(x, enn.GeometricTensor) else type(x).__name__
-            raise ValueError(f"expected a GeometricTensor of type {self.in_type}, got {got}")
-        if x.tensor.dim() != 5:
-            raise ValueError(f"expected a tensor (B, {self.in_type.size}, N, N, N), got shape {tuple(x.tensor.shape)}")
-        return enn.GeometricTensor(self._conv(x.tensor), self.out_type)
-
     def _conv(self, x: torch.Tensor) -> torch.Tensor:
         pointwise, depthwise, bias = self._filters()
         z = F.conv3d(x, pointwise)
         if self.transposed:
             return F.conv_transpose3d(z, depthwise, bias, stride=self.stride, padding=self.padding, groups=z.shape[1])
         return F.conv3d(z, depthwise, bias, padding=self.padding, groups=z.shape[1])
-
-    def evaluate_output_shape(self, input_shape: tuple) -> tuple:
-        b, c, *spatial = input_shape
-        if c != self.in_type.size:
-            raise ValueError(f"expected {self.in_type.size} input channels, got {c}")
-        scale = self.stride if self.transposed else 1
-        return (b, self.out_type.size, *[n * scale for n in spatial])
 
     @torch.no_grad()
     def export(self) -> torch.nn.Sequential:
@@ -228,39 +201,5 @@ class SeparableGroupConv(RelaxedLayerMixin, enn.EquivariantModule):
         return torch.nn.Sequential(first, second).to(depthwise.device)
 
     def extra_repr(self) -> str:
-        banks = "" if self.relaxed is None else f", num_filter_banks={self.relaxed.num_filter_banks}"
         part = "group 1x1" if self.pointwise is None else "lifting 1x1"
-        return (f"{self.in_type.size} -> {self.out_type.size} channels, {part} + depthwise "
-                f"kernel_size={self.kernel_size}, stride={self.stride}, transposed={self.transposed}{banks}")
-
-
-class SeparableR3Conv(SeparableGroupConv):
-    """Exactly equivariant separable convolution (stride 1, odd kernel, 'same' padding)."""
-
-    def __init__(self, in_type: enn.FieldType, out_type: enn.FieldType, kernel_size: int = 3, bias: bool = True):
-        super().__init__(in_type, out_type, kernel_size, bias=bias)
-
-
-class SeparableR3ConvTransposed(SeparableGroupConv):
-    """Exactly equivariant separable transposed convolution upsampling by ``stride``."""
-
-    def __init__(self, in_type: enn.FieldType, out_type: enn.FieldType, kernel_size: int = 4, stride: int = 2,
-                 bias: bool = True):
-        super().__init__(in_type, out_type, kernel_size, stride=stride, transposed=True, bias=bias)
-
-
-class RelaxedSeparableR3Conv(SeparableGroupConv):
-    """Relaxed separable convolution: ``num_filter_banks`` spatial banks, relaxed weights on the output element."""
-
-    def __init__(self, in_type: enn.FieldType, out_type: enn.FieldType, kernel_size: int = 3,
-                 num_filter_banks: int = 2, bias: bool = True):
-        super().__init__(in_type, out_type, kernel_size, num_filter_banks=num_filter_banks, bias=bias)
-
-
-class RelaxedSeparableR3ConvTransposed(SeparableGroupConv):
-    """Relaxed separable transposed convolution (upsampling by ``stride``)."""
-
-    def __init__(self, in_type: enn.FieldType, out_type: enn.FieldType, kernel_size: int = 4, stride: int = 2,
-                 num_filter_banks: int = 2, bias: bool = True):
-        super().__init__(in_type, out_type, kernel_size, stride=stride, transposed=True,
-                         num_filter_banks=num_filter_banks, bias=bias)
+        return f"{super().extra_repr()}, {part} + depthwise"
