@@ -13,12 +13,13 @@ Public convention in and out: ``(B, 3 T, n, n, n)`` (``T`` velocity frames) ->
 * ``trilinear_skip`` (default on): the trilinear upsampling of the middle input frame is added to
   the output, so the network learns the correction to the trilinear baseline (exact on the grid).
 
-Kinds (``KINDS``): ``cnn`` (plain Conv3d), ``gcnn`` (regular fields, :class:`GridR3Conv`), ``rgcnn``
-(regular fields, relaxed), ``steer`` (bands of irreps with a Fourier ReLU), ``rsteer`` (steer,
-relaxed). ``separable=True`` (``gcnn``/``rgcnn`` only) swaps every convolution into the regular
-hidden fields (lift, blocks) for a :class:`~steerable_sr.nn.separable.SeparableGroupConv`; the head
-stays a full convolution. ``input_map`` / ``output_map`` convert between the public convention and escnn's
-(:mod:`steerable_sr.groups`). Every equivariant kind is exactly equivariant to the whole group in
+Kinds (``KIND_SPECS``; docs/conventions.md, "Network topology"): ``cnn`` (plain Conv3d), ``gcnn``
+(regular fields, :class:`~steerable_sr.nn.OctahedralConv`), ``rgcnn`` (regular fields, relaxed),
+``steer`` (bands of irreps with a Fourier ReLU), ``rsteer`` (steer, relaxed). ``separable=True``
+(``gcnn``/``rgcnn`` only) swaps every convolution into the regular hidden fields (lift, blocks) for
+a :class:`~steerable_sr.nn.SeparableGroupConv`; the head stays a full convolution. ``input_map`` /
+``output_map`` convert between the public convention and escnn's (:mod:`steerable_sr.fields`).
+Every equivariant kind is exactly equivariant to the whole group in
 eval mode (relaxed kinds: while their relaxed weights are trivial), and :meth:`export` returns the
 same network as plain torch layers.
 """
@@ -34,8 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import groups
-
+from . import fields, groups
 
 
 @dataclass(frozen=True)
@@ -85,8 +85,7 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"unknown model kind {self.kind!r}; allowed values: {', '.join(KINDS)}")
-        if self.group not in groups.GROUPS:
-            raise ValueError(f"unknown group {self.group!r}; allowed values: {', '.join(groups.GROUPS)}")
+        groups.check_group(self.group)
         for name in ("frames", "hidden", "num_filter_banks"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
@@ -185,21 +184,23 @@ class PlainLayers:
     output_map = input_map
 
 
+#: The escnn field type of each equivariant hidden field family of :class:`KindSpec`.
+HIDDEN_TYPES = {"regular": fields.regular_type, "irreps": fields.irrep_type}
+
+
 class EquivariantLayers:
     """Leaves of the equivariant kinds over escnn field types: velocity in and out, regular
     (``gcnn``/``rgcnn``) or irrep-band (``steer``/``rsteer``) hidden fields."""
 
     def __init__(self, config: ModelConfig):
-        from .nn import OctahedralConv, SeparableGroupConv
-        from .nn.pointwise import FieldBatchNorm, FourierReLU
+        from .nn import FieldBatchNorm, FourierReLU, OctahedralConv, SeparableGroupConv
 
         self._conv, self._norm, self._act = OctahedralConv, FieldBatchNorm, FourierReLU
         self._separable = SeparableGroupConv if config.separable else None
         self.banks = config.num_filter_banks if config.relaxed else None
-        self.input = groups.velocity_type(config.group, config.frames)
-        self.output = groups.velocity_type(config.group, 1)
-        hidden = groups.regular_type if config.spec.fields == "regular" else groups.irrep_type
-        self.hidden = hidden(config.group, config.hidden)
+        self.input = fields.velocity_type(config.group, config.frames)
+        self.output = fields.velocity_type(config.group, 1)
+        self.hidden = HIDDEN_TYPES[config.spec.fields](config.group, config.hidden)
 
     def conv(self, t_in, t_out) -> nn.Module:
         return TensorOp(self._conv_into(t_out)(t_in, t_out, 3, num_filter_banks=self.banks))
@@ -218,10 +219,10 @@ class EquivariantLayers:
         return TensorOp(self._act(t))
 
     def input_map(self) -> nn.Module:
-        return groups.FrameAdapter("to_escnn")
+        return fields.FrameAdapter("to_escnn")
 
     def output_map(self) -> nn.Module:
-        return groups.FrameAdapter("to_public")
+        return fields.FrameAdapter("to_public")
 
 
 # ---------------------------------------------------------------------------------------------
