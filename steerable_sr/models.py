@@ -314,19 +314,37 @@ class SuperResolutionNet(nn.Module):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def layer_table(self) -> str:
-        """A Markdown table: every leaf layer, its shape summary and parameter count."""
-        rows = ["| layer | module | parameters |", "| --- | --- | ---: |"]
+    def layer_table(self, input_size: int | None = None) -> str:
+        """A Markdown table: every leaf layer, its shape summary and parameter count; with
+        ``input_size`` n also its output shape ``C x N x N x N`` on a ``(1, 3 T, n, n, n)`` input."""
+        leaves = []
         for name, module in self.named_modules():
             inside_op = ".module" in name
             is_leaf = isinstance(module, TensorOp) or (not list(module.children()) and not inside_op)
-            if not is_leaf or isinstance(module, (groups.FrameAdapter, nn.Identity)):
-                continue
+            if is_leaf and not isinstance(module, (fields.FrameAdapter, nn.Identity)):
+                leaves.append((name, module))
+        shapes: dict[str, str] = {}
+        if input_size is not None:
+            hooks = [module.register_forward_hook(
+                lambda _, __, out, name=name: shapes.__setitem__(name, "x".join(map(str, out.shape[1:]))))
+                for name, module in leaves]
+            was_training = self.training
+            try:
+                with torch.no_grad():
+                    self.eval()(torch.zeros(1, self.in_channels, input_size, input_size, input_size))
+            finally:
+                self.train(was_training)
+                for hook in hooks:
+                    hook.remove()
+        output = f" output (input {input_size}^3) |" if shapes else ""
+        rows = [f"| layer | module | parameters |{output}", "| --- | --- | ---: |" + (" --- |" if shapes else "")]
+        for name, module in leaves:
             leaf = module.module if isinstance(module, TensorOp) else module
             count = sum(p.numel() for p in module.parameters())
-            rows.append(f"| {name} | {type(leaf).__name__}({leaf.extra_repr()}) | {count:,} |")
-        rows.append(f"| **total** | {self.config.kind}, {self.config.group} | **{self.num_parameters():,}** |")
-        return "\n".join(rows)
+            shape = f" {shapes[name]} |" if shapes else ""
+            rows.append(f"| {name} | {type(leaf).__name__}({leaf.extra_repr()}) | {count:,} |{shape}")
+        total = f"| **total** | {self.config.kind}, {self.config.group} | **{self.num_parameters():,}** |"
+        return "\n".join(rows + [total + (" |" if shapes else "")])
 
     def export(self) -> nn.Module:
         """The same network with plain torch leaves (Conv3d, ConvTranspose3d, BatchNorm3d, ReLU,
