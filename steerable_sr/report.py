@@ -13,11 +13,15 @@ the input (middle low-res frame). :func:`write_report` writes
   sample, for input, trilinear, prediction and truth side by side;
 * ``symmetry.md`` (+ ``symmetry.json``) for relaxed models, from :mod:`steerable_sr.symmetry`.
 
-The directory is written to a temporary sibling first and renamed into place, so a failed
-evaluation never leaves a half-written or clobbered report.
+A new directory is written to a temporary sibling first and renamed into place. An existing report
+directory is only updated with ``overwrite``: the files above are replaced (each atomically, after
+all were written) and every other file in it is kept; a directory that holds no report is refused
+(:func:`check_report_destination`). A failed evaluation never leaves a half-written or clobbered
+report.
 """
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -27,7 +31,7 @@ import torch
 from matplotlib.figure import Figure
 
 from . import metrics
-from .io import atomic_directory, to_json
+from .io import atomic_directory, atomic_files, to_json
 from .plots import plot_spectra, save_png
 from .symmetry import SymmetryReport
 
@@ -131,26 +135,33 @@ def metrics_markdown(result: Mapping[str, Any], info: Mapping[str, Any] | None =
     return "\n".join(lines) + "\n"
 
 
+def slice_panels(field: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """``(|u|, |curl u|)`` of a ``(3, N, N, N)`` field on the middle ``x_2`` plane ``N // 2``, as
+    ``(x_0, x_1)`` arrays. ``|u|`` is ``(N, N)``; ``|curl u|`` comes from central differences on the
+    interior voxels (``(N - 2, N - 2)``, voxels 1 .. N - 2), like the divergence metric: a crop is not
+    periodic, and differences across its edges would show a bright frame. In box units (grid units
+    times ``N``), so all resolutions share a colour scale."""
+    n = field.shape[-1]
+    speed = field.double().norm(dim=0)[:, :, n // 2]
+    curl = metrics.vorticity(field.double(), method="central", periodic=False).norm(dim=0) * n
+    return speed.numpy(), curl[:, :, n // 2 - 1].numpy()
+
+
 def plot_slice(path: str | os.PathLike, fields: Mapping[str, torch.Tensor], title: str = "") -> None:
-    """Velocity magnitude (top) and vorticity magnitude (bottom), middle slice along x_2."""
+    """Velocity magnitude (top) and vorticity magnitude (bottom), middle slice along x_2
+    (:func:`slice_panels`)."""
     names = list(fields)
     fig = Figure(figsize=(3 * len(names), 6))
     axes = fig.subplots(2, len(names), squeeze=False)
-    speeds = {k: v.double().norm(dim=0) for k, v in fields.items()}
-    vorts = {}
-    for k, v in fields.items():
-        # periodic stencil only for display (a crop's edges are one voxel off); same size as the field
-        w = metrics.vorticity(v.double(), method="central", periodic=True)
-        scale = v.shape[-1]  # grid units -> box units, so all resolutions share a colour scale
-        vorts[k] = w.norm(dim=0) * scale
-    vmax_u = max(float(s.max()) for s in speeds.values())
-    vmax_w = max(float(s.max()) for s in vorts.values())
+    panels = {k: slice_panels(v) for k, v in fields.items()}
+    vmax = [max(float(p[i].max()) for p in panels.values()) for i in range(2)]
     for j, k in enumerate(names):
-        for i, (data, vmax, label) in enumerate(((speeds[k], vmax_u, "|u|"), (vorts[k], vmax_w, "|curl u|"))):
+        n = fields[k].shape[-1]
+        for i, label in enumerate(("|u|", "|curl u|")):
             ax = axes[i][j]
-            sl = data[:, :, data.shape[2] // 2].numpy()
-            im = ax.imshow(sl.T, origin="lower", cmap="viridis" if i == 0 else "magma", vmin=0, vmax=vmax,
-                           extent=(0, 1, 0, 1))
+            edge = 0.0 if i == 0 else 1.0 / n  # the interior voxels 1 .. n - 2 of the curl
+            im = ax.imshow(panels[k][i].T, origin="lower", cmap="viridis" if i == 0 else "magma", vmin=0,
+                           vmax=vmax[i], extent=(edge, 1 - edge, edge, 1 - edge))
             ax.set_title(f"{k}: {label}", fontsize=9)
             ax.set_xticks([])
             ax.set_yticks([])
@@ -160,11 +171,45 @@ def plot_slice(path: str | os.PathLike, fields: Mapping[str, torch.Tensor], titl
     save_png(fig, path, dpi=110)
 
 
+#: Every file a report may hold: all that ``overwrite`` replaces or removes in an existing report.
+REPORT_FILES = ("metrics.json", "metrics.md", "spectra.png", "slice.png", "symmetry.md", "symmetry.json")
+
+
+def is_report(directory: Path) -> bool:
+    """Whether ``directory`` holds a report: a ``metrics.json`` written by :func:`write_report`."""
+    try:
+        payload = json.loads((directory / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(payload, dict) and {"info", "metrics", "spectra"} <= set(payload)
+
+
+def check_report_destination(out_dir: str | os.PathLike, overwrite: bool = False) -> None:
+    """Refuse a report destination before any work: an existing file; an existing directory without
+    ``overwrite``; with ``overwrite``, a non-empty directory that holds no report (its files are not
+    ours to replace)."""
+    out = Path(out_dir)
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise FileExistsError(f"{out} is a file; the report is a directory: choose another --out")
+    if not overwrite:
+        raise FileExistsError(f"report directory {out} exists; pass --overwrite to replace its report files")
+    if any(out.iterdir()) and not is_report(out):
+        raise FileExistsError(f"{out} is not a report directory (no report metrics.json) and is not empty; "
+                              f"--overwrite replaces only the files of an earlier report "
+                              f"({', '.join(REPORT_FILES)}): choose another --out")
+
+
 def write_report(out_dir: str | os.PathLike, result: Mapping[str, Any], info: Mapping[str, Any] | None = None,
                  symmetry: SymmetryReport | None = None, overwrite: bool = False) -> Path:
-    """Write the report directory atomically (:func:`steerable_sr.io.atomic_directory`). Returns its path."""
+    """Write the report (see the module docstring): a new directory atomically
+    (:func:`steerable_sr.io.atomic_directory`); with ``overwrite``, into an existing report directory,
+    replacing only :data:`REPORT_FILES` (:func:`steerable_sr.io.atomic_files`). Returns its path."""
     out = Path(out_dir)
-    with atomic_directory(out, overwrite=overwrite) as tmp:
+    check_report_destination(out, overwrite)
+    writer = atomic_files(out, REPORT_FILES) if out.exists() else atomic_directory(out)
+    with writer as tmp:
         payload = {"info": dict(info or {}), "samples": result["samples"], "metrics": result["metrics"],
                    "equivariance": result.get("equivariance"),
                    "spectrum_error_of_mean_spectra": result.get("spectrum_error_of_mean_spectra"),

@@ -13,14 +13,14 @@ from ..data.dataset import TurbulenceDataModule
 from ..models import RELAXED_KINDS
 from ..symmetry import symmetry_report
 from ..training import SuperResolutionModule, load_module
-from . import CLIError
+from . import CLIError, check_device
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    module = load_module(args.ckpt, map_location=args.device)
+    check_device(args.device)
     out = Path(args.out)
-    if out.exists() and not args.overwrite:
-        raise CLIError(f"report directory {out} exists; pass --overwrite to replace it")
+    report.check_report_destination(out, args.overwrite)
+    module = load_module(args.ckpt, map_location=args.device)
     dm = datamodule_for(args.ckpt, module, args.data, args.batch_size, args.num_workers)
     dm.prepare_data()
     dm.setup("test" if args.split == "test" else "validate")
