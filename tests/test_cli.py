@@ -4,6 +4,7 @@ Tiny: a 16^3 generated dataset (4^3 -> 16^3), narrow models, two epochs of four 
 """
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -275,3 +276,171 @@ def test_console_script_exit_status(work):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1
     assert proc.stderr.strip().startswith("steerable-sr: error:")
+
+
+# ------------------------------------------------------------------------------------------------
+# Faults: bad data, devices, outputs that must not replace what the user has
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def bad_data(work):
+    """The tiny dataset with one NaN velocity (frame 5, the train split), and cut to half its bytes."""
+    import h5py
+    import numpy as np
+
+    data = (work / "tiny.h5").read_bytes()
+    (work / "nan.h5").write_bytes(data)
+    with h5py.File(work / "nan.h5", "r+") as handle:
+        handle["velocity"][5, 1, 2, 3, 4] = np.nan
+    (work / "cut.h5").write_bytes(data[: len(data) // 2])
+    return {"nan": (work / "nan.h5", r"nan.h5:velocity\[5\]: 1 NaN or Inf value"),
+            "truncated": (work / "cut.h5", "cut.h5: not a readable HDF5 file")}
+
+
+@pytest.mark.parametrize("fault", ["nan", "truncated"])
+def test_fit_on_bad_data_fails_with_one_line_and_leaves_no_run_directory(work, bad_data, capsys, fault):
+    path, message = bad_data[fault]
+    save_dir = work / f"fit_{fault}"
+    assert main(["fit", *_common(work, save_dir), "--data.path", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert re.search("steerable-sr: error: .*" + message, err) and "Traceback" not in err
+    assert not save_dir.exists()
+
+
+@pytest.mark.parametrize("fault", ["nan", "truncated"])
+def test_evaluate_on_bad_data_fails_with_one_line(work, cnn_run, bad_data, capsys, fault):
+    path, message = bad_data[fault]
+    out = work / f"report_{fault}"
+    assert main(["evaluate", str(cnn_run / "checkpoints" / "last.ckpt"), "--data", str(path), "--out", str(out)]) == 1
+    assert re.search("steerable-sr: error: .*" + message, capsys.readouterr().err)
+    assert not out.exists()
+
+
+def test_diverging_fit_exits_1_and_leaves_no_run_directory(work, capsys):
+    save_dir = work / "diverged"
+    rc = main(["fit", *_common(work, save_dir, "--model.kind", "cnn", "--model.model_overrides", '{"hidden": 2}',
+                               "--model.lr", "1e30")])
+    assert rc == 1
+    assert "steerable-sr: error: non-finite loss at training step 1" in capsys.readouterr().err
+    assert not save_dir.exists()
+
+
+def test_failed_fit_keeps_a_log_root_that_existed(work):
+    save_dir = work / "existing_root"
+    (save_dir / "default").mkdir(parents=True)
+    assert main(["fit", *_common(work, save_dir), "--data.path", str(work / "nan.h5")]) == 1
+    assert sorted(p.name for p in save_dir.iterdir()) == ["default"] and not any((save_dir / "default").iterdir())
+
+
+def test_predict_refuses_a_tensor_with_nan(work, cnn_run, capsys):
+    d = work / "nan_predict"
+    d.mkdir()
+    x = torch.zeros(5, 3, 4, 4, 4)
+    x[2, 0, 1, 1, 1] = float("inf")
+    torch.save(x, d / "x.pt")
+    assert main(["predict", str(cnn_run / "checkpoints" / "last.ckpt"), str(d / "x.pt"), str(d / "y.pt")]) == 1
+    assert "x.pt: 1 NaN or Inf value(s) (the first at index (2, 0, 1, 1, 1))" in capsys.readouterr().err
+    assert sorted(p.name for p in d.iterdir()) == ["x.pt"]
+
+
+def test_predict_shape_error_shows_the_accepted_tensor_shapes(work, cnn_run, capsys):
+    torch.save(torch.zeros(2, 6, 4, 4, 4), work / "six_channels.pt")
+    rc = main(["predict", str(cnn_run / "checkpoints" / "last.ckpt"), str(work / "six_channels.pt"),
+               str(work / "six_channels_out.pt")])
+    assert rc == 1
+    assert ("input of shape (2, 6, 4, 4, 4): expected (T, 3, n, n, n) frames, (B, 3*frames, n, n, n) windows or "
+            "one (3*frames, n, n, n) window, 3*frames = 9 for this model") in capsys.readouterr().err
+
+
+def test_predict_on_a_generated_dataset_names_the_accepted_layouts(work, cnn_run, capsys):
+    rc = main(["predict", str(cnn_run / "checkpoints" / "last.ckpt"), str(work / "tiny.h5"), str(work / "g.h5")])
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert "tiny.h5 is a dataset written by `steerable-sr generate`" in err
+    assert "datasets Velocity_NNNN of shape (nz, ny, nx, 3)" in err and "steerable-sr evaluate" in err
+
+
+def test_predict_never_overwrites_its_input(work, cnn_run, capsys):
+    from steerable_sr.data.dataset import downsample, load_generated
+
+    d = work / "same_file"
+    d.mkdir()
+    torch.save(downsample(load_generated(work / "tiny.h5")["velocity"][:3]), d / "lr.pt")
+    before = (d / "lr.pt").read_bytes()
+    rc = main(["predict", str(cnn_run / "checkpoints" / "last.ckpt"), str(d / "lr.pt"), str(d / "lr.pt"),
+               "--overwrite"])
+    assert rc == 1
+    assert "is the input file" in capsys.readouterr().err
+    assert (d / "lr.pt").read_bytes() == before
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+@pytest.mark.parametrize("model", ["last.ckpt", "export.pt"])
+def test_cuda_device_without_a_gpu_is_one_line(work, cnn_run, capsys, model):
+    ckpt = cnn_run / "checkpoints" / "last.ckpt"
+    if model == "export.pt" and not (work / "export.pt").exists():
+        assert main(["export", str(ckpt), str(work / "export.pt")]) == 0
+    path = ckpt if model == "last.ckpt" else work / "export.pt"
+    rc = main(["predict", str(path), str(work / "tiny.h5"), str(work / "cuda.h5"), "--device", "cuda"])
+    assert rc == 1
+    assert capsys.readouterr().err == ("steerable-sr: error: device 'cuda': CUDA is not available on this machine; "
+                                       "use --device cpu\n")
+
+
+def test_unknown_device_name_is_one_line(work, cnn_run, capsys):
+    rc = main(["evaluate", str(cnn_run / "checkpoints" / "last.ckpt"), "--out", str(work / "r_dev"),
+               "--device", "gpu7"])
+    assert rc == 1
+    assert capsys.readouterr().err == "steerable-sr: error: unknown device 'gpu7'; accepted: cpu, cuda, cuda:N, mps\n"
+
+
+def test_checkpoint_mismatch_is_refused_when_the_request_equals_the_default(work, cnn_run, capsys):
+    rc = main(["test", *_common(work, work / "bad_default"), "--model.kind", "rsteer",
+               "--ckpt_path", str(cnn_run / "checkpoints" / "last.ckpt")])
+    assert rc == 1
+    assert "kind: checkpoint has 'cnn', the config asks for 'rsteer'" in capsys.readouterr().err
+
+
+def test_yaml_syntax_error_names_the_file(work, capsys):
+    (work / "broken.yaml").write_text("model:\n  kind: [cnn\n")
+    rc = main(["fit", *_common(work, work / "bad_yaml"), "--config", str(work / "broken.yaml")])
+    assert rc == 1
+    assert re.search(r"steerable-sr: error: .*broken.yaml: not valid YAML at line 3, column 1",
+                     capsys.readouterr().err)
+
+
+@pytest.fixture(scope="module")
+def cnn_report(work, cnn_run):
+    out = work / "cnn_report"
+    assert main(["evaluate", str(cnn_run / "checkpoints" / "last.ckpt"), "--out", str(out)]) == 0
+    return out
+
+
+def test_evaluate_overwrite_replaces_only_the_report_files(work, cnn_run, cnn_report):
+    (cnn_report / "notes.txt").write_text("mine")
+    (cnn_report / "symmetry.md").write_text("from an earlier report of a relaxed model")
+    (cnn_report / "metrics.md").write_text("stale")
+    assert main(["evaluate", str(cnn_run / "checkpoints" / "last.ckpt"), "--out", str(cnn_report), "--overwrite"]) == 0
+    assert sorted(p.name for p in cnn_report.iterdir()) == ["metrics.json", "metrics.md", "notes.txt", "slice.png",
+                                                            "spectra.png"]
+    assert (cnn_report / "notes.txt").read_text() == "mine" and "| MAE |" in (cnn_report / "metrics.md").read_text()
+
+
+@pytest.mark.parametrize("target", ["folder", "file"])
+def test_evaluate_overwrite_refuses_what_is_not_a_report(work, cnn_run, capsys, target):
+    d = work / f"not_a_report_{target}"
+    d.mkdir()
+    (d / "data.txt").write_text("mine")
+    out = d if target == "folder" else d / "data.txt"
+    rc = main(["evaluate", str(cnn_run / "checkpoints" / "last.ckpt"), "--out", str(out), "--overwrite"])
+    assert rc == 1
+    assert ("is not a report directory" if target == "folder" else "is a file") in capsys.readouterr().err
+    assert [(p.name, p.read_text()) for p in d.iterdir()] == [("data.txt", "mine")]
+
+
+def test_commands_print_no_joblib_lines(work):
+    proc = subprocess.run(_cli_cmd() + ["info", "--kind", "gcnn", "--input-size", "4"], cwd=work, env=_env(),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "parameters" in proc.stdout and "[Memory]" not in proc.stdout + proc.stderr

@@ -307,16 +307,10 @@ def test_data_module_errors(tmp_path):
         TurbulenceDataModule(str(tmp_path / "corrupt.h5")).setup("fit")
 
 
-def _copy_with_nan(source, target, frame):
-    target.write_bytes(source.read_bytes())
-    with h5py.File(target, "r+") as handle:
-        values = handle["velocity"][frame]
-        values[1, 2, 3, 4] = np.nan
-        handle["velocity"][frame] = values
-
-
 def test_generated_file_with_nan_is_refused_naming_the_frame(generated, tmp_path):
-    _copy_with_nan(generated, tmp_path / "nan.h5", frame=5)
+    (tmp_path / "nan.h5").write_bytes(generated.read_bytes())
+    with h5py.File(tmp_path / "nan.h5", "r+") as handle:
+        handle["velocity"][5, 1, 2, 3, 4] = np.nan
     with pytest.raises(ValueError, match=r"nan.h5:velocity\[5\]: 1 NaN or Inf value\(s\) \(the first at index "
                                          r"\(1, 2, 3, 4\)\); velocities must be finite"):
         TurbulenceDataModule(str(tmp_path / "nan.h5")).setup("fit")

@@ -28,10 +28,13 @@ resolution, existing output) print one ``steerable-sr: error: ...`` line and exi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
+import signal
 import sys
-from typing import Callable, Sequence
+import threading
+from typing import Callable, Iterator, Sequence
 
 COMMANDS = {
     "fit": "train a model (LightningCLI; --help for every option)",
@@ -77,8 +80,18 @@ USER_ERRORS = (FileNotFoundError, FileExistsError, IsADirectoryError, ValueError
 USER_ERROR_NAMES = ("MisconfigurationException",)
 
 
+#: escnn's functions cached with a joblib ``Memory(verbose=2)``, which print a "[Memory] ... Loading"
+#: line on every cache hit.
+ESCNN_VERBOSE_CACHES = {"escnn.group.groups.octa": "_build_octa_irrep_picklable",
+                        "escnn.group.groups.ico": "_build_ico_irrep_picklable"}
+
+
 class CLIError(Exception):
     """A user-facing error: printed as one line, exit status 1."""
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived: unwinds like ``KeyboardInterrupt``, so temporary outputs are removed."""
 
 
 def handler(command: str) -> Callable:
@@ -86,7 +99,39 @@ def handler(command: str) -> Callable:
     that ``steerable-sr --help`` and argument errors stay instant (torch, escnn and lightning take
     seconds to import)."""
     module, name = HANDLERS[command].split(":")
-    return getattr(importlib.import_module(module), name)
+    function = getattr(importlib.import_module(module), name)
+    if command != "generate":  # the only command that never builds a model
+        quiet_escnn()
+    return function
+
+
+def quiet_escnn() -> None:
+    """Silence the joblib lines of escnn's caches (:data:`ESCNN_VERBOSE_CACHES`); escnn's files are left
+    as they are. Imports those escnn modules (a fraction of a second once torch is loaded)."""
+    for module_name, function in ESCNN_VERBOSE_CACHES.items():
+        getattr(importlib.import_module(module_name), function)._verbose = 0
+
+
+def check_device(name: str) -> None:
+    """Refuse a torch device name that is malformed or absent on this machine, before any work."""
+    import torch
+
+    accepted = "accepted: cpu, cuda, cuda:N, mps"
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise CLIError(f"unknown device {name!r}; {accepted}") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise CLIError(f"device {name!r}: CUDA is not available on this machine; use --device cpu")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise CLIError(f"device {name!r}: this machine has {count} CUDA device(s), cuda:0 .. cuda:{count - 1}")
+    elif device.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise CLIError(f"device {name!r}: MPS is not available on this machine; use --device cpu")
+    elif device.type != "cpu":
+        raise CLIError(f"device {name!r}: not supported; {accepted}")
 
 
 def positive_int(text: str) -> int:
@@ -130,7 +175,9 @@ def parser() -> argparse.ArgumentParser:
     pe.add_argument("--equivariance-elements", type=int, default=None,
                     help="group elements for the equivariance error (default: all)")
     pe.add_argument("--device", default="cpu")
-    pe.add_argument("--overwrite", action="store_true")
+    pe.add_argument("--overwrite", action="store_true",
+                    help="update an existing report directory: replace the earlier report's files (metrics, plots, "
+                         "symmetry) and keep every other file; a non-empty directory without a report is refused")
 
     px = parsers["export"]
     px.add_argument("ckpt")
@@ -163,17 +210,39 @@ def _run(argv: list[str]) -> int:
     return handler(args.command)(args)
 
 
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def _sigterm_unwinds(command: str | None) -> Iterator[None]:
+    """While a command runs, SIGTERM raises :class:`Terminated` (the Lightning commands keep Lightning's
+    own handling), so the atomic writers of :mod:`steerable_sr.io` remove their temporary files."""
+    if command in LIGHTNING_COMMANDS or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``steerable-sr`` with ``argv`` (default: the process's arguments); returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        return _run(argv)
+        with _sigterm_unwinds(argv[0] if argv else None):
+            return _run(argv)
     except SystemExit as exc:  # argparse / jsonargparse
         code = exc.code
         return code if isinstance(code, int) else (0 if code is None else 2)
     except KeyboardInterrupt:
         print("steerable-sr: interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print("steerable-sr: terminated", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except Exception as exc:
         if os.environ.get("STEERABLE_SR_DEBUG"):
             raise

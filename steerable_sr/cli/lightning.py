@@ -4,18 +4,23 @@
 Every option of the module, the datamodule and the Trainer is on the command line or in a YAML
 config (``configs/``). Added to Lightning's defaults: two checkpoints (the best by ``val/mae`` and
 the latest, every epoch), a CSV logger under ``runs/``, and checks that fail before any work with
-one clear line: a missing dataset, a checkpoint that is not there or holds another model than the
-one asked for, a model whose frame count or upscale factor the datamodule does not serve.
+one clear line: a config file that is not valid YAML, a missing dataset, a checkpoint that is not
+there or holds another model than the one asked for, a model whose frame count or upscale factor
+the datamodule does not serve. A run that fails before writing a checkpoint removes the log
+directory it created.
 """
 from __future__ import annotations
 
 import glob
 import os
+import shutil
 import sys
 import warnings
+from pathlib import Path
 from typing import Any, Sequence
 
 import torch
+import yaml
 from jsonargparse import Namespace
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
@@ -29,6 +34,12 @@ SPECIAL_CKPT_PATHS = ("last", "best", "hpc", "registry")
 
 
 class SteerableSRCLI(LightningCLI):
+    def parse_arguments(self, parser, args) -> None:
+        raw = sys.argv[1:] if args is None else [str(a) for a in args]
+        check_config_files(raw)
+        self.command_line_model_keys = model_keys_on_command_line(raw)
+        super().parse_arguments(parser, args)
+
     def add_arguments_to_parser(self, parser) -> None:
         # Two checkpoint callbacks: the best by a validation metric, and the latest (every epoch).
         # (Lightning's save_last only writes last.ckpt on epochs where a top-k save happened.)
@@ -52,14 +63,16 @@ class SteerableSRCLI(LightningCLI):
 
     def _parse_ckpt_path(self) -> None:
         # Lightning replaces the model section by the checkpoint's hyperparameters. Refuse when the
-        # command line or config file explicitly asks for another model than the checkpoint holds.
+        # command line (any value, the default included) or a config file (a value other than the
+        # default) asks for another model than the checkpoint holds.
         sub = self.config.get("subcommand")
         cfg = self.config.get(sub) if sub else None
         ckpt = cfg.get("ckpt_path") if cfg is not None else None
         if ckpt and ckpt not in SPECIAL_CKPT_PATHS:
             requested = _as_dict(cfg.get("model"))
             defaults = _as_dict(self._subcommand_parsers[sub].get_defaults().get("model"))
-            explicit = {k: v for k, v in requested.items() if defaults.get(k, object()) != v}
+            explicit = {k: v for k, v in requested.items()
+                        if k in self.command_line_model_keys or defaults.get(k, object()) != v}
             check_checkpoint_file(ckpt, explicit)
         super()._parse_ckpt_path()
 
@@ -71,6 +84,17 @@ class SteerableSRCLI(LightningCLI):
             raise CLIError(f"the turbulence datamodule serves {WINDOW} frames and {FACTOR}x super-resolution; "
                            f"got model.frames={model.get('frames')}, model.upscale={model.get('upscale')}")
 
+    def _run_subcommand(self, subcommand: str) -> None:
+        log_dirs = [Path(logger.log_dir) for logger in self.trainer.loggers if logger.log_dir]
+        created = [d for log_dir in log_dirs for d in (log_dir, *log_dir.parents[:2]) if not d.exists()]
+        try:
+            super()._run_subcommand(subcommand)
+        except BaseException:
+            if self.trainer.is_global_zero:
+                for log_dir in log_dirs:
+                    remove_failed_log_dir(log_dir, created)
+            raise
+
     def after_fit(self) -> None:
         if not self.trainer.is_global_zero:
             return
@@ -81,6 +105,42 @@ class SteerableSRCLI(LightningCLI):
 
 def _as_dict(ns: Namespace | None) -> dict[str, Any]:
     return {} if ns is None else ns.as_dict()
+
+
+def model_keys_on_command_line(argv: Sequence[str]) -> set[str]:
+    """The ``--model.KEY`` options given in ``argv`` (``--model.kind cnn`` or ``--model.kind=cnn``)."""
+    return {arg.removeprefix("--model.").split("=", 1)[0] for arg in argv if arg.startswith("--model.")}
+
+
+def check_config_files(argv: Sequence[str]) -> None:
+    """Refuse a ``--config`` / ``-c`` file of ``argv`` that is not valid YAML, naming the file and the
+    place (the parser's own message names neither)."""
+    for i, arg in enumerate(argv):
+        if arg.startswith("--config="):
+            path = arg.split("=", 1)[1]
+        elif arg in ("--config", "-c") and i + 1 < len(argv):
+            path = argv[i + 1]
+        else:
+            continue
+        if not os.path.isfile(path):
+            raise CLIError(f"config file not found: {path}")
+        try:
+            yaml.safe_load(Path(path).read_text())
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            raise CLIError(f"{path}: not valid YAML{where}: {getattr(exc, 'problem', None) or exc}") from None
+
+
+def remove_failed_log_dir(log_dir: Path, created: Sequence[Path]) -> None:
+    """After a failed run: remove ``log_dir`` (``runs/NAME/version_N``: the run's config, hparams and
+    metrics files) if the run created it and it holds no checkpoint, then its two parents if the run
+    created them and they are empty. Nothing that existed before the run is touched."""
+    if log_dir in created and log_dir.is_dir() and not any(log_dir.rglob("*.ckpt")):
+        shutil.rmtree(log_dir)
+    for parent in log_dir.parents[:2]:
+        if parent in created and parent.is_dir() and not any(parent.iterdir()):
+            parent.rmdir()
 
 
 def check_data_path(path: str | Sequence[str] | None) -> None:

@@ -12,21 +12,26 @@ import argparse
 import dataclasses
 import json
 import os
+import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 import torch
 
 from .. import __version__
-from ..data.dataset import downsample
-from ..data.jhtdb import read_jhtdb, save_jhtdb
+from ..data.checks import check_finite
+from ..data.dataset import downsample, is_generated
+from ..data.jhtdb import read_jhtdb, resolve_paths, save_jhtdb
 from ..io import atomic_output, to_json
 from ..training import SuperResolutionModule, load_module
-from . import CLIError
+from . import CLIError, check_device
 
 EXPORT_FORMAT = "steerable-sr-export/1"
 JHTDB_SUFFIXES = (".h5", ".hdf5", ".hdf", ".he5")
+ACCEPTED_INPUTS = ("a JHTDB cutout file (.h5/.hdf5: datasets Velocity_NNNN of shape (nz, ny, nx, 3); a directory "
+                   "or glob of them) or a tensor file (.pt: (T, 3, n, n, n) frames or (B, 3*frames, n, n, n) "
+                   "windows)")
 
 
 def export_metadata_path(out: str | os.PathLike) -> Path:
@@ -71,13 +76,18 @@ def module_meta(module: SuperResolutionModule) -> dict[str, Any]:
     return meta
 
 
-def _load_export(path: str, device: str) -> LoadedModel | None:
-    """The exported module at ``path``, or ``None`` when ``path`` is not a TorchScript archive."""
+def is_torchscript(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a TorchScript archive (a zip with a ``code/`` folder; a checkpoint has none)."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any("/code/" in name for name in archive.namelist())
+
+
+def _load_export(path: str, device: str) -> LoadedModel:
+    """The exported TorchScript module at ``path`` with its metadata."""
     extra = {"metadata.json": ""}
-    try:
-        net = torch.jit.load(path, map_location=device, _extra_files=extra)
-    except RuntimeError:  # not a TorchScript archive (a training checkpoint, or no model at all)
-        return None
+    net = torch.jit.load(path, map_location=device, _extra_files=extra)
     meta = json.loads(extra["metadata.json"]) if extra["metadata.json"] else {}
     side = export_metadata_path(path)
     if not meta and side.is_file():
@@ -91,9 +101,8 @@ def load_any(path: str, device: str = "cpu") -> LoadedModel:
     """Load a Lightning checkpoint (``.ckpt``) or an exported TorchScript module."""
     if not os.path.isfile(path):
         raise CLIError(f"model file not found: {path}")
-    exported = _load_export(path, device)
-    if exported is not None:
-        return exported
+    if is_torchscript(path):
+        return _load_export(path, device)
     module = load_module(path, map_location=device)
     return LoadedModel(module.model.eval(), module_meta(module), "checkpoint")
 
@@ -110,11 +119,14 @@ def _read_input(path: str) -> tuple[torch.Tensor, str, dict[str, Any]]:
         raise CLIError(f"input file not found: {path}")
     suffix = Path(path).suffix.lower()
     if suffix in JHTDB_SUFFIXES or os.path.isdir(path):
+        if is_generated(Path(path)):
+            raise CLIError(f"{path} is a dataset written by `steerable-sr generate` (datasets velocity, splits); "
+                           f"predict reads {ACCEPTED_INPUTS}. For a generated dataset use `steerable-sr evaluate "
+                           f"CKPT --data {path} --out DIR`")
         cut = read_jhtdb(path)  # FileNotFoundError / ValueError with a clear message
         return cut.velocity.float(), "jhtdb", {"times": cut.times, "coords": cut.coords}
     if suffix != ".pt":
-        raise CLIError(f"unknown input format {suffix!r} for {path}; use a JHTDB HDF5 file (.h5/.hdf5) "
-                       "or a tensor (.pt)")
+        raise CLIError(f"unknown input format {suffix!r} for {path}; predict reads {ACCEPTED_INPUTS}")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
@@ -123,19 +135,26 @@ def _read_input(path: str) -> tuple[torch.Tensor, str, dict[str, Any]]:
         obj = next((obj[key] for key in ("lr", "velocity", "x") if key in obj), obj)
     if not isinstance(obj, torch.Tensor):
         raise CLIError(f"{path} must hold a tensor (or a dict with key 'lr' or 'velocity')")
+    check_finite(obj, path)
     return obj.float(), "pt", {}
+
+
+def _bad_shape(v: torch.Tensor, frames: int, layout: str) -> CLIError:
+    """The error for an input tensor of a shape the model cannot take: the accepted shapes."""
+    shapes = "(T, 3, n, n, n) frames"
+    if layout == "pt":
+        shapes += (f", (B, 3*frames, n, n, n) windows or one (3*frames, n, n, n) window, 3*frames = {3 * frames} "
+                   "for this model")
+    return CLIError(f"input of shape {tuple(v.shape)}: expected {shapes}")
 
 
 def _windows(v: torch.Tensor, frames: int, layout: str) -> tuple[torch.Tensor, str]:
     """(T,3,n,n,n) sequence -> (T-frames+1, 3*frames, n,n,n) windows; also accepts ready windows.
     Returns the windows and what the input was: 'window' (one), 'sequence' or 'batch'."""
-    if v.dim() == 4:
-        if v.shape[0] == 3 * frames:
-            return v.unsqueeze(0), "window"
-        raise CLIError(f"input of shape {tuple(v.shape)}: expected (T, 3, n, n, n) frames or "
-                       f"(3*{frames}, n, n, n)")
+    if v.dim() == 4 and v.shape[0] == 3 * frames and layout == "pt":
+        return v.unsqueeze(0), "window"
     if v.dim() != 5:
-        raise CLIError(f"input of shape {tuple(v.shape)}: expected (T, 3, n, n, n) frames")
+        raise _bad_shape(v, frames, layout)
     if v.shape[1] == 3:
         T = v.shape[0]
         if T < frames:
@@ -144,7 +163,7 @@ def _windows(v: torch.Tensor, frames: int, layout: str) -> tuple[torch.Tensor, s
         return torch.stack(windows), "sequence"
     if v.shape[1] == 3 * frames and layout == "pt":
         return v, "batch"
-    raise CLIError(f"input of shape {tuple(v.shape)}: expected (T, 3, n, n, n) frames")
+    raise _bad_shape(v, frames, layout)
 
 
 def _upsampled_coords(coords: list[np.ndarray], s: int) -> list[np.ndarray]:
@@ -157,17 +176,37 @@ def _upsampled_coords(coords: list[np.ndarray], s: int) -> list[np.ndarray]:
     return out
 
 
+def refuse_input_as_output(inputs: Iterable[str | os.PathLike], output: Path) -> None:
+    """Refuse an ``output`` that is one of the ``inputs`` (``--overwrite`` never replaces an input)."""
+    if not output.exists():
+        return
+    for path in inputs:
+        if os.path.exists(path) and os.path.samefile(path, output):
+            raise CLIError(f"the output {output} is the input file {path}; write to another file "
+                           "(--overwrite never replaces an input)")
+
+
+def _input_files(path: str) -> list[str | os.PathLike]:
+    """The files an input argument names (a JHTDB directory or pattern names several)."""
+    try:
+        return list(resolve_paths(path)) if Path(path).suffix.lower() != ".pt" else [path]
+    except FileNotFoundError:
+        return []
+
+
 def run_predict(args: argparse.Namespace) -> int:
-    model = load_any(args.model, args.device)
+    check_device(args.device)
     out = Path(args.output)
     out_suffix = out.suffix.lower()
     if out_suffix not in (".h5", ".hdf5", ".hdf", ".pt"):
         raise CLIError(f"unknown output format {out_suffix!r}; use .h5/.hdf5 (JHTDB layout) or .pt")
+    refuse_input_as_output([args.model, *_input_files(args.input)], out)
     if out.exists() and not args.overwrite:
         raise CLIError(f"{out} exists; pass --overwrite to replace it")
+    model = load_any(args.model, args.device)
     velocity, layout, extra = _read_input(args.input)
-    if velocity.dim() < 4:
-        raise CLIError(f"input of shape {tuple(velocity.shape)}: expected (T, 3, n, n, n)")
+    if velocity.dim() not in (4, 5):
+        raise _bad_shape(velocity, model.frames, layout)
     spatial = tuple(velocity.shape[-3:])
     if len(set(spatial)) != 1:
         raise CLIError(f"input grid {spatial} is not cubic; the octahedral models need n x n x n")
@@ -217,6 +256,7 @@ def run_export(args: argparse.Namespace) -> int:
     if meta_path == out:
         raise CLIError(f"the export file needs a suffix other than .json (got {out})")
     for path in (out, meta_path):
+        refuse_input_as_output([args.ckpt], path)
         if path.exists() and not args.overwrite:
             raise CLIError(f"{path} exists; pass --overwrite to replace it")
     module = load_module(args.ckpt)

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..cli import check_device
 from ..io import atomic_output
 from .dataset import SPLITS, split_frames
 from .spectral import (FORCINGS, KOLMOGOROV_AMPLITUDE, SOLVER_VERSION, SpectralSolver, default_viscosity,
@@ -278,6 +279,7 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     args = parser.parse_args(argv)
+    check_device(args.device)
     if args.shear_axis == args.axis:
         parser.error(f"--shear-axis must differ from --axis={args.axis} (the force sin(k x_b) e_a needs b != a "
                      f"to be divergence-free); accepted: {' or '.join(str(b) for b in range(3) if b != args.axis)}")
