@@ -9,11 +9,16 @@ The directory is ``$STEERABLE_SR_CACHE`` if set, else ``$XDG_CACHE_HOME/steerabl
 ``~/.cache/steerable_sr``); it never lives in site-packages, so a read-only installation works.
 Files are written atomically (temporary file, then rename); an unwritable or corrupt cache is
 ignored (the data is recomputed), never an error.
+
+Each array is stored with a SHA-256 of its cache name, key, dtype, shape and bytes (:func:`checksum`):
+an entry that does not match (corrupt, edited, or copied from another group's file) is dropped with
+one warning, recomputed and written again.
 """
 from __future__ import annotations
 
 import atexit
 import functools
+import hashlib
 import os
 import tempfile
 import warnings
@@ -22,7 +27,9 @@ from typing import Callable
 
 import numpy as np
 
-FORMAT = 1
+FORMAT = 2
+#: Suffix of the entry that holds the checksum of entry ``key`` (``key + CHECKSUM``).
+CHECKSUM = "#sha256"
 
 
 def cache_dir() -> Path:
@@ -39,28 +46,44 @@ def _path(name: str) -> Path:
     return cache_dir() / f"{name}-escnn{escnn.__version__}-v{FORMAT}.npz"
 
 
+def checksum(name: str, key: str, array: np.ndarray) -> str:
+    """SHA-256 (hex) of an entry: its cache name and key, dtype, shape and bytes."""
+    digest = hashlib.sha256(f"{name}\0{key}\0{array.dtype.str}\0{array.shape}\0".encode())
+    digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
+
+
 def load(name: str) -> dict[str, np.ndarray]:
-    """The arrays stored under ``name`` (empty if absent or unreadable)."""
+    """The arrays stored under ``name`` whose checksum matches (empty if absent or unreadable); an
+    entry that fails its checksum is left out with a warning (the caller recomputes it)."""
     path = _path(name)
     try:
         with np.load(path, allow_pickle=False) as data:
-            return {key: data[key] for key in data.files}
+            stored = {key: data[key] for key in data.files}
     except FileNotFoundError:
         return {}
     except Exception as error:  # a corrupt file is recomputed, not fatal
         warnings.warn(f"ignoring unreadable cache file {path}: {error}")
         return {}
+    arrays = {key: value for key, value in stored.items() if not key.endswith(CHECKSUM)}
+    bad = [key for key, value in arrays.items() if str(stored.get(key + CHECKSUM, "")) != checksum(name, key, value)]
+    if bad:
+        warnings.warn(f"cache file {path}: {len(bad)} entr{'y' if len(bad) == 1 else 'ies'} failed the checksum "
+                      f"({', '.join(bad)}); recomputing and rewriting them")
+    return {key: value for key, value in arrays.items() if key not in bad}
 
 
 def save(name: str, arrays: dict[str, np.ndarray]) -> None:
-    """Store ``arrays`` under ``name`` atomically; silently skipped where the cache is not writable."""
+    """Store ``arrays`` under ``name`` atomically, each with its :func:`checksum`; silently skipped
+    where the cache is not writable."""
     path = _path(name)
+    sums = {key + CHECKSUM: np.array(checksum(name, key, value)) for key, value in arrays.items()}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as handle:
-                np.savez(handle, **arrays)
+                np.savez(handle, **arrays, **sums)
             os.replace(tmp, path)
         except BaseException:
             os.unlink(tmp)
