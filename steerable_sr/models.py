@@ -26,9 +26,9 @@ same network as plain torch layers.
 from __future__ import annotations
 
 import copy
+import importlib.resources
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Iterator
 
 import torch
@@ -66,7 +66,8 @@ KINDS = tuple(KIND_SPECS)
 RELAXED_KINDS = tuple(kind for kind, spec in KIND_SPECS.items() if spec.relaxed)
 SEPARABLE_KINDS = tuple(kind for kind, spec in KIND_SPECS.items() if spec.separable)
 HEAD_INIT_SCALE = 0.01  # with the trilinear skip, the head's initial filters are scaled by this
-PRESETS_DIR = Path(__file__).resolve().parents[1] / "configs" / "presets"
+#: The package's preset files (``<preset>.yaml``), shipped as package data.
+PRESETS = importlib.resources.files("steerable_sr") / "presets"
 
 
 @dataclass(frozen=True)
@@ -110,14 +111,17 @@ class ModelConfig:
 
 
 def load_preset(preset: str, kind: str) -> dict:
-    """The widths of ``kind`` in ``configs/presets/<preset>.yaml``."""
+    """The widths of ``kind`` in the preset file ``steerable_sr/presets/<preset>.yaml``."""
     import yaml
 
-    path = PRESETS_DIR / f"{preset}.yaml"
+    path = PRESETS / f"{preset}.yaml"
     if not path.is_file():
-        available = sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
-        raise ValueError(f"unknown preset {preset!r} (no {path}); allowed values: {', '.join(available)}")
-    table = yaml.safe_load(path.read_text())
+        available = sorted(p.name.removesuffix(".yaml") for p in PRESETS.iterdir() if p.name.endswith(".yaml"))
+        raise ValueError(f"unknown preset {preset!r}; allowed values: {', '.join(available)}")
+    try:
+        table = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ValueError(f"preset file {path}: not valid YAML ({exc})") from exc
     if kind not in table:
         raise ValueError(f"preset {preset!r} has no entry for kind {kind!r}; it defines {', '.join(table)}")
     return dict(table[kind])

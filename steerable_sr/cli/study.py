@@ -26,7 +26,7 @@ def _common_args(p: argparse.ArgumentParser, defaults: CompareConfig) -> None:
     p.add_argument("--out", default=defaults.out, help="output directory (default: %(default)s)")
     p.add_argument("--seeds", type=int, nargs="+", default=list(defaults.seeds), help="training seeds")
     p.add_argument("--group", default=defaults.group, choices=("Oh", "O"))
-    p.add_argument("--preset", default=defaults.preset, help="model widths, configs/presets/<preset>.yaml")
+    p.add_argument("--preset", default=defaults.preset, help="model widths, steerable_sr/presets/<preset>.yaml")
     p.add_argument("--overrides", type=json.loads, default=defaults.model_overrides,
                    help='JSON dict of build_model overrides for every kind, e.g. \'{"hidden": 1}\'')
     p.add_argument("--crop", type=_opt_int, default=defaults.crop, help="high-res crop edge (multiple of 4; none = whole)")

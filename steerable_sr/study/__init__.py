@@ -8,7 +8,7 @@ Run from ``steerable-sr compare`` and ``steerable-sr discover`` (arguments:
 * :mod:`~steerable_sr.study.runs`: one training run (``train_one``: test metrics, validation curve,
   step time, spectra) and the build-time measurement in fresh processes;
 * :mod:`~steerable_sr.study.compare`: :func:`~steerable_sr.study.compare.run_compare` trains every
-  kind with its preset (matched parameter budgets, see ``configs/presets``) and every seed on the same
+  kind with its preset (matched parameter budgets, see ``steerable_sr/presets``) and every seed on the same
   dataset, crops, batches, optimiser and epochs, and writes ``results.json`` (every run and the
   aggregate: mean, std, min, max over seeds), ``results.md`` (one table, mean +- std over seeds:
   parameters, cold / warm build time, step time, test MAE, RMSE, relative L2, spectrum error,
