@@ -149,9 +149,8 @@ def grid_permutation(R: torch.Tensor | np.ndarray, size: int) -> np.ndarray:
 
 def __getattr__(name: str):
     # Bridge names that lived here before steerable_sr.fields, still read as ``groups.<name>`` by
-    # steerable_sr.metrics and SuperResolutionNet.layer_table; resolved lazily, so that this module
-    # never imports escnn.
-    if name in ("FrameAdapter", "group_of", "transform"):
+    # steerable_sr.metrics; resolved lazily, so that this module never imports escnn.
+    if name in ("group_of", "transform"):
         from . import fields
 
         return getattr(fields, name)
