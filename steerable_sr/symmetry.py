@@ -151,8 +151,9 @@ def _is_subgroup(members: set[int], group: str) -> bool:
     return 0 in members and all(int(table[a, b]) in members for a in members for b in members)
 
 
-def _close_down(members: set[int], group: str) -> list[int]:
-    """``members`` if it is a subgroup, else the largest named subgroup inside it (at least {e})."""
+def largest_subgroup_in(members: set[int], group: str = "Oh") -> list[int]:
+    """``members`` (element indices) if it is a subgroup, else the largest named subgroup inside it
+    (at least {e})."""
     if _is_subgroup(members, group):
         return sorted(members)
     for _, subgroup in named_subgroups(group):  # largest first
@@ -169,7 +170,7 @@ def robust_stabilizer(weights_list, group: str = "Oh", block_tol: float | None =
     measure = breaking_measure(weights_list, group, block_tol)
     if measure.significance <= block_tol:
         return list(range(len(measure.defects)))
-    return _close_down({k for k, d in enumerate(measure.defects) if d <= defect_tol}, group)
+    return largest_subgroup_in({k for k, d in enumerate(measure.defects) if d <= defect_tol}, group)
 
 
 def consensus_stabilizer(stabilizers, group: str = "Oh") -> list[int]:
@@ -182,7 +183,7 @@ def consensus_stabilizer(stabilizers, group: str = "Oh") -> list[int]:
     votes = np.zeros(len(_matrices_np(group)), dtype=int)
     for stab in stabilizers:
         votes[sorted(stab)] += 1
-    return _close_down({k for k, v in enumerate(votes) if 2 * v > len(stabilizers)}, group)
+    return largest_subgroup_in({k for k, v in enumerate(votes) if 2 * v > len(stabilizers)}, group)
 
 
 def weight_stabilizer(weights: torch.Tensor | np.ndarray, group: str = "Oh", tol: float | None = None,
@@ -286,6 +287,15 @@ def named_subgroups(group: str = "Oh") -> tuple[tuple[str, frozenset[int]], ...]
             seen.add(members)
             named.append((name, members))
     return tuple(sorted(named, key=lambda item: -len(item[1])))
+
+
+def subgroup_elements(name: str, group: str = "Oh") -> list[int]:
+    """The element indices of the named subgroup ``name`` of ``group`` (a name of
+    :func:`named_subgroups`, e.g. ``"D2h"``, ``"D4h, axis x"``, or ``group`` itself)."""
+    named = dict(named_subgroups(group))
+    if name not in named:
+        raise ValueError(f"unknown subgroup {name!r} of {group}; allowed values: {', '.join(named)}")
+    return sorted(named[name])
 
 
 def subgroup_name(indices, group: str = "Oh") -> str:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import shutil
 
+import h5py
 import numpy as np
 import pytest
 import torch
@@ -12,9 +14,13 @@ from steerable_sr import groups
 from steerable_sr.cli.study import main_discover
 from steerable_sr.study.compare import aggregate, render_from_json, run_compare, table_markdown
 from steerable_sr.study.config import DISCOVERY_OVERRIDES, CompareConfig, parse_kind
-from steerable_sr.study.discover import render_discovery_from_json, run_discover
+from steerable_sr.study.discover import (dataset_statistics, discovery_jobs, forcing_label, forcing_symmetry,
+                                         frame_moments, moment_statistics, render_discovery_from_json, run_discover,
+                                         sample_symmetry, transform_statistics)
+from steerable_sr.study.runs import Augment
 from steerable_sr.symmetry import (BLOCK_TOL, DEFECT_TOL, block_significance, breaking_measure, consensus_stabilizer,
-                                   named_subgroups, robust_stabilizer, subgroup_name, weight_stabilizer)
+                                   named_subgroups, robust_stabilizer, subgroup_elements, subgroup_name,
+                                   weight_stabilizer)
 
 
 def invariant_weights(subgroup, banks: int = 2, seed: int = 0, group: str = "Oh") -> torch.Tensor:
@@ -156,6 +162,7 @@ def test_discover_end_to_end_at_toy_size_with_symmetrised_control(toy_data, tmp_
         assert row["per_seed"] == [row["consensus"]] == [r["report"]["stabilizer_name"]]
     md = (tmp_path / "disc" / "discover.md").read_text()
     assert md.count("Kept symmetry") == 2 and "symmetrised by random Oh" in md and "consensus over seeds" in md
+    assert "| sample keeps | forcing keeps |" in md and all(row["forcing_keeps"] == "Oh" for row in result["summary"])
     # the saved runs re-render to the same summary and reports
     assert main_discover(["--from-json", str(tmp_path / "disc" / "discover.json"), "--out", str(tmp_path / "merged")]) == 0
     merged = json.loads((tmp_path / "merged" / "discover.json").read_text())
@@ -189,3 +196,76 @@ def test_merging_bad_discovery_files_names_the_file(tmp_path, content, error, ma
     with pytest.raises(error, match=match):
         render_discovery_from_json([path], tmp_path / "out", log=lambda *a: None)
     assert not (tmp_path / "out").exists()
+
+
+def _random_field(frames: int = 8, n: int = 8, seed: int = 0) -> torch.Tensor:
+    """White-noise velocity frames ``(frames, 3, n, n, n)`` in double precision."""
+    return torch.randn(frames, 3, n, n, n, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def test_statistics_of_a_transformed_field_follow_the_tensor_laws():
+    u = _random_field()
+    u[:, 1] = u[:, 1] + 0.5 * u[:, 1].pow(2)  # skewed, with a nonzero mean square asymmetry
+    stats = moment_statistics(frame_moments(u))
+    for k in (1, 5, 13, 24, 30, 47):
+        R = groups.group_matrices("Oh")[k].double()
+        moved = moment_statistics(frame_moments(groups.act(u, R, "vector")))
+        expected = transform_statistics(stats, R)
+        for name in stats:
+            assert torch.allclose(moved[name], expected[name], atol=1e-12), (k, name)
+
+
+def test_an_exactly_d2h_symmetric_anisotropic_sample_keeps_d2h():
+    u = _random_field()
+    mats = groups.group_matrices("Oh").double()
+    u = sum(groups.act(u, mats[k], "vector") for k in subgroup_elements("D2h")) / 8
+    u = u * torch.tensor([3.0, 2.0, 1.0], dtype=torch.float64).view(1, 3, 1, 1, 1)  # diagonal: keeps D2h
+    result = sample_symmetry(frame_moments(u))
+    assert result["sample_keeps"] == "D2h"
+    assert max(max(np.asarray(v)[subgroup_elements("D2h")]) for v in result["odd_parts"].values()) < 1e-12
+
+
+def test_a_skewed_component_loses_the_flip_of_its_axis():
+    u = _random_field(frames=16)
+    u[:, 1] = u[:, 1] + 0.3 * (u[:, 1].pow(2) - 1)
+    result = sample_symmetry(frame_moments(u))
+    flip_y = groups.element_index(np.diag([1.0, -1.0, 1.0]))
+    skew_y = result["statistics"]["third_moment"][1][1][1]
+    assert skew_y > 0.5
+    assert result["odd_parts"]["third_moment"][flip_y] >= skew_y - 1e-12
+    assert flip_y not in result["kept_elements"] and flip_y not in result["sample_keeps_elements"]
+
+
+def test_dataset_statistics_report_skewness_correlations_and_the_sample_symmetry(toy_data):
+    stats = dataset_statistics(str(toy_data))
+    assert len(stats["velocity_skewness"]) == 3 and len(stats["cross_correlation"]) == 3
+    assert np.asarray(stats["derivative_skewness"]).shape == (3, 3) and len(stats["odd_parts"]["third_moment"]) == 48
+    assert stats["sample_keeps"] == subgroup_name(stats["sample_keeps_elements"])
+
+
+@pytest.mark.parametrize("attrs, keeps, label", [
+    ({"forcing": "isotropic"}, "Oh", "isotropic"),
+    ({"forcing": "anisotropic", "axis": 1}, "D4h, axis y", "anisotropic, axis y"),
+    ({"forcing": "kolmogorov", "axis": 0, "shear_axis": 1, "amplitude": 0.2, "wavenumber": 1}, "D2h",
+     "kolmogorov 0.2 sin(1 x_1) e_0"),
+    ({}, None, "forcing unknown"),
+])
+def test_the_symmetry_a_forcing_keeps_from_the_file_attributes(attrs, keeps, label):
+    assert forcing_symmetry(attrs) == keeps and forcing_label(attrs) == label
+    assert keeps is None or keeps in dict(named_subgroups("Oh"))
+
+
+def test_the_control_of_a_kolmogorov_dataset_is_symmetrised_by_d2h(toy_data, tmp_path):
+    path = tmp_path / "kolmogorov.h5"
+    shutil.copy(toy_data, path)
+    with h5py.File(path, "r+") as f:
+        f.attrs.update({"forcing": "kolmogorov", "axis": 0, "shear_axis": 1})
+    cfg = CompareConfig(out=str(tmp_path / "disc"), build_time=False)
+    jobs = discovery_jobs([str(path)], cfg, control=True)
+    assert [job.augment for _, job in jobs] == [None, "D2h"]
+    augment = Augment(jobs[1][1].augment)
+    torch.manual_seed(0)
+    batch = {"lr": _random_field(2, 4).reshape(1, 6, 4, 4, 4), "hr": _random_field(1, 8)}
+    for _ in range(64):
+        augment.on_train_batch_start(None, None, batch, 0)
+    assert set(augment.drawn) == set(subgroup_elements("D2h"))

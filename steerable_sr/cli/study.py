@@ -98,11 +98,13 @@ def discover_parser(prog: str = "steerable-sr discover") -> argparse.ArgumentPar
                    "reports into --out")
     p.add_argument("--penalty-weight", type=float, default=1e-3, help="weight of the equivariance penalty")
     p.add_argument("--control", action="store_true",
-                   help="also train on O_h-symmetrised batches of every isotropic dataset (a control)")
+                   help="also train on batches of every generated dataset symmetrised by the group its forcing "
+                   "keeps (O_h, D4h about the axis, D2h for Kolmogorov): a control")
     p.add_argument("--tol", type=float, default=None,
                    help="strict stabilizer tolerance (default: the robust criterion of steerable_sr.symmetry)")
-    p.add_argument("--augment", choices=("Oh", "O"), default=None,
-                   help="apply a random element of this group to every training batch (a symmetrised control)")
+    p.add_argument("--augment", default=None,
+                   help="apply a random element of this named subgroup of O_h (e.g. Oh, O, D2h, 'D4h, axis x') "
+                   "to every training batch (a symmetrised control)")
     _common_args(p, d)
     return p
 

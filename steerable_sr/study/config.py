@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from ..models import KINDS, SEPARABLE_KINDS
+from ..symmetry import subgroup_elements
 
 SEPARABLE_SUFFIX = "_separable"
 
@@ -48,7 +49,7 @@ class CompareConfig:
     devices: int | str = 1
     precision: str = "32-true"
     build_time: bool = True
-    augment: str | None = None
+    augment: str | None = None  # training batches symmetrised by this named subgroup of O_h (runs.Augment)
     threads: int | None = 1
     progress: bool = False
 
@@ -61,6 +62,8 @@ class CompareConfig:
             raise ValueError("no seeds")
         for spec in self.kinds:
             parse_kind(spec)
+        if self.augment is not None:
+            subgroup_elements(self.augment, "Oh")  # a named subgroup of O_h, or a ValueError now
 
 
 def parse_kind(spec: str) -> tuple[str, dict[str, Any]]:

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 
 from .. import groups, metrics
 from ..data.dataset import TurbulenceDataModule
-from ..symmetry import block_significance, relaxed_layers, symmetry_report
+from ..symmetry import block_significance, relaxed_layers, subgroup_elements, symmetry_report
 from ..training import SuperResolutionModule
 from .config import CompareConfig, parse_kind
 
@@ -85,15 +85,20 @@ class Recorder(pl.Callback):
 
 
 class Augment(pl.Callback):
-    """Applies one random element of ``group`` (global RNG: seeded) to each training batch, input and
-    target alike: the training distribution becomes exactly ``group``-symmetric."""
+    """Applies one random element of ``subgroup`` (a named subgroup of O_h, e.g. ``"Oh"``, ``"D2h"``,
+    ``"D4h, axis x"``: :func:`steerable_sr.symmetry.named_subgroups`; global RNG: seeded) to each
+    training batch, input and target alike: the training distribution becomes exactly
+    ``subgroup``-symmetric. ``drawn`` lists the element indices applied, batch after batch."""
 
-    def __init__(self, group: str) -> None:
-        self.group = group
+    def __init__(self, subgroup: str) -> None:
+        self.subgroup = subgroup
+        self.elements = subgroup_elements(subgroup, "Oh")
+        self.drawn: list[int] = []
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        mats = groups.group_matrices(self.group)
-        R = mats[int(torch.randint(len(mats), ()))]
+        k = self.elements[int(torch.randint(len(self.elements), ()))]
+        self.drawn.append(k)
+        R = groups.group_matrices("Oh")[k]
         for key in ("lr", "hr"):
             batch[key] = groups.act(batch[key], R, "vector")
 
