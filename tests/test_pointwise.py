@@ -62,3 +62,89 @@ def test_exports_compute_the_same_eval_map(module):
     assert all(type(m).__module__.startswith("torch.") for m in exported.modules())
     with torch.no_grad():
         assert relative_error(exported(x.tensor), layer(x).tensor) < 1e-6
+
+
+def _norm_step(layer, x):
+    """Output of a training-mode pass, the gradients of a random linear loss, and the running statistics."""
+    layer.zero_grad(set_to_none=True)
+    t = x.tensor.clone().requires_grad_()
+    y = layer(enn.GeometricTensor(t, layer.in_type)).tensor
+    (y * torch.linspace(-1, 2, y.numel()).view_as(y)).sum().backward()
+    return [y, t.grad, layer.weight.grad, layer.bias.grad, layer.running_mean.clone(), layer.running_var.clone()]
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_batch_norm_of_regular_fields_fused_equals_the_general_path(training):
+    # The regular path is one native batch norm of the fields' pooled channels; the general path
+    # (projector, per-field variance) is the definition. Same output, gradients and running
+    # statistics to float32 round-off (reductions over 3 x 48 x 64 values in another order: 1e-5).
+    regular = fields.regular_type("Oh", 3)
+    fused = FieldBatchNorm(regular)
+    with torch.no_grad():
+        fused.weight.uniform_(0.5, 2), fused.bias.normal_()
+    general = FieldBatchNorm(regular)
+    general.load_state_dict(fused.state_dict())
+    general.regular = False
+    x, other = random_tensor(regular), random_tensor(regular)
+    for layer in (fused, general):
+        layer(x), layer(other)  # two updates of the running statistics
+        layer.train(training)
+    for ours, reference in zip(_norm_step(fused, x), _norm_step(general, x)):
+        assert relative_error(ours, reference) < 1e-5
+
+
+def _fourier_relu_reference(x, embedding):
+    """``F^T relu(F x)`` through autograd's own conv3d -> relu -> conv3d."""
+    order, size = embedding.shape
+    on_group = torch.relu(torch.nn.functional.conv3d(x, embedding.view(order, size, 1, 1, 1)))
+    return torch.nn.functional.conv3d(on_group, embedding.T.reshape(size, order, 1, 1, 1))
+
+
+def test_fourier_relu_output_and_gradient_equal_autograd_through_its_grid():
+    band = fields.irrep_type("Oh", 2)
+    layer = FourierReLU(band)
+    x = random_tensor(band).tensor
+    x[:, :, 0] = 0  # grid values exactly 0: relu's subgradient there is 0 in both
+    grad = torch.randn_like(x)
+    outputs, grads = [], []
+    for fn in (lambda t: layer(enn.GeometricTensor(t, band)).tensor, lambda t: _fourier_relu_reference(t, layer.embedding)):
+        t = x.clone().requires_grad_()
+        y = fn(t)
+        y.backward(grad)
+        outputs.append(y), grads.append(t.grad)
+    assert relative_error(outputs[0], outputs[1]) < 1e-6  # same convolutions: float32 round-off
+    assert relative_error(grads[0], grads[1]) < 1e-6
+    assert torch.equal(grads[0][:, :, 0], torch.zeros_like(grads[0][:, :, 0]))
+
+
+def _saved_bytes(fn, x):
+    """Bytes of the tensors autograd keeps for the backward of ``fn(x)``."""
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel() * t.element_size()) or t,
+                                                  lambda t: t):
+        fn(x.clone().requires_grad_())
+    return sum(saved)
+
+
+def test_fourier_relu_keeps_only_a_sign_mask_for_backward():
+    band = fields.irrep_type("Oh", 2)
+    layer = FourierReLU(band)
+    x = random_tensor(band).tensor
+    grid_values = x.shape[0] * layer.embedding.shape[0] * x[0, 0].numel()
+    ours = _saved_bytes(lambda t: layer(enn.GeometricTensor(t, band)).tensor, x) - layer.embedding.numel() * 4
+    assert ours == grid_values  # one byte per grid value (bool), nothing else but the embedding
+    assert _saved_bytes(lambda t: _fourier_relu_reference(t, layer.embedding), x) > 4 * ours
+
+
+@pytest.mark.parametrize("module", [FieldBatchNorm, FourierReLU])
+@pytest.mark.parametrize("make_type", [fields.regular_type, fields.irrep_type])
+def test_bf16_autocast_matches_float32(module, make_type):
+    # bfloat16 keeps 8 bits of mantissa: relative error ~ 2^-8 per rounding, a few roundings deep.
+    field_type = make_type("Oh", 2)
+    layer = module(field_type)
+    x = random_tensor(field_type)
+    reference = layer(x).tensor
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = layer(enn.GeometricTensor(x.tensor.bfloat16(), field_type)).tensor
+    assert low.dtype == torch.bfloat16
+    assert relative_error(low.float(), reference) < 3e-2

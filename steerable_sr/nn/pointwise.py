@@ -42,6 +42,7 @@ class FieldBatchNorm(enn.EquivariantModule):
         self.register_buffer("invariant_projector", torch.tensor(proj, dtype=torch.float32), persistent=False)
         self.register_buffer("field_of", torch.from_numpy(field_of), persistent=False)
         n_fields = len(field_type)
+        self.regular = is_regular(field_type)
         self.weight = torch.nn.Parameter(torch.ones(n_fields))
         self.bias = torch.nn.Parameter(torch.zeros(field_type.size))
         self.register_buffer("running_mean", torch.zeros(field_type.size))
@@ -50,12 +51,29 @@ class FieldBatchNorm(enn.EquivariantModule):
     def forward(self, x: enn.GeometricTensor) -> enn.GeometricTensor:
         check_type(x, self.in_type)
         t = x.tensor
+        if self.regular:
+            return enn.GeometricTensor(self._regular_norm(t), self.out_type)
         # Statistics and coefficients in the buffers' precision (float32 under bf16/fp16 autocast).
         with torch.autocast(t.device.type, enabled=False):
             scale, shift = self._affine(t.to(self.running_var.dtype))
         # One elementwise pass: t * scale + shift.
         out = torch.addcmul(shift.to(t.dtype).view(1, -1, 1, 1, 1), t, scale.to(t.dtype).view(1, -1, 1, 1, 1))
         return enn.GeometricTensor(out, self.out_type)
+
+    def _regular_norm(self, t: torch.Tensor) -> torch.Tensor:
+        """Regular fields: the invariant subspace of a field is the constants over its ``|G|`` channels,
+        so its statistics are those of the field's channels and voxels pooled: native batch norm of
+        ``t`` viewed as ``(B, fields, |G| N^3)`` (one fused kernel forward and backward). The running
+        statistics are kept per channel (``running_mean``) as on any field type, so they are read per
+        field and written back (same unbiasing, ``B |G| N^3`` samples, and momentum)."""
+        fields, order = len(self.running_var), self.in_type.size // len(self.running_var)
+        running_mean = self.running_mean.view(fields, order).mean(dim=1)
+        out = F.batch_norm(t.reshape(t.shape[0], fields, -1), running_mean, self.running_var, self.weight,
+                           self.bias.view(fields, order).mean(dim=1), self.training, self.momentum, self.eps)
+        if self.training:
+            with torch.no_grad():
+                self.running_mean.view(fields, order).copy_(running_mean.unsqueeze(1))
+        return out.view_as(t)
 
     def _affine(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-channel ``(scale, shift)`` of the normalisation; updates the running statistics in training."""
@@ -117,9 +135,7 @@ class FourierReLU(enn.EquivariantModule):
         check_type(x, self.in_type)
         if self.pointwise:
             return enn.GeometricTensor(F.relu(x.tensor), self.out_type)
-        size, order = self.embedding.shape[1], self.embedding.shape[0]
-        on_group = F.relu(F.conv3d(x.tensor, self.embedding.view(order, size, 1, 1, 1)))
-        return enn.GeometricTensor(F.conv3d(on_group, self.embedding.T.reshape(size, order, 1, 1, 1)), self.out_type)
+        return enn.GeometricTensor(_FourierReLUFunction.apply(x.tensor, self.embedding), self.out_type)
 
     def evaluate_output_shape(self, input_shape: tuple) -> tuple:
         return input_shape
@@ -135,3 +151,28 @@ class FourierReLU(enn.EquivariantModule):
         up.weight.copy_(self.embedding.view(order, size, 1, 1, 1))
         down.weight.copy_(self.embedding.T.reshape(size, order, 1, 1, 1))
         return torch.nn.Sequential(up, torch.nn.ReLU(), down).to(self.embedding.device)
+
+
+class _FourierReLUFunction(torch.autograd.Function):
+    r"""``x -> F^T relu(F x)`` per voxel, ``x (B, C, N, N, N)``, ``F (|G| fields, C)``, keeping for
+    backward only the sign mask ``F x > 0`` (one byte per grid value) instead of the grid ``F x`` and
+    ``relu(F x)`` (four bytes each in float32): the backward ``F^T (mask * (F g))`` is the one autograd
+    computes through ``conv3d -> relu -> conv3d`` (``relu``'s subgradient at 0 is 0 in both).
+    Under autocast the 1x1 convolutions run in the autocast precision, in backward as in forward."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
+        order, size = embedding.shape
+        on_group = F.conv3d(x, embedding.view(order, size, 1, 1, 1))
+        mask = on_group > 0
+        ctx.save_for_backward(mask, embedding)
+        ctx.input_dtype = x.dtype
+        return F.conv3d(on_group.relu_(), embedding.T.reshape(size, order, 1, 1, 1))
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        mask, embedding = ctx.saved_tensors
+        order, size = embedding.shape
+        embedding = embedding.to(grad.dtype)
+        on_group = F.conv3d(grad, embedding.view(order, size, 1, 1, 1)).mul_(mask)
+        return F.conv3d(on_group, embedding.T.reshape(size, order, 1, 1, 1)).to(ctx.input_dtype), None
