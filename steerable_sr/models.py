@@ -33,6 +33,7 @@ from typing import Iterator
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 from . import fields, groups
@@ -82,6 +83,9 @@ class ModelConfig:
     num_filter_banks: int = 2
     separable: bool = False
     trilinear_skip: bool = True
+    #: Activation checkpointing in training: the lift and every block keep only their input for
+    #: backward and run their forward again there (same loss, gradients and running statistics).
+    checkpoint_blocks: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -95,8 +99,9 @@ class ModelConfig:
             raise ValueError(f"upscale must be a power of two >= 2, got {self.upscale!r}")
         if not isinstance(self.trilinear_skip, bool):
             raise ValueError(f"trilinear_skip must be true or false, got {self.trilinear_skip!r}")
-        if not isinstance(self.separable, bool):
-            raise ValueError(f"separable must be true or false, got {self.separable!r}")
+        for name in ("separable", "checkpoint_blocks"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if self.separable and self.kind not in SEPARABLE_KINDS:
             raise ValueError(f"separable=True needs regular hidden fields: supported by kinds "
                              f"{', '.join(SEPARABLE_KINDS)}, not {self.kind!r}")
@@ -127,16 +132,20 @@ def load_preset(preset: str, kind: str) -> dict:
     return dict(table[kind])
 
 
+#: The ``build_model`` overrides (``ModelConfig`` fields that are not set by its arguments).
+MODEL_OPTIONS = ("hidden", "num_filter_banks", "separable", "trilinear_skip", "checkpoint_blocks")
+
+
 def build_model(kind: str = "rgcnn", group: str = "Oh", frames: int = 3, upscale: int = 4, preset: str = "small",
                 **overrides) -> "SuperResolutionNet":
     """Build a model of ``kind`` with the widths of ``preset`` (``overrides`` win: ``hidden``,
-    ``num_filter_banks``, ``separable``; a separable model takes the preset's ``<kind>_separable`` widths)."""
+    ``num_filter_banks``, ``separable``, ``trilinear_skip``, ``checkpoint_blocks``; a separable model takes
+    the preset's ``<kind>_separable`` widths)."""
     if kind not in KINDS:
         raise ValueError(f"unknown model kind {kind!r}; allowed values: {', '.join(KINDS)}")
-    unknown = set(overrides) - {"hidden", "num_filter_banks", "separable", "trilinear_skip"}
+    unknown = set(overrides) - set(MODEL_OPTIONS)
     if unknown:
-        raise ValueError(f"unknown model options {sorted(unknown)}; allowed: hidden, num_filter_banks, separable, "
-                         f"trilinear_skip")
+        raise ValueError(f"unknown model options {sorted(unknown)}; allowed: {', '.join(MODEL_OPTIONS)}")
     entry = f"{kind}_separable" if overrides.get("separable") is True and kind in SEPARABLE_KINDS else kind
     options = {**load_preset(preset, entry), **overrides}
     return SuperResolutionNet(ModelConfig(kind=kind, group=group, frames=frames, upscale=upscale, **options))
@@ -270,6 +279,7 @@ class SuperResolutionNet(nn.Module):
         layers = PlainLayers(config) if config.spec.fields == "plain" else EquivariantLayers(config)
         self.in_channels, self.out_channels = 3 * config.frames, 3
         self.upscale = config.upscale
+        self.checkpoint_blocks = config.checkpoint_blocks
         t = layers.hidden
         self.input_map = layers.input_map()
         self.lift = nn.Sequential(layers.conv(layers.input, t), layers.norm(t), layers.act(t))
@@ -294,11 +304,23 @@ class SuperResolutionNet(nn.Module):
         if x.shape[2] != x.shape[3] or x.shape[2] != x.shape[4] or x.shape[2] < 2:
             raise ValueError(f"expected a cubic input volume (B, {self.in_channels}, n, n, n) with n >= 2, "
                              f"got {list(x.shape)}")
-        y = self.output_map(self.head(self.stages(self.lift(self.input_map(x)))))
+        h = self.input_map(x)
+        if self.checkpoint_blocks and self.training and torch.is_grad_enabled() and not torch.jit.is_scripting():
+            h = self._checkpointed_blocks(h)
+        else:
+            h = self.stages(self.lift(h))
+        y = self.output_map(self.head(h))
         if self.skip_frame is not None:
             middle = x[:, self.skip_frame:self.skip_frame + 3]
             y = y + F.interpolate(middle, scale_factor=float(self.upscale), mode="trilinear", align_corners=False)
         return y
+
+    @torch.jit.unused
+    def _checkpointed_blocks(self, h: torch.Tensor) -> torch.Tensor:
+        """``stages(lift(h))`` with every block checkpointed (:func:`_checkpointed`)."""
+        for block in (self.lift, *self.stages):
+            h = _checkpointed(block, h)
+        return h
 
     # ---- relaxed layers -----------------------------------------------------------------------
 
@@ -354,6 +376,34 @@ class SuperResolutionNet(nn.Module):
         """The same network with plain torch leaves (Conv3d, ConvTranspose3d, BatchNorm3d, ReLU,
         1x1 Conv3d): no escnn object inside; ``torch.jit.script`` accepts it. Same output in eval mode."""
         return _export(self).eval()
+
+
+#: Buffers that a forward pass in training mode updates (batch-norm running statistics).
+RUNNING_STATISTICS = ("running_mean", "running_var", "num_batches_tracked")
+
+
+def _checkpointed(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``block(x)`` keeping only ``x`` for backward (``torch.utils.checkpoint``, non-reentrant): backward
+    runs the block's forward again. That second run computes the same tensors (in training mode the
+    norms use batch statistics, not running ones) but would update the running statistics a second
+    time, so it runs with them restored to their values before it: the result is exactly the step
+    without checkpointing."""
+    first = True
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        nonlocal first
+        if first:
+            first = False
+            return block(x)
+        running = [b for name, b in block.named_buffers() if name.rsplit(".", 1)[-1] in RUNNING_STATISTICS]
+        saved = [b.clone() for b in running]
+        try:
+            return block(x)
+        finally:
+            for b, value in zip(running, saved):
+                b.copy_(value)
+
+    return torch.utils.checkpoint.checkpoint(run, x, use_reentrant=False)
 
 
 def _export(module: nn.Module) -> nn.Module:

@@ -1,0 +1,68 @@
+"""Activation checkpointing (``checkpoint_blocks``): the same training step with less kept for backward.
+
+Tiny models (2^3 -> 8^3, one field or channel per kind, the group O): the same layers and blocks as
+the paper's, cheaper."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from steerable_sr.models import KINDS, build_model
+
+TINY = {"group": "O", "hidden": 1}
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+def _step(model, x, y):
+    """Loss of one training-mode pass and backward, the parameter gradients, the buffers after it."""
+    model.train().zero_grad(set_to_none=True)
+    loss = F.l1_loss(model(x), y) + model.equivariance_penalty()
+    loss.backward()
+    return loss.detach(), {n: p.grad for n, p in model.named_parameters()}, {n: b.clone() for n, b in model.named_buffers()}
+
+
+def _pair(kind):
+    plain = build_model(kind, **TINY)
+    checkpointed = build_model(kind, checkpoint_blocks=True, **TINY)
+    checkpointed.load_state_dict(plain.state_dict())
+    return plain, checkpointed
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_checkpointing_gives_the_same_loss_gradients_and_running_statistics(kind):
+    plain, checkpointed = _pair(kind)
+    x, y = torch.randn(2, 9, 2, 2, 2), torch.randn(2, 3, 8, 8, 8)
+    loss, grads, buffers = _step(plain, x, y)
+    loss_c, grads_c, buffers_c = _step(checkpointed, x, y)
+    # The recomputation runs the same kernels on the same inputs: equal up to float32 round-off
+    # (1e-6 relative leaves room for a reduction order that differs between the two passes).
+    assert torch.allclose(loss_c, loss, rtol=1e-6, atol=0)
+    assert grads.keys() == grads_c.keys() and buffers.keys() == buffers_c.keys()
+    for name in grads:
+        assert torch.allclose(grads_c[name], grads[name], rtol=1e-5, atol=1e-7), name
+    for name in buffers:  # running statistics updated once, not once per forward run
+        assert torch.allclose(buffers_c[name], buffers[name], rtol=1e-6, atol=1e-7), name
+
+
+def test_checkpointing_keeps_fewer_tensors_for_backward():
+    saved = {}
+    x, y = torch.randn(2, 9, 2, 2, 2), torch.randn(2, 3, 8, 8, 8)
+    for model in _pair("gcnn"):
+        total = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: total.append(t.numel() * t.element_size()) or t,
+                                                      lambda t: t):
+            F.l1_loss(model.train()(x), y)
+        saved[model.config.checkpoint_blocks] = sum(total)
+    assert saved[True] < saved[False] / 2
+
+
+def test_checkpointing_is_off_in_eval_mode_and_changes_no_output():
+    plain, checkpointed = _pair("rsteer")
+    x = torch.randn(1, 9, 2, 2, 2)
+    with torch.no_grad():
+        plain(x), checkpointed(x)  # running statistics from a training-mode pass, alike
+        assert torch.equal(plain.eval()(x), checkpointed.eval()(x))
+
+
+def test_checkpoint_blocks_must_be_a_boolean():
+    with pytest.raises(ValueError, match="checkpoint_blocks must be true or false"):
+        build_model("gcnn", checkpoint_blocks="yes")
