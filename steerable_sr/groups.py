@@ -145,13 +145,3 @@ def grid_permutation(R: torch.Tensor | np.ndarray, size: int) -> np.ndarray:
     """``out[q] = p``: the flat voxel index of ``R^-1 q`` in a ``size^3`` grid (so ``f'(q) = f(p)``)."""
     idx = torch.arange(size ** 3, dtype=torch.float64).view(1, size, size, size)
     return act(idx, R, "scalar").reshape(-1).long().numpy()
-
-
-def __getattr__(name: str):
-    # Bridge names that lived here before steerable_sr.fields, still read as ``groups.<name>`` by
-    # steerable_sr.metrics; resolved lazily, so that this module never imports escnn.
-    if name in ("group_of", "transform"):
-        from . import fields
-
-        return getattr(fields, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -281,18 +281,20 @@ def sample_elements(group: str = "Oh", count: int | None = None) -> list[int]:
 
 
 @torch.no_grad()
-def equivariance_errors(model, x, group: str = "Oh",
-                        elements: Iterable[int] | int | None = None, eps: float = 1e-30) -> torch.Tensor:
+def equivariance_errors(model, x, group: str = "Oh", elements: Iterable[int] | int | None = None,
+                        eps: float = 1e-30, chunk: int = 1) -> torch.Tensor:
     """Per-element ``||f(R.x) - R.f(x)|| / ||f(x)||`` (norms over the whole batch), in eval mode.
 
     ``x``: a tensor of velocity frames in the public convention ``(B, 3 T, N, N, N)`` (``R`` acts by
     :func:`steerable_sr.groups.act`), or an escnn ``GeometricTensor`` on a voxel grid (``R`` acts by
-    :func:`steerable_sr.groups.transform` on input and output; ``group`` is then the tensor's own).
+    :func:`steerable_sr.fields.transform` on input and output; ``group`` is then the tensor's own).
     ``elements``: indices into ``groups.group_matrices(group)``, or a count (see
-    :func:`sample_elements`), or ``None`` for all. Returns a float64 tensor ``(len(elements),)``.
-    The model's training flag is restored afterwards.
+    :func:`sample_elements`), or ``None`` for all. ``chunk``: how many transformed copies of ``x`` go
+    through the model in one forward pass (in eval mode the samples of a batch do not interact, so
+    this changes only speed and memory: ``chunk`` times the batch). Returns a float64 tensor
+    ``(len(elements),)``. The model's training flag is restored afterwards.
     """
-    from . import groups
+    from . import fields, groups
 
     if isinstance(x, torch.Tensor):
         mats = groups.group_matrices(group)
@@ -302,17 +304,25 @@ def equivariance_errors(model, x, group: str = "Oh",
 
         def values(t):
             return t
+
+        def stack(ts):
+            return torch.cat(ts)
     else:  # escnn GeometricTensor
-        group = groups.group_of(x.type)
+        group = fields.group_of(x.type)
 
         def move(t, i):
-            return groups.transform(t, i)
+            return fields.transform(t, i)
 
         def values(t):
             return t.tensor
+
+        def stack(ts):
+            return type(x)(torch.cat([t.tensor for t in ts]), x.type)
     if elements is None or isinstance(elements, int):
         elements = sample_elements(group, elements)
     elements = list(elements)
+    if not isinstance(chunk, int) or chunk < 1:
+        raise ValueError(f"chunk must be an integer >= 1, got {chunk!r}")
     was_training = getattr(model, "training", False)
     if hasattr(model, "eval"):
         model.eval()
@@ -320,9 +330,11 @@ def equivariance_errors(model, x, group: str = "Oh",
         y = model(x)
         ref = values(y).double().norm().clamp_min(eps)
         out = []
-        for i in elements:
-            diff = values(model(move(x, i))) - values(move(y, i))
-            out.append(diff.double().norm() / ref)
+        for start in range(0, len(elements), chunk):
+            part = elements[start:start + chunk]
+            moved = values(model(stack([move(x, i) for i in part]))).split(len(values(x)))
+            for i, m in zip(part, moved):
+                out.append((m - values(move(y, i))).double().norm() / ref)
     finally:
         if was_training and hasattr(model, "train"):
             model.train()

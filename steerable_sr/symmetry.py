@@ -51,7 +51,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from .groups import _matrices_np, cayley_table, inverses
+from .groups import cayley_table, group_order, inverses
 
 AXES = "xyz"
 
@@ -130,7 +130,7 @@ def breaking_measure(weights_list, group: str = "Oh", block_tol: float | None = 
     weights ``(L, |G|)`` or of several layers' (a list), pooled as in the module docstring."""
     if not isinstance(weights_list, (list, tuple)):
         weights_list = [weights_list]
-    order = len(_matrices_np(group))
+    order = group_order(group)
     num, den, ratios, sig = np.zeros(order), 0.0, [], 0.0
     for weights in weights_list:
         w = _weights_np(weights)
@@ -180,7 +180,7 @@ def consensus_stabilizer(stabilizers, group: str = "Oh") -> list[int]:
     stabilizers = [set(int(k) for k in stab) for stab in stabilizers]
     if not stabilizers:
         raise ValueError("consensus_stabilizer needs at least one stabilizer")
-    votes = np.zeros(len(_matrices_np(group)), dtype=int)
+    votes = np.zeros(group_order(group), dtype=int)
     for stab in stabilizers:
         votes[sorted(stab)] += 1
     return largest_subgroup_in({k for k, v in enumerate(votes) if 2 * v > len(stabilizers)}, group)
@@ -208,7 +208,7 @@ def stabilizer(module: torch.nn.Module, tol: float | None = None, block_tol: flo
     layers = relaxed_layers(module)
     if not layers:
         group = getattr(getattr(module, "config", None), "group", "Oh")
-        return list(range(len(_matrices_np(group))))
+        return list(range(group_order(group)))
     group = layers[0][1].group
     with torch.no_grad():
         weights = [layer.relaxed_weights_on_group() for _, layer in layers]
@@ -277,7 +277,7 @@ def named_subgroups(group: str = "Oh") -> tuple[tuple[str, frozenset[int]], ...]
     candidates += [("D2h", [np.diag([-1.0, 1, 1]), np.diag([1.0, -1, 1]), np.diag([1.0, 1, -1])]),
                    ("D2", [np.diag([-1.0, -1, 1]), np.diag([1.0, -1, -1])]),
                    ("Ci", [inversion]), ("C1", [])]
-    allowed = set(range(len(_matrices_np(group))))
+    allowed = set(range(group_order(group)))
     named, seen = [], set()
     for name, generators in candidates:
         if any(round(np.linalg.det(g)) != 1 for g in generators) and group == "O":
