@@ -5,6 +5,8 @@
     python scripts/bench.py step --batch 2 --size 16   # training step vs the plain-conv twin
     python scripts/bench.py infer --batch 2 --size 16  # exported module vs escnn model (eval)
     python scripts/bench.py separable --batch 1 --size 8  # separable vs full gcnn/rgcnn
+    python scripts/bench.py memory --batch 2 --size 16   # peak memory and step, with/without checkpointing
+    python scripts/bench.py bf16 --batch 2 --size 8      # bf16-mixed vs fp32: time and drift on the same steps
 
 * build: each kind in a new process. "cold" = empty steerable_sr cache and escnn's joblib cache
   moved aside (restored afterwards); "warm" = caches on disk. Import time is reported separately.
@@ -16,6 +18,14 @@
   fields and at the preset's matched parameter budget (``<kind>_separable``), each in a new process:
   training step (as ``step``), peak memory of the training step (CUDA: ``max_memory_allocated``;
   CPU: growth of the process's peak RSS), eval-mode inference of the TorchScript export.
+* memory: per kind, without and with ``checkpoint_blocks``, each configuration in a new process
+  (``scripts/bench_train_step.py``, address space capped by ``--mem-limit-gib`` so that running out
+  ends in a ``MemoryError``): peak memory of the training steps (CPU: the process's peak RSS, total
+  and growth over the model, optimizer and batch; CUDA: ``max_memory_allocated``) and step time.
+* bf16: the same model (same initialisation) trained ``--steps`` Adam steps on the same generated
+  batches in float32 and in bf16 autocast: step times, the loss of every step and the final
+  model's output on a held-out batch, bf16 against float32 (relative differences).
+* step ``--checkpoint``: adds the model with ``checkpoint_blocks`` to the alternation.
 """
 from __future__ import annotations
 
@@ -157,13 +167,105 @@ def bench_step(opts) -> None:
     x, y = _inputs(opts, device)
     print(f"Training step, batch {opts.batch}, {opts.size}^3 -> {4 * opts.size}^3, preset {opts.preset}, "
           f"{device.type}, {torch.get_num_threads()} threads\n")
-    print("| kind | parameters | step (s) | plain twin (s) | ratio |\n| --- | ---: | ---: | ---: | ---: |")
+    extra = " checkpointed (s) | ratio checkpointed / step |" if opts.checkpoint else ""
+    print(f"| kind | parameters | step (s) | plain twin (s) | ratio |{extra}\n| --- | ---: | ---: | ---: | ---: |"
+          + " ---: | ---: |" * opts.checkpoint)
     for kind in opts.kinds:
         torch.manual_seed(0)
         model = build_model(kind, preset=opts.preset).to(device)
-        twin = model.export().to(device)
-        ours, plain = _paired(_train_step(model, x, y), _train_step(twin, x, y), repeats=opts.steps)
-        print(f"| {kind} | {model.num_parameters():,} | {ours:.3f} | {plain:.3f} | {ours / plain:.2f} |", flush=True)
+        steps = [_train_step(model, x, y), _train_step(model.export().to(device), x, y)]
+        if opts.checkpoint:
+            checkpointed = build_model(kind, preset=opts.preset, checkpoint_blocks=True).to(device)
+            checkpointed.load_state_dict(model.state_dict())
+            steps.append(_train_step(checkpointed, x, y))
+        ours, plain, *rest = _paired(*steps, repeats=opts.steps)
+        row = f"| {kind} | {model.num_parameters():,} | {ours:.3f} | {plain:.3f} | {ours / plain:.2f} |"
+        print(row + "".join(f" {t:.3f} | {t / ours:.2f} |" for t in rest), flush=True)
+
+
+def bench_memory(opts) -> None:
+    script = str(Path(__file__).with_name("bench_train_step.py"))
+    print(f"Training step memory, batch {opts.batch}, {opts.size}^3 -> {4 * opts.size}^3, preset {opts.preset}, "
+          f"{opts.precision}, {opts.device}; median of {opts.steps} steps after {opts.warmup} warm-up; each row "
+          f"a new process, address space capped at {opts.mem_limit_gib:g} GiB\n")
+    print("| kind | checkpointing | parameters | step (s) | peak (GiB) | before the first step (GiB) | growth (GiB) |\n"
+          "| --- | --- | ---: | ---: | ---: | ---: | ---: |")
+    for kind in opts.kinds:
+        for checkpoint in opts.checkpointing:
+            cmd = [sys.executable, script, "--kind", kind, "--preset", opts.preset, "--batch", str(opts.batch),
+                   "--size", str(opts.size), "--steps", str(opts.steps), "--warmup", str(opts.warmup),
+                   "--device", opts.device, "--precision", opts.precision, "--mem-limit-gib", str(opts.mem_limit_gib),
+                   "--overrides", json.dumps({"checkpoint_blocks": checkpoint == "on"})]
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            result = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+            if not result:
+                oom = "MemoryError" in proc.stderr or "can't allocate" in proc.stderr
+                why = f"out of memory (> {opts.mem_limit_gib:g} GiB address space)" if oom else f"exit {proc.returncode}"
+                print(f"| {kind} | {checkpoint} | - | {why} | - | - | - |", flush=True)
+                continue
+            r = json.loads(result[-1][len("RESULT "):])
+            print(f"| {kind} | {checkpoint} | {r['params']:,} | {r['step_s']:.1f} | {r['peak_gib']:.2f} | "
+                  f"{r['base_gib']:.2f} | {r['peak_gib'] - r['base_gib']:.2f} |", flush=True)
+
+
+def _generated_batches(count: int, batch: int, size: int, device):
+    """``count`` pairs ``(x, y)``: ``y`` a smooth random velocity ``(batch, 3, 4 n, 4 n, 4 n)`` (white noise
+    averaged over 4^3 blocks and upsampled trilinearly), ``x`` three noisy copies of its 4x block average."""
+    import torch
+    import torch.nn.functional as F
+
+    pairs = []
+    for _ in range(count):
+        coarse = torch.randn(batch, 3, size, size, size, device=device)
+        y = F.interpolate(coarse, scale_factor=4.0, mode="trilinear", align_corners=False)
+        y = y + 0.1 * torch.randn_like(y)
+        low = F.avg_pool3d(y, 4)
+        x = torch.cat([low + 0.05 * torch.randn_like(low) for _ in range(3)], dim=1)
+        pairs.append((x, y))
+    return pairs
+
+
+def bench_bf16(opts) -> None:
+    import torch
+    import torch.nn.functional as F
+
+    from steerable_sr.models import build_model
+
+    device = torch.device(opts.device)
+    torch.manual_seed(0)
+    batches = _generated_batches(opts.steps + 1, opts.batch, opts.size, device)
+    *train, (x_test, _) = batches
+    print(f"bf16-mixed vs float32, {opts.steps} Adam steps (lr 1e-3) from the same initialisation on the same "
+          f"generated batches, batch {opts.batch}, {opts.size}^3 -> {4 * opts.size}^3, preset {opts.preset}, "
+          f"{device.type}, {torch.get_num_threads()} threads\n")
+    print("| kind | fp32 step (s) | bf16 step (s) | loss, max relative difference | loss, mean relative difference "
+          "| output after the steps, relative L2 difference |\n| --- | ---: | ---: | ---: | ---: | ---: |")
+    for kind in opts.kinds:
+        runs = {}
+        for precision in ("fp32", "bf16"):
+            torch.manual_seed(0)
+            model = build_model(kind, preset=opts.preset).to(device).train()
+            optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+            losses, times = [], []
+            for x, y in train:
+                start = time.perf_counter()
+                optimizer.zero_grad(set_to_none=True)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+                    loss = F.l1_loss(model(x).float(), y)
+                loss.backward()
+                optimizer.step()
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                times.append(time.perf_counter() - start)
+                losses.append(loss.item())
+            with torch.no_grad():
+                output = model.eval()(x_test)
+            runs[precision] = (torch.tensor(losses, dtype=torch.float64), statistics.median(times[1:] or times), output)
+        (loss32, time32, out32), (loss16, time16, out16) = runs["fp32"], runs["bf16"]
+        drift = ((loss16 - loss32).abs() / loss32.abs())
+        output = (torch.linalg.vector_norm(out16 - out32) / torch.linalg.vector_norm(out32)).item()
+        print(f"| {kind} | {time32:.3f} | {time16:.3f} | {drift.max():.2e} | {drift.mean():.2e} | {output:.2e} |",
+              flush=True)
 
 
 def bench_infer(opts) -> None:
@@ -212,15 +314,22 @@ def main(argv=None) -> None:
         _separable_child(*sys.argv[2:])
         return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=("build", "step", "infer", "separable"))
+    parser.add_argument("what", choices=("build", "step", "infer", "separable", "memory", "bf16"))
     parser.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS)
     parser.add_argument("--preset", default="small")
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--size", type=int, default=16, help="input edge n (output 4n)")
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--checkpoint", action="store_true", help="step: also the model with checkpoint_blocks")
+    parser.add_argument("--checkpointing", nargs="+", default=["off", "on"], choices=("off", "on"),
+                        help="memory: without and/or with checkpoint_blocks")
+    parser.add_argument("--warmup", type=int, default=1, help="memory: warm-up steps before the timed ones")
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"), help="memory: autocast precision")
+    parser.add_argument("--mem-limit-gib", type=float, default=20, help="memory: address-space cap per process (CPU)")
     opts = parser.parse_args(argv)
-    {"build": bench_build, "step": bench_step, "infer": bench_infer, "separable": bench_separable}[opts.what](opts)
+    {"build": bench_build, "step": bench_step, "infer": bench_infer, "separable": bench_separable,
+     "memory": bench_memory, "bf16": bench_bf16}[opts.what](opts)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
 
 Default: the paper's shapes, batch 8, 16^3 -> 64^3 (3 input frames), preset "small", fp32, CPU.
 Each kind runs in its own subprocess so that its peak memory is its own (CPU: max RSS of the
-process; CUDA: torch.cuda.max_memory_allocated). Prints a Markdown table.
+process; CUDA: torch.cuda.max_memory_allocated); ``base_gib`` in ``--json`` is the same reading
+before the first step (model, optimizer and batch built). Prints a Markdown table.
 
     python scripts/bench_train_step.py                       # all kinds, CPU
     python scripts/bench_train_step.py --kinds cnn rsteer --steps 5
@@ -65,6 +66,9 @@ def run_one(args) -> dict:
     model.train()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated() / 2 ** 30
+    else:
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # KiB -> GiB
     times = []
     for i in range(args.warmup + args.steps):
         t0 = time.perf_counter()
@@ -78,6 +82,7 @@ def run_one(args) -> dict:
     med = statistics.median(times)
     return {"kind": args.kind, "params": sum(p.numel() for p in model.parameters()), "build_s": build_s,
             "step_s": med, "step_min_s": min(times), "samples_per_s": args.batch / med, "peak_gib": peak,
+            "base_gib": base,
             "threads": torch.get_num_threads(), "device": str(device), "precision": args.precision}
 
 

@@ -66,3 +66,10 @@ def test_checkpointing_is_off_in_eval_mode_and_changes_no_output():
 def test_checkpoint_blocks_must_be_a_boolean():
     with pytest.raises(ValueError, match="checkpoint_blocks must be true or false"):
         build_model("gcnn", checkpoint_blocks="yes")
+
+
+def test_training_module_takes_checkpointing_as_a_model_override():
+    from steerable_sr.training import SuperResolutionModule
+
+    module = SuperResolutionModule(kind="cnn", model_overrides={"checkpoint_blocks": True})
+    assert module.model.config.checkpoint_blocks and module.hparams.model_overrides == {"checkpoint_blocks": True}
