@@ -148,3 +148,22 @@ def test_bf16_autocast_matches_float32(module, make_type):
         low = layer(enn.GeometricTensor(x.tensor.bfloat16(), field_type)).tensor
     assert low.dtype == torch.bfloat16
     assert relative_error(low.float(), reference) < 3e-2
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fourier_relu_in_depth_slices_equals_the_whole_volume(dtype):
+    band = fields.irrep_type("Oh", 2)
+    whole, sliced = FourierReLU(band), FourierReLU(band)
+    sliced.chunk_bytes = 1  # one depth plane per slice
+    x = random_tensor(band, n=5).tensor.to(dtype)
+    grad = torch.randn_like(x)
+    outputs, grads = [], []
+    for layer in (whole, sliced):
+        t = x.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+            y = layer(enn.GeometricTensor(t, band)).tensor
+        y.backward(grad)
+        outputs.append(y), grads.append(t.grad)
+    assert outputs[1].dtype == outputs[0].dtype == dtype and grads[1].dtype == dtype
+    assert relative_error(outputs[1].float(), outputs[0].float()) < 1e-6
+    assert relative_error(grads[1].float(), grads[0].float()) < 1e-6

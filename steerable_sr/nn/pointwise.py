@@ -113,8 +113,15 @@ class FourierReLU(enn.EquivariantModule):
     representation with the regular one and ``relu`` commutes with permutations of the elements.
     On regular fields ``F`` is a channel relabelling and this is a plain ReLU.
 
+    Memory: the grid ``F v`` (``|G| fields`` channels, 2.4x the input for 7-dimensional bands) is
+    computed in slices of the volume along depth, each at most ``chunk_bytes`` of float32 grid values,
+    in forward and in backward; the full-size grid never exists, only its 1-byte sign mask (kept for
+    backward). Output and gradients are those of the unsliced computation (same operations per voxel).
+
     Shapes: ``(B, C, N, N, N) -> (B, C, N, N, N)``.
     """
+
+    chunk_bytes = 64 * 2 ** 20  # largest float32 grid slice computed at once
 
     def __init__(self, field_type: enn.FieldType):
         super().__init__()
@@ -135,7 +142,8 @@ class FourierReLU(enn.EquivariantModule):
         check_type(x, self.in_type)
         if self.pointwise:
             return enn.GeometricTensor(F.relu(x.tensor), self.out_type)
-        return enn.GeometricTensor(_FourierReLUFunction.apply(x.tensor, self.embedding), self.out_type)
+        out = _FourierReLUFunction.apply(x.tensor, self.embedding, self.chunk_bytes)
+        return enn.GeometricTensor(out, self.out_type)
 
     def evaluate_output_shape(self, input_shape: tuple) -> tuple:
         return input_shape
@@ -153,26 +161,52 @@ class FourierReLU(enn.EquivariantModule):
         return torch.nn.Sequential(up, torch.nn.ReLU(), down).to(self.embedding.device)
 
 
+def _depth_slices(shape: torch.Size, order: int, chunk_bytes: int) -> list[slice]:
+    """Slices of the depth axis of ``(B, C, D, H, W)`` whose float32 grid ``(B, order, d, H, W)`` is at
+    most ``chunk_bytes`` (at least one depth plane each); one slice, the whole depth, if it all fits."""
+    batch, _, depth, height, width = shape
+    step = max(1, chunk_bytes // (batch * order * height * width * 4))
+    return [slice(start, min(start + step, depth)) for start in range(0, depth, step)]
+
+
 class _FourierReLUFunction(torch.autograd.Function):
     r"""``x -> F^T relu(F x)`` per voxel, ``x (B, C, N, N, N)``, ``F (|G| fields, C)``, keeping for
     backward only the sign mask ``F x > 0`` (one byte per grid value) instead of the grid ``F x`` and
     ``relu(F x)`` (four bytes each in float32): the backward ``F^T (mask * (F g))`` is the one autograd
     computes through ``conv3d -> relu -> conv3d`` (``relu``'s subgradient at 0 is 0 in both).
+    Forward and backward run per depth slice (:func:`_depth_slices`), writing into a preallocated
+    output, mask and input gradient, so no grid larger than ``chunk_bytes`` exists at once.
     Under autocast the 1x1 convolutions run in the autocast precision, in backward as in forward."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, embedding: torch.Tensor, chunk_bytes: int) -> torch.Tensor:
         order, size = embedding.shape
-        on_group = F.conv3d(x, embedding.view(order, size, 1, 1, 1))
-        mask = on_group > 0
+        up, down = embedding.view(order, size, 1, 1, 1), embedding.T.reshape(size, order, 1, 1, 1)
+        slices = _depth_slices(x.shape, order, chunk_bytes)
+        mask = x.new_empty((x.shape[0], order) + x.shape[2:], dtype=torch.bool)
+        out = None
+        for depth in slices:
+            on_group = F.conv3d(x[:, :, depth], up)
+            torch.gt(on_group, 0, out=mask[:, :, depth])
+            part = F.conv3d(on_group.relu_(), down)
+            if out is None:  # in the convolutions' (autocast) precision
+                out = part if len(slices) == 1 else x.new_empty(x.shape, dtype=part.dtype)
+            if out is not part:
+                out[:, :, depth] = part
         ctx.save_for_backward(mask, embedding)
-        ctx.input_dtype = x.dtype
-        return F.conv3d(on_group.relu_(), embedding.T.reshape(size, order, 1, 1, 1))
+        ctx.input_dtype, ctx.chunk_bytes = x.dtype, chunk_bytes
+        return out
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
         mask, embedding = ctx.saved_tensors
         order, size = embedding.shape
         embedding = embedding.to(grad.dtype)
-        on_group = F.conv3d(grad, embedding.view(order, size, 1, 1, 1)).mul_(mask)
-        return F.conv3d(on_group, embedding.T.reshape(size, order, 1, 1, 1)).to(ctx.input_dtype), None
+        up, down = embedding.view(order, size, 1, 1, 1), embedding.T.reshape(size, order, 1, 1, 1)
+        slices = _depth_slices(grad.shape, order, ctx.chunk_bytes)
+        if len(slices) == 1:
+            return F.conv3d(F.conv3d(grad, up).mul_(mask), down).to(ctx.input_dtype), None, None
+        grad_in = grad.new_empty(grad.shape, dtype=ctx.input_dtype)
+        for depth in slices:
+            grad_in[:, :, depth] = F.conv3d(F.conv3d(grad[:, :, depth], up).mul_(mask[:, :, depth]), down)
+        return grad_in, None, None
