@@ -5,8 +5,8 @@ The equations, with unit density and the pressure eliminated by the Leray projec
     du/dt = P[u x omega] + nu lap(u) + f,      div u = 0,      omega = curl u.
 
 **Discretisation.** ``n^3`` collocation points ``x_i = 2 pi i / n``; the state is the half spectrum
-``u_hat = rfftn(u) / n^3`` (so ``u_hat`` is the Fourier coefficient of the DESIGN.md spectrum
-convention). The nonlinear term is evaluated in rotational form: ``u`` and ``omega`` are transformed
+``u_hat = rfftn(u) / n^3`` (so ``u_hat`` is the Fourier coefficient of the spectrum convention of
+:func:`steerable_sr.metrics.energy_spectrum`). The nonlinear term is evaluated in rotational form: ``u`` and ``omega`` are transformed
 to the grid, their cross product is formed pointwise, transformed back, projected onto
 divergence-free fields (``a -> a - k (k . a) / |k|^2``) and truncated by the 2/3 rule (every
 wavevector component ``|k_i| < n/3``; the cubic truncation keeps the O_h symmetry of the grid).
