@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from .. import groups
+from ..data.dataset import load_generated
 from ..io import atomic_output, to_json, write_text
 from ..metrics import velocity_gradient, vorticity
 from ..models import RELAXED_KINDS
@@ -55,7 +56,7 @@ def run_discover(datasets: Sequence[str], cfg: CompareConfig, kinds: Sequence[st
     for data in datasets:
         try:
             statistics[data] = dataset_statistics(data)
-        except Exception:  # JHTDB cutouts and other layouts: no statistics
+        except (ValueError, KeyError):  # JHTDB cutouts and other layouts: no statistics
             statistics[data] = {}
         log(f"[discover] {data}: {statistics_line(statistics[data], forcing_symmetry(_dataset_attrs(data)))}")
     results = []
@@ -343,9 +344,9 @@ def dataset_statistics(path: str, split: str = "train") -> dict[str, Any]:
     (0 if the flip of its axis is a symmetry), the correlation coefficients of ``u_x u_y``,
     ``u_x u_z``, ``u_y u_z`` (0 under the flip of either axis), the skewness of each ``d u_a / d x_b``
     (``(3, 3)``), and the sample's own symmetry (:func:`sample_symmetry`)."""
-    with h5py.File(path, "r") as f:
-        frames = np.sort(f[f"splits/{split}"][:]) if f"splits/{split}" in f else np.arange(f["velocity"].shape[0])
-        u = torch.from_numpy(f["velocity"][frames.tolist()]).double()
+    data = load_generated(path)
+    frames = np.sort(data["splits"][split])
+    u = data["velocity"][torch.from_numpy(frames)].double()
     moments = frame_moments(u)
     symmetry = sample_symmetry(moments)
     stats = symmetry["statistics"]
