@@ -190,9 +190,8 @@ class _FourierReLUFunction(torch.autograd.Function):
             torch.gt(on_group, 0, out=mask[:, :, depth])
             part = F.conv3d(on_group.relu_(), down)
             if out is None:  # in the convolutions' (autocast) precision
-                out = part if len(slices) == 1 else x.new_empty(x.shape, dtype=part.dtype)
-            if out is not part:
-                out[:, :, depth] = part
+                out = x.new_empty(x.shape, dtype=part.dtype)
+            out[:, :, depth] = part
         ctx.save_for_backward(mask, embedding)
         ctx.input_dtype, ctx.chunk_bytes = x.dtype, chunk_bytes
         return out
@@ -203,10 +202,7 @@ class _FourierReLUFunction(torch.autograd.Function):
         order, size = embedding.shape
         embedding = embedding.to(grad.dtype)
         up, down = embedding.view(order, size, 1, 1, 1), embedding.T.reshape(size, order, 1, 1, 1)
-        slices = _depth_slices(grad.shape, order, ctx.chunk_bytes)
-        if len(slices) == 1:
-            return F.conv3d(F.conv3d(grad, up).mul_(mask), down).to(ctx.input_dtype), None, None
         grad_in = grad.new_empty(grad.shape, dtype=ctx.input_dtype)
-        for depth in slices:
+        for depth in _depth_slices(grad.shape, order, ctx.chunk_bytes):
             grad_in[:, :, depth] = F.conv3d(F.conv3d(grad[:, :, depth], up).mul_(mask[:, :, depth]), down)
         return grad_in, None, None
