@@ -29,7 +29,7 @@ import copy
 import importlib.resources
 import math
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -252,9 +252,13 @@ class UpBlock(nn.Module):
         self.conv, self.norm2, self.act2 = layers.conv(t, t), layers.norm(t), layers.act(t)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act2(self.pre_activation(x))
+
+    def pre_activation(self, x: torch.Tensor) -> torch.Tensor:
+        """The block without its last nonlinearity ``act2``."""
         h = self.conv(self.act1(self.norm1(self.up(x))))
         skip = F.interpolate(x, scale_factor=2.0, mode="trilinear", align_corners=False)
-        return self.act2(self.norm2(h + skip))
+        return self.norm2(h + skip)
 
 
 class ResBlock(nn.Module):
@@ -266,8 +270,11 @@ class ResBlock(nn.Module):
         self.conv2, self.norm2, self.act2 = layers.conv(t, t), layers.norm(t), layers.act(t)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.norm2(self.conv2(self.act1(self.norm1(self.conv1(x)))))
-        return self.act2(x + h)
+        return self.act2(self.pre_activation(x))
+
+    def pre_activation(self, x: torch.Tensor) -> torch.Tensor:
+        """The block without its last nonlinearity ``act2``."""
+        return x + self.norm2(self.conv2(self.act1(self.norm1(self.conv1(x)))))
 
 
 class SuperResolutionNet(nn.Module):
@@ -317,9 +324,13 @@ class SuperResolutionNet(nn.Module):
 
     @torch.jit.unused
     def _checkpointed_blocks(self, h: torch.Tensor) -> torch.Tensor:
-        """``stages(lift(h))`` with every block checkpointed (:func:`_checkpointed`)."""
+        """``stages(lift(h))`` with every block checkpointed (:func:`_checkpointed`) up to its last
+        nonlinearity, which runs outside: the nonlinearity keeps its output for backward, and that
+        output is the next block's input (kept anyway), so the recomputation in backward makes no
+        second copy of it (one activation of the block's size less at the peak)."""
         for block in (self.lift, *self.stages):
-            h = _checkpointed(block, h)
+            pre_activation, activation = _split_activation(block)
+            h = activation(_checkpointed(pre_activation, block, h))
         return h
 
     # ---- relaxed layers -----------------------------------------------------------------------
@@ -382,23 +393,32 @@ class SuperResolutionNet(nn.Module):
 RUNNING_STATISTICS = ("running_mean", "running_var", "num_batches_tracked")
 
 
-def _checkpointed(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``block(x)`` keeping only ``x`` for backward (``torch.utils.checkpoint``, non-reentrant): backward
-    runs the block's forward again. That second run computes the same tensors (in training mode the
+def _split_activation(block: nn.Module) -> tuple[Callable[[torch.Tensor], torch.Tensor], nn.Module]:
+    """``(pre_activation, activation)`` with ``block(x) == activation(pre_activation(x))``: the lift
+    (``conv, norm, act``) or an Up/ResBlock."""
+    if isinstance(block, nn.Sequential):
+        return block[:-1], block[-1]
+    return block.pre_activation, block.act2
+
+
+def _checkpointed(function: Callable[[torch.Tensor], torch.Tensor], block: nn.Module,
+                  x: torch.Tensor) -> torch.Tensor:
+    """``function(x)``, a part of ``block``, keeping only ``x`` for backward (``torch.utils.checkpoint``,
+    non-reentrant): backward runs ``function`` again. That second run computes the same tensors (in training mode the
     norms use batch statistics, not running ones) but would update the running statistics a second
-    time, so it runs with them restored to their values before it: the result is exactly the step
-    without checkpointing."""
+    time, so it runs with ``block``'s restored to their values before it: the result is exactly the
+    step without checkpointing."""
     first = True
 
     def run(x: torch.Tensor) -> torch.Tensor:
         nonlocal first
         if first:
             first = False
-            return block(x)
+            return function(x)
         running = [b for name, b in block.named_buffers() if name.rsplit(".", 1)[-1] in RUNNING_STATISTICS]
         saved = [b.clone() for b in running]
         try:
-            return block(x)
+            return function(x)
         finally:
             for b, value in zip(running, saved):
                 b.copy_(value)

@@ -55,6 +55,34 @@ def test_checkpointing_keeps_fewer_tensors_for_backward():
     assert saved[True] < saved[False] / 2
 
 
+def test_recomputation_makes_no_second_copy_of_a_block_output():
+    # Each block's last nonlinearity runs outside the checkpointed part: its output is the next
+    # block's input, kept anyway, so no tensor that backward computes equals a block's output.
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            computed.extend(t.detach() for t in (out if isinstance(out, (tuple, list)) else [out])
+                            if isinstance(t, torch.Tensor))
+            return out
+
+    _, model = _pair("gcnn")
+    outputs, computed = [], []
+    last_activations = [model.lift[-1]] + [block.act2 for block in model.stages]
+    hooks = [act.register_forward_hook(lambda _, __, out: outputs.append(out.detach())) for act in last_activations]
+    loss = F.l1_loss(model.train()(torch.randn(2, 9, 2, 2, 2)), torch.randn(2, 3, 8, 8, 8))
+    for hook in hooks:
+        hook.remove()
+    with Record():
+        loss.backward()
+    assert len(outputs) == 5 and computed
+    for tensor in computed:
+        for out in outputs:
+            copy = tensor.untyped_storage().data_ptr() != out.untyped_storage().data_ptr()
+            assert not (copy and tensor.shape == out.shape and torch.equal(tensor, out))
+
+
 def test_checkpointing_is_off_in_eval_mode_and_changes_no_output():
     plain, checkpointed = _pair("rsteer")
     x = torch.randn(1, 9, 2, 2, 2)
