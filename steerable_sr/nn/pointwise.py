@@ -53,11 +53,14 @@ class FieldBatchNorm(enn.EquivariantModule):
         t = x.tensor
         if self.regular:
             return enn.GeometricTensor(self._regular_norm(t), self.out_type)
-        # Statistics and coefficients in the buffers' precision (float32 under bf16/fp16 autocast).
-        with torch.autocast(t.device.type, enabled=False):
-            scale, shift = self._affine(t.to(self.running_var.dtype))
-        # One elementwise pass: t * scale + shift.
-        out = torch.addcmul(shift.to(t.dtype).view(1, -1, 1, 1, 1), t, scale.to(t.dtype).view(1, -1, 1, 1, 1))
+        if self.training:
+            out = _FieldNormFunction.apply(t, self.weight, self.bias, self)
+        else:
+            # Statistics and coefficients in the buffers' precision (float32 under bf16/fp16 autocast).
+            with torch.autocast(t.device.type, enabled=False):
+                scale, shift, _, _ = self._coefficients(self.running_var, self.running_mean, self.weight, self.bias,
+                                                        statistics="running")
+            out = _affine(t, scale, shift)
         return enn.GeometricTensor(out, self.out_type)
 
     def _regular_norm(self, t: torch.Tensor) -> torch.Tensor:
@@ -75,23 +78,30 @@ class FieldBatchNorm(enn.EquivariantModule):
                 self.running_mean.view(fields, order).copy_(running_mean.unsqueeze(1))
         return out.view_as(t)
 
-    def _affine(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-channel ``(scale, shift)`` of the normalisation; updates the running statistics in training."""
-        if self.training:
-            # One reduction pass: per-channel variance and mean; E(v - P mu)^2 = var + (mean - P mean)^2.
-            channel_var, channel_mean = torch.var_mean(t, dim=(0, 2, 3, 4), unbiased=False)
-            mean = self.invariant_projector @ channel_mean
-            per_channel = channel_var + (channel_mean - mean).square()
-            field_size = torch.bincount(self.field_of, minlength=len(self.running_var)).to(t.dtype)
-            var = torch.zeros_like(self.running_var).index_add_(0, self.field_of, per_channel) / field_size
-            with torch.no_grad():
-                samples = field_size * (t.numel() / t.shape[1])  # per field: voxels x batch x channels
-                self.running_mean.lerp_(mean, self.momentum)
-                self.running_var.lerp_(var * samples / (samples - 1).clamp(min=1), self.momentum)
+    def _coefficients(self, var: torch.Tensor, mean: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                      statistics: str = "batch") -> tuple[torch.Tensor, ...]:
+        """Per-channel ``(scale, shift)`` of the map ``t -> t * scale + shift``, and the field means and
+        variances it normalises by. ``statistics="batch"``: ``var, mean`` are the per-channel variance
+        and mean of the batch (``(C,)`` each), from which the invariant mean ``P mean`` and the
+        per-field variance ``E||v - P mean||^2 / d = mean over the field of var + (mean - P mean)^2``
+        follow; ``"running"``: they are the running statistics (per field and per channel)."""
+        if statistics == "batch":
+            field_mean = self.invariant_projector @ mean
+            field_size = torch.bincount(self.field_of, minlength=len(self.running_var)).to(var.dtype)
+            per_channel = var + (mean - field_mean).square()
+            field_var = torch.zeros_like(self.running_var).index_add(0, self.field_of, per_channel) / field_size
         else:
-            mean, var = self.running_mean, self.running_var
-        scale = (self.weight / torch.sqrt(var + self.eps))[self.field_of]
-        return scale, self.invariant_projector @ self.bias - mean * scale
+            field_mean, field_var = mean, var
+        scale = (weight / torch.sqrt(field_var + self.eps))[self.field_of]
+        return scale, self.invariant_projector @ bias - field_mean * scale, field_mean, field_var
+
+    @torch.no_grad()
+    def _update_running_statistics(self, field_mean: torch.Tensor, field_var: torch.Tensor, samples: int) -> None:
+        """Momentum update; the variance unbiased with ``samples`` values per field (batch x voxels x channels)."""
+        field_size = torch.bincount(self.field_of, minlength=len(self.running_var)).to(field_var.dtype)
+        count = field_size * samples
+        self.running_mean.lerp_(field_mean, self.momentum)
+        self.running_var.lerp_(field_var * count / (count - 1).clamp(min=1), self.momentum)
 
     def evaluate_output_shape(self, input_shape: tuple) -> tuple:
         return input_shape
@@ -105,6 +115,53 @@ class FieldBatchNorm(enn.EquivariantModule):
         bn.weight.copy_(self.weight[self.field_of])
         bn.bias.copy_(self.invariant_projector @ self.bias)
         return bn.eval().to(self.bias.device)
+
+
+def _affine(t: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """``t * scale + shift`` per channel of ``t (B, C, ...)``, in ``t``'s precision: one elementwise pass."""
+    shape = (1, -1) + (1,) * (t.dim() - 2)
+    return torch.addcmul(shift.to(t.dtype).view(shape), t, scale.to(t.dtype).view(shape))
+
+
+class _FieldNormFunction(torch.autograd.Function):
+    r"""Training-mode :class:`FieldBatchNorm` of irrep bands, ``t (B, C, N, N, N) -> t * scale + shift``
+    with ``(scale, shift)`` from the batch's per-channel variance and mean (:meth:`FieldBatchNorm._coefficients`),
+    with a fused backward: it keeps only ``t`` (shared with the layer before) and reads it twice, once
+    for the per-channel sums ``sum g`` and ``sum g t`` and once to write the input gradient
+    ``g scale + b t + a`` (per-channel ``a, b`` from the chain rule through the variance and mean,
+    ``d var_c / d t = 2 (t - mean_c) / n``, ``d mean_c / d t = 1 / n``), instead of autograd's
+    separate element-wise kernels and temporaries. Statistics and coefficients in float32 (the
+    buffers' precision), element-wise passes in ``t``'s precision. Updates the running statistics."""
+
+    @staticmethod
+    def forward(ctx, t: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, layer: "FieldBatchNorm") -> torch.Tensor:
+        dtype = layer.running_var.dtype
+        with torch.autocast(t.device.type, enabled=False):
+            var, mean = torch.var_mean(t.to(dtype), dim=(0, 2, 3, 4), unbiased=False)
+            scale, shift, field_mean, field_var = layer._coefficients(var, mean, weight.to(dtype), bias.to(dtype))
+        layer._update_running_statistics(field_mean, field_var, t.numel() // t.shape[1])
+        ctx.save_for_backward(t, var, mean, weight, bias)
+        ctx.layer = layer
+        return _affine(t, scale, shift)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        t, var, mean, weight, bias = ctx.saved_tensors
+        dtype, n = var.dtype, t.numel() // t.shape[1]
+        # Per-channel sums over batch and voxels, one batch element at a time (no full-size temporary).
+        sum_g, sum_gt = grad.new_zeros(t.shape[1], dtype=dtype), grad.new_zeros(t.shape[1], dtype=dtype)
+        for g_i, t_i in zip(grad, t):
+            sum_g += g_i.sum(dim=(1, 2, 3), dtype=dtype)
+            sum_gt += (g_i * t_i).sum(dim=(1, 2, 3), dtype=dtype)
+        with torch.enable_grad(), torch.autocast(t.device.type, enabled=False):
+            leaves = [x.detach().to(dtype).requires_grad_() for x in (var, mean, weight, bias)]
+            scale, shift, _, _ = ctx.layer._coefficients(*leaves)
+            d_var, d_mean, d_weight, d_bias = torch.autograd.grad((scale, shift), leaves, (sum_gt, sum_g))
+        b = 2 * d_var / n  # d var_c / d t = 2 (t - mean_c) / n
+        a = d_mean / n - b * mean  # d mean_c / d t = 1 / n
+        grad_t = _affine(t, b, a)
+        grad_t.addcmul_(grad, scale.detach().to(grad.dtype).view(1, -1, 1, 1, 1))
+        return grad_t.to(t.dtype), d_weight.to(weight.dtype), d_bias.to(bias.dtype), None
 
 
 class FourierReLU(enn.EquivariantModule):
