@@ -41,6 +41,7 @@ class FieldBatchNorm(enn.EquivariantModule):
             start += rep.size
         self.register_buffer("invariant_projector", torch.tensor(proj, dtype=torch.float32), persistent=False)
         self.register_buffer("field_of", torch.from_numpy(field_of), persistent=False)
+        self.register_buffer("field_size", torch.bincount(self.field_of).to(torch.float32), persistent=False)
         n_fields = len(field_type)
         self.regular = is_regular(field_type)
         self.weight = torch.nn.Parameter(torch.ones(n_fields))
@@ -58,8 +59,7 @@ class FieldBatchNorm(enn.EquivariantModule):
         else:
             # Statistics and coefficients in the buffers' precision (float32 under bf16/fp16 autocast).
             with torch.autocast(t.device.type, enabled=False):
-                scale, shift, _, _ = self._coefficients(self.running_var, self.running_mean, self.weight, self.bias,
-                                                        statistics="running")
+                scale, shift = self._coefficients(self.running_mean, self.running_var, self.weight, self.bias)
             out = _affine(t, scale, shift)
         return enn.GeometricTensor(out, self.out_type)
 
@@ -78,28 +78,26 @@ class FieldBatchNorm(enn.EquivariantModule):
                 self.running_mean.view(fields, order).copy_(running_mean.unsqueeze(1))
         return out.view_as(t)
 
-    def _coefficients(self, var: torch.Tensor, mean: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
-                      statistics: str = "batch") -> tuple[torch.Tensor, ...]:
-        """Per-channel ``(scale, shift)`` of the map ``t -> t * scale + shift``, and the field means and
-        variances it normalises by. ``statistics="batch"``: ``var, mean`` are the per-channel variance
-        and mean of the batch (``(C,)`` each), from which the invariant mean ``P mean`` and the
-        per-field variance ``E||v - P mean||^2 / d = mean over the field of var + (mean - P mean)^2``
-        follow; ``"running"``: they are the running statistics (per field and per channel)."""
-        if statistics == "batch":
-            field_mean = self.invariant_projector @ mean
-            field_size = torch.bincount(self.field_of, minlength=len(self.running_var)).to(var.dtype)
-            per_channel = var + (mean - field_mean).square()
-            field_var = torch.zeros_like(self.running_var).index_add(0, self.field_of, per_channel) / field_size
-        else:
-            field_mean, field_var = mean, var
+    def _field_statistics(self, var: torch.Tensor, mean: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(field_mean, field_var)`` from the per-channel variance and mean of a batch (``(C,)`` each):
+        the invariant mean ``P mean`` (per channel) and the per-field variance ``E||v - P mean||^2 / d``,
+        the field's average of ``var + (mean - P mean)^2`` (per field)."""
+        field_mean = self.invariant_projector @ mean
+        per_channel = var + (mean - field_mean).square()
+        field_var = torch.zeros_like(self.running_var).index_add(0, self.field_of, per_channel) / self.field_size
+        return field_mean, field_var
+
+    def _coefficients(self, field_mean: torch.Tensor, field_var: torch.Tensor, weight: torch.Tensor,
+                      bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-channel ``(scale, shift)`` of the normalisation ``t -> t * scale + shift``."""
         scale = (weight / torch.sqrt(field_var + self.eps))[self.field_of]
-        return scale, self.invariant_projector @ bias - field_mean * scale, field_mean, field_var
+        return scale, self.invariant_projector @ bias - field_mean * scale
 
     @torch.no_grad()
     def _update_running_statistics(self, field_mean: torch.Tensor, field_var: torch.Tensor, samples: int) -> None:
-        """Momentum update; the variance unbiased with ``samples`` values per field (batch x voxels x channels)."""
-        field_size = torch.bincount(self.field_of, minlength=len(self.running_var)).to(field_var.dtype)
-        count = field_size * samples
+        """Momentum update; ``samples`` values per channel (batch x voxels), so ``d samples`` per field
+        for the unbiased variance."""
+        count = self.field_size * samples
         self.running_mean.lerp_(field_mean, self.momentum)
         self.running_var.lerp_(field_var * count / (count - 1).clamp(min=1), self.momentum)
 
@@ -125,8 +123,8 @@ def _affine(t: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.
 
 class _FieldNormFunction(torch.autograd.Function):
     r"""Training-mode :class:`FieldBatchNorm` of irrep bands, ``t (B, C, N, N, N) -> t * scale + shift``
-    with ``(scale, shift)`` from the batch's per-channel variance and mean (:meth:`FieldBatchNorm._coefficients`),
-    with a fused backward: it keeps only ``t`` (shared with the layer before) and reads it twice, once
+    with ``(scale, shift)`` from the batch's per-channel variance and mean, with a fused backward: it
+    keeps only ``t`` (shared with the layer before) and reads it twice, once
     for the per-channel sums ``sum g`` and ``sum g t`` and once to write the input gradient
     ``g scale + b t + a`` (per-channel ``a, b`` from the chain rule through the variance and mean,
     ``d var_c / d t = 2 (t - mean_c) / n``, ``d mean_c / d t = 1 / n``), instead of autograd's
@@ -134,11 +132,13 @@ class _FieldNormFunction(torch.autograd.Function):
     buffers' precision), element-wise passes in ``t``'s precision. Updates the running statistics."""
 
     @staticmethod
-    def forward(ctx, t: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, layer: "FieldBatchNorm") -> torch.Tensor:
+    def forward(ctx, t: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                layer: "FieldBatchNorm") -> torch.Tensor:
         dtype = layer.running_var.dtype
         with torch.autocast(t.device.type, enabled=False):
             var, mean = torch.var_mean(t.to(dtype), dim=(0, 2, 3, 4), unbiased=False)
-            scale, shift, field_mean, field_var = layer._coefficients(var, mean, weight.to(dtype), bias.to(dtype))
+            field_mean, field_var = layer._field_statistics(var, mean)
+            scale, shift = layer._coefficients(field_mean, field_var, weight.to(dtype), bias.to(dtype))
         layer._update_running_statistics(field_mean, field_var, t.numel() // t.shape[1])
         ctx.save_for_backward(t, var, mean, weight, bias)
         ctx.layer = layer
@@ -154,8 +154,9 @@ class _FieldNormFunction(torch.autograd.Function):
             sum_g += g_i.sum(dim=(1, 2, 3), dtype=dtype)
             sum_gt += (g_i * t_i).sum(dim=(1, 2, 3), dtype=dtype)
         with torch.enable_grad(), torch.autocast(t.device.type, enabled=False):
-            leaves = [x.detach().to(dtype).requires_grad_() for x in (var, mean, weight, bias)]
-            scale, shift, _, _ = ctx.layer._coefficients(*leaves)
+            leaves = var_, mean_, weight_, bias_ = [x.detach().to(dtype).requires_grad_()
+                                                    for x in (var, mean, weight, bias)]
+            scale, shift = ctx.layer._coefficients(*ctx.layer._field_statistics(var_, mean_), weight_, bias_)
             d_var, d_mean, d_weight, d_bias = torch.autograd.grad((scale, shift), leaves, (sum_gt, sum_g))
         b = 2 * d_var / n  # d var_c / d t = 2 (t - mean_c) / n
         a = d_mean / n - b * mean  # d mean_c / d t = 1 / n
