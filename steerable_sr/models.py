@@ -404,10 +404,10 @@ def _split_activation(block: nn.Module) -> tuple[Callable[[torch.Tensor], torch.
 def _checkpointed(function: Callable[[torch.Tensor], torch.Tensor], block: nn.Module,
                   x: torch.Tensor) -> torch.Tensor:
     """``function(x)``, a part of ``block``, keeping only ``x`` for backward (``torch.utils.checkpoint``,
-    non-reentrant): backward runs ``function`` again. That second run computes the same tensors (in training mode the
-    norms use batch statistics, not running ones) but would update the running statistics a second
-    time, so it runs with ``block``'s restored to their values before it: the result is exactly the
-    step without checkpointing."""
+    non-reentrant): backward runs ``function`` again. That second run computes the same tensors (in
+    training mode the norms use batch statistics, not running ones) but would update the running
+    statistics a second time, so it runs with ``block``'s restored to their values before it: the
+    result is exactly the step without checkpointing."""
     first = True
 
     def run(x: torch.Tensor) -> torch.Tensor:

@@ -124,12 +124,12 @@ def _affine(t: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.
 class _FieldNormFunction(torch.autograd.Function):
     r"""Training-mode :class:`FieldBatchNorm` of irrep bands, ``t (B, C, N, N, N) -> t * scale + shift``
     with ``(scale, shift)`` from the batch's per-channel variance and mean, with a fused backward: it
-    keeps only ``t`` (shared with the layer before) and reads it twice, once
-    for the per-channel sums ``sum g`` and ``sum g t`` and once to write the input gradient
-    ``g scale + b t + a`` (per-channel ``a, b`` from the chain rule through the variance and mean,
-    ``d var_c / d t = 2 (t - mean_c) / n``, ``d mean_c / d t = 1 / n``), instead of autograd's
-    separate element-wise kernels and temporaries. Statistics and coefficients in float32 (the
-    buffers' precision), element-wise passes in ``t``'s precision. Updates the running statistics."""
+    keeps only ``t`` (shared with the layer before) and reads it twice, once for the per-channel sums
+    ``sum g`` and ``sum g t`` and once to write the input gradient ``g scale + b t + a`` (per-channel
+    ``a, b`` from the chain rule through the variance and mean, ``d var_c / d t = 2 (t - mean_c) / n``,
+    ``d mean_c / d t = 1 / n``), instead of autograd's separate element-wise kernels and temporaries.
+    Statistics, coefficients and sums in float32 (the buffers' precision), element-wise passes in
+    ``t``'s precision. Updates the running statistics (once per forward)."""
 
     @staticmethod
     def forward(ctx, t: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
@@ -162,7 +162,7 @@ class _FieldNormFunction(torch.autograd.Function):
         a = d_mean / n - b * mean  # d mean_c / d t = 1 / n
         grad_t = _affine(t, b, a)
         grad_t.addcmul_(grad, scale.detach().to(grad.dtype).view(1, -1, 1, 1, 1))
-        return grad_t.to(t.dtype), d_weight.to(weight.dtype), d_bias.to(bias.dtype), None
+        return grad_t, d_weight.to(weight.dtype), d_bias.to(bias.dtype), None
 
 
 class FourierReLU(enn.EquivariantModule):
