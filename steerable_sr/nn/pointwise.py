@@ -116,9 +116,8 @@ class FieldBatchNorm(enn.EquivariantModule):
 
 
 def _affine(t: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    """``t * scale + shift`` per channel of ``t (B, C, ...)``, in ``t``'s precision: one elementwise pass."""
-    shape = (1, -1) + (1,) * (t.dim() - 2)
-    return torch.addcmul(shift.to(t.dtype).view(shape), t, scale.to(t.dtype).view(shape))
+    """``t * scale + shift`` per channel of ``t (B, C, N, N, N)``, in ``t``'s precision: one elementwise pass."""
+    return torch.addcmul(shift.to(t.dtype).view(1, -1, 1, 1, 1), t, scale.to(t.dtype).view(1, -1, 1, 1, 1))
 
 
 class _FieldNormFunction(torch.autograd.Function):
