@@ -37,6 +37,7 @@ import torch.utils.checkpoint
 from torch import nn
 
 from . import fields, groups
+from .nn.slabs import upsample_trilinear
 
 
 @dataclass(frozen=True)
@@ -256,9 +257,11 @@ class UpBlock(nn.Module):
 
     def pre_activation(self, x: torch.Tensor) -> torch.Tensor:
         """The block without its last nonlinearity ``act2``."""
-        h = self.conv(self.act1(self.norm1(self.up(x))))
-        skip = F.interpolate(x, scale_factor=2.0, mode="trilinear", align_corners=False)
-        return self.norm2(h + skip)
+        return self.norm2(self.conv(self.act1(self.norm1(self.up(x)))) + upsample_trilinear(x))
+
+    def slab_block(self) -> "SlabBlock | None":
+        """``pre_activation`` for :func:`~steerable_sr.nn.recompute.checkpoint_in_slabs` (None: not supported)."""
+        return _slab_block(self.up, self.norm1, self.act1, self.conv, self.norm2, upsample=True)
 
 
 class ResBlock(nn.Module):
@@ -276,9 +279,31 @@ class ResBlock(nn.Module):
         """The block without its last nonlinearity ``act2``."""
         return x + self.norm2(self.conv2(self.act1(self.norm1(self.conv1(x)))))
 
+    def slab_block(self) -> "SlabBlock | None":
+        """``pre_activation`` for :func:`~steerable_sr.nn.recompute.checkpoint_in_slabs` (None: not supported)."""
+        return _slab_block(self.conv1, self.norm1, self.act1, self.conv2, self.norm2, upsample=False)
+
+
+def _slab_block(first, norm1, act, second, norm2, upsample: bool) -> "SlabBlock | None":
+    """The block's layers as a :class:`~steerable_sr.nn.recompute.SlabBlock` if they are escnn layers with
+    one dense filter per convolution (``OctahedralConv``: the kinds gcnn, rgcnn, steer, rsteer without
+    ``separable``), else None."""
+    from .nn import FieldBatchNorm, OctahedralConv
+    from .nn.recompute import SlabBlock
+
+    layers = [getattr(layer, "module", None) for layer in (first, norm1, act, second, norm2)]
+    convs, norms = (layers[0], layers[3]), (layers[1], layers[4])
+    if not all(isinstance(c, OctahedralConv) for c in convs) or not all(isinstance(n, FieldBatchNorm) for n in norms):
+        return None
+    return SlabBlock(*layers, upsample=upsample)
+
 
 class SuperResolutionNet(nn.Module):
     """``(B, 3 T, n, n, n) -> (B, 3, s n, s n, s n)`` in the public convention (see module docstring)."""
+
+    #: With ``checkpoint_blocks``: the largest float32 depth slab of one activation that a block's
+    #: backward computes at once (:func:`~steerable_sr.nn.recompute.checkpoint_in_slabs`).
+    slab_bytes = 4 * 2 ** 20
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -324,13 +349,23 @@ class SuperResolutionNet(nn.Module):
 
     @torch.jit.unused
     def _checkpointed_blocks(self, h: torch.Tensor) -> torch.Tensor:
-        """``stages(lift(h))`` with every block checkpointed (:func:`_checkpointed`) up to its last
-        nonlinearity, which runs outside: the nonlinearity keeps its output for backward, and that
-        output is the next block's input (kept anyway), so the recomputation in backward makes no
-        second copy of it (one activation of the block's size less at the peak)."""
+        """``stages(lift(h))`` with every block checkpointed up to its last nonlinearity, which runs
+        outside: the nonlinearity keeps its output for backward, and that output is the next block's
+        input (kept anyway), so the recomputation in backward makes no second copy of it.
+
+        Up/ResBlocks of OctahedralConv layers (gcnn, rgcnn, steer, rsteer) are recomputed in depth
+        slabs (:func:`~steerable_sr.nn.recompute.checkpoint_in_slabs`: at most two activations of the
+        block's size besides its input and gradient); the lift, and the blocks of cnn and separable
+        models, with :func:`_checkpointed` (``torch.utils.checkpoint``, autograd's own backward)."""
+        from .nn.recompute import checkpoint_in_slabs
+
         for block in (self.lift, *self.stages):
             pre_activation, activation = _split_activation(block)
-            h = activation(_checkpointed(pre_activation, block, h))
+            slabs = block.slab_block() if hasattr(block, "slab_block") else None
+            if slabs is not None:
+                h = activation(checkpoint_in_slabs(h, slabs, self.slab_bytes))
+            else:
+                h = activation(_checkpointed(pre_activation, block, h))
         return h
 
     # ---- relaxed layers -----------------------------------------------------------------------

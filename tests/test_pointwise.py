@@ -196,3 +196,26 @@ def test_fourier_relu_in_depth_slices_equals_the_whole_volume(dtype):
     assert outputs[1].dtype == outputs[0].dtype == dtype and grads[1].dtype == dtype
     assert relative_error(outputs[1].float(), outputs[0].float()) < 1e-6
     assert relative_error(grads[1].float(), grads[0].float()) < 1e-6
+
+
+@pytest.mark.parametrize("make_type", [fields.regular_type, fields.irrep_type])
+def test_batch_norm_input_gradient_coefficients_equal_autograd(make_type):
+    # The backward as per-channel coefficients (what a recomputed block uses): from the batch
+    # statistics and the sums of g and g t alone, the input, weight and bias gradients of the layer's
+    # own training-mode backward; float32 reductions in another order (1e-5 relative).
+    from steerable_sr.nn.pointwise import channel_sums
+
+    field_type = make_type("Oh", 2)
+    layer = FieldBatchNorm(field_type)
+    with torch.no_grad():
+        layer.weight.uniform_(0.5, 2), layer.bias.normal_()
+    t = random_tensor(field_type).tensor
+    g = torch.linspace(-1, 2, t.numel()).view_as(t)
+    y, grad_t, grad_weight, grad_bias = _norm_step(layer, enn.GeometricTensor(t, field_type))[:4]
+    gradient = layer.input_gradient(*layer.batch_statistics(t), layer.weight, layer.bias,
+                                    *channel_sums(g, t, chunk_bytes=1), t.numel() // t.shape[1])
+    assert relative_error(gradient.input_grad(t, g), grad_t) < 1e-5
+    assert relative_error(gradient.weight, grad_weight) < 1e-5
+    assert relative_error(gradient.bias, grad_bias) < 1e-5
+    scale, shift = layer.affine_coefficients(*layer.batch_statistics(t), layer.weight, layer.bias)
+    assert relative_error(t * scale.view(1, -1, 1, 1, 1) + shift.view(1, -1, 1, 1, 1), y) < 1e-5

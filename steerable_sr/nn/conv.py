@@ -246,14 +246,15 @@ class OctahedralConv(GridConv):
             out = out.index_copy(0, idx.reshape(-1), (self.bias[span].view(fields, -1) @ V).reshape(-1))
         return out
 
-    def _filter_and_bias(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Expanded in every training step; cached in eval mode until a parameter changes."""
+    def filter_and_bias(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(filter(), expanded_bias())``, what the forward pass convolves with: expanded in every
+        training step (differentiable in the parameters), cached in eval mode until a parameter changes."""
         return eval_cached(self, lambda: (self.filter(), self.expanded_bias()))
 
     # ---- forward / export ---------------------------------------------------------------------
 
     def _conv(self, x: torch.Tensor) -> torch.Tensor:
-        weight, bias = self._filter_and_bias()
+        weight, bias = self.filter_and_bias()
         if self.transposed:
             return F.conv_transpose3d(x, weight.transpose(0, 1), bias, stride=self.stride, padding=self.padding)
         return F.conv3d(x, weight, bias, padding=self.padding)

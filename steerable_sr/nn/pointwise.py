@@ -5,6 +5,8 @@ plain torch modules (``BatchNorm3d``; ``ReLU`` or ``1x1 Conv3d -> ReLU -> 1x1 Co
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -13,6 +15,7 @@ from escnn import nn as enn
 from ..fields import check_type, is_regular, representation_matrices
 from .basis import invariant_subspace
 from .fourier import fourier_embedding
+from .slabs import depth_slices
 
 
 class FieldBatchNorm(enn.EquivariantModule):
@@ -101,6 +104,38 @@ class FieldBatchNorm(enn.EquivariantModule):
         self.running_mean.lerp_(field_mean, self.momentum)
         self.running_var.lerp_(field_var * count / (count - 1).clamp(min=1), self.momentum)
 
+    def batch_statistics(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(var, mean)`` of ``t (B, C, N, N, N)`` per channel over batch and voxels (biased), in the
+        buffers' precision (float32 under bf16/fp16 autocast)."""
+        with torch.autocast(t.device.type, enabled=False):
+            return torch.var_mean(t.to(self.running_var.dtype), dim=(0, 2, 3, 4), unbiased=False)
+
+    def affine_coefficients(self, var: torch.Tensor, mean: torch.Tensor, weight: torch.Tensor,
+                            bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-channel ``(scale, shift)`` of the training-mode map ``t -> t scale + shift`` for a batch with
+        per-channel ``var, mean`` (:meth:`batch_statistics`), in the buffers' precision."""
+        dtype = self.running_var.dtype
+        with torch.autocast(var.device.type, enabled=False):
+            return self._coefficients(*self._field_statistics(var, mean), weight.to(dtype), bias.to(dtype))
+
+    def input_gradient(self, var: torch.Tensor, mean: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                       sum_g: torch.Tensor, sum_gt: torch.Tensor, samples: int) -> "NormGradient":
+        r"""The training-mode backward as per-channel coefficients: for the batch ``t`` with per-channel
+        ``var, mean`` (:meth:`batch_statistics`, ``samples`` values per channel) and the output gradient
+        ``g`` with per-channel sums ``sum_g = sum g`` and ``sum_gt = sum g t`` (:func:`channel_sums`),
+        returns the input gradient ``g scale + b t + a`` as per-channel ``scale, a, b`` and the parameters'
+        gradients (:class:`NormGradient`). ``a, b`` come from the chain rule through the
+        variance and mean (``d var_c / d t = 2 (t - mean_c) / n``, ``d mean_c / d t = 1 / n``). All in
+        the buffers' precision."""
+        dtype = self.running_var.dtype
+        with torch.enable_grad(), torch.autocast(var.device.type, enabled=False):
+            leaves = var_, mean_, weight_, bias_ = [x.detach().to(dtype).requires_grad_()
+                                                    for x in (var, mean, weight, bias)]
+            scale, shift = self._coefficients(*self._field_statistics(var_, mean_), weight_, bias_)
+            d_var, d_mean, d_weight, d_bias = torch.autograd.grad((scale, shift), leaves, (sum_gt, sum_g))
+        b = 2 * d_var / samples
+        return NormGradient(scale.detach(), d_mean / samples - b * mean, b, d_weight, d_bias)
+
     def evaluate_output_shape(self, input_shape: tuple) -> tuple:
         return input_shape
 
@@ -115,9 +150,40 @@ class FieldBatchNorm(enn.EquivariantModule):
         return bn.eval().to(self.bias.device)
 
 
+class NormGradient(NamedTuple):
+    """The training-mode backward of :class:`FieldBatchNorm` (:meth:`FieldBatchNorm.input_gradient`):
+    input gradient ``g scale + b t + a`` (per-channel ``(C,)`` each), parameter gradients."""
+
+    scale: torch.Tensor
+    a: torch.Tensor
+    b: torch.Tensor
+    weight: torch.Tensor
+    bias: torch.Tensor
+
+    def input_grad(self, t: torch.Tensor, g: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """``g scale + b t + a`` for the layer's input ``t`` and output gradient ``g`` (``(B, C, N, N, N)``),
+        in ``t``'s precision, in two element-wise passes; written into ``out`` if given (``t`` itself is
+        allowed: every element is read before it is written)."""
+        def channel(c: torch.Tensor) -> torch.Tensor:
+            return c.to(t.dtype).view(1, -1, 1, 1, 1)
+
+        return torch.addcmul(channel(self.a), t, channel(self.b), out=out).addcmul_(g, channel(self.scale))
+
+
 def _affine(t: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     """``t * scale + shift`` per channel of ``t (B, C, N, N, N)``, in ``t``'s precision: one elementwise pass."""
     return torch.addcmul(shift.to(t.dtype).view(1, -1, 1, 1, 1), t, scale.to(t.dtype).view(1, -1, 1, 1, 1))
+
+
+def channel_sums(g: torch.Tensor, t: torch.Tensor, chunk_bytes: int = 32 * 2 ** 20) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(sum g, sum g t)`` per channel of ``g, t (B, C, N, N, N)`` over batch and voxels, in float32,
+    a depth slab of at most ``chunk_bytes`` at a time (no full-size temporary)."""
+    sum_g, sum_gt = g.new_zeros(t.shape[1], dtype=torch.float32), g.new_zeros(t.shape[1], dtype=torch.float32)
+    for depth in depth_slices(t.shape, t.shape[1], chunk_bytes):
+        g_d = g[:, :, depth]
+        sum_g += g_d.sum(dim=(0, 2, 3, 4), dtype=torch.float32)
+        sum_gt += (g_d * t[:, :, depth]).sum(dim=(0, 2, 3, 4), dtype=torch.float32)
+    return sum_g, sum_gt
 
 
 class _FieldNormFunction(torch.autograd.Function):
@@ -133,11 +199,10 @@ class _FieldNormFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, t: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
                 layer: "FieldBatchNorm") -> torch.Tensor:
-        dtype = layer.running_var.dtype
+        var, mean = layer.batch_statistics(t)
         with torch.autocast(t.device.type, enabled=False):
-            var, mean = torch.var_mean(t.to(dtype), dim=(0, 2, 3, 4), unbiased=False)
             field_mean, field_var = layer._field_statistics(var, mean)
-            scale, shift = layer._coefficients(field_mean, field_var, weight.to(dtype), bias.to(dtype))
+            scale, shift = layer._coefficients(field_mean, field_var, weight.to(var.dtype), bias.to(var.dtype))
         layer._update_running_statistics(field_mean, field_var, t.numel() // t.shape[1])
         ctx.save_for_backward(t, var, mean, weight, bias)
         ctx.layer = layer
@@ -146,22 +211,8 @@ class _FieldNormFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         t, var, mean, weight, bias = ctx.saved_tensors
-        dtype, n = var.dtype, t.numel() // t.shape[1]
-        # Per-channel sums over batch and voxels, one batch element at a time (no full-size temporary).
-        sum_g, sum_gt = grad.new_zeros(t.shape[1], dtype=dtype), grad.new_zeros(t.shape[1], dtype=dtype)
-        for g_i, t_i in zip(grad, t):
-            sum_g += g_i.sum(dim=(1, 2, 3), dtype=dtype)
-            sum_gt += (g_i * t_i).sum(dim=(1, 2, 3), dtype=dtype)
-        with torch.enable_grad(), torch.autocast(t.device.type, enabled=False):
-            leaves = var_, mean_, weight_, bias_ = [x.detach().to(dtype).requires_grad_()
-                                                    for x in (var, mean, weight, bias)]
-            scale, shift = ctx.layer._coefficients(*ctx.layer._field_statistics(var_, mean_), weight_, bias_)
-            d_var, d_mean, d_weight, d_bias = torch.autograd.grad((scale, shift), leaves, (sum_gt, sum_g))
-        b = 2 * d_var / n  # d var_c / d t = 2 (t - mean_c) / n
-        a = d_mean / n - b * mean  # d mean_c / d t = 1 / n
-        grad_t = _affine(t, b, a)
-        grad_t.addcmul_(grad, scale.detach().to(grad.dtype).view(1, -1, 1, 1, 1))
-        return grad_t, d_weight.to(weight.dtype), d_bias.to(bias.dtype), None
+        gradient = ctx.layer.input_gradient(var, mean, weight, bias, *channel_sums(grad, t), t.numel() // t.shape[1])
+        return gradient.input_grad(t, grad), gradient.weight.to(weight.dtype), gradient.bias.to(bias.dtype), None
 
 
 class FourierReLU(enn.EquivariantModule):
@@ -218,20 +269,12 @@ class FourierReLU(enn.EquivariantModule):
         return torch.nn.Sequential(up, torch.nn.ReLU(), down).to(self.embedding.device)
 
 
-def _depth_slices(shape: torch.Size, order: int, chunk_bytes: int) -> list[slice]:
-    """Slices of the depth axis of ``(B, C, D, H, W)`` whose float32 grid ``(B, order, d, H, W)`` is at
-    most ``chunk_bytes`` (at least one depth plane each); one slice, the whole depth, if it all fits."""
-    batch, _, depth, height, width = shape
-    step = max(1, chunk_bytes // (batch * order * height * width * 4))
-    return [slice(start, min(start + step, depth)) for start in range(0, depth, step)]
-
-
 class _FourierReLUFunction(torch.autograd.Function):
     r"""``x -> F^T relu(F x)`` per voxel, ``x (B, C, N, N, N)``, ``F (|G| fields, C)``, keeping for
     backward only the sign mask ``F x > 0`` (one byte per grid value) instead of the grid ``F x`` and
     ``relu(F x)`` (four bytes each in float32): the backward ``F^T (mask * (F g))`` is the one autograd
     computes through ``conv3d -> relu -> conv3d`` (``relu``'s subgradient at 0 is 0 in both).
-    Forward and backward run per depth slice (:func:`_depth_slices`), writing into a preallocated
+    Forward and backward run per depth slice (:func:`.slabs.depth_slices`), writing into a preallocated
     output, mask and input gradient, so no grid larger than ``chunk_bytes`` exists at once.
     Under autocast the 1x1 convolutions run in the autocast precision, in backward as in forward."""
 
@@ -239,7 +282,7 @@ class _FourierReLUFunction(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, embedding: torch.Tensor, chunk_bytes: int) -> torch.Tensor:
         order, size = embedding.shape
         up, down = embedding.view(order, size, 1, 1, 1), embedding.T.reshape(size, order, 1, 1, 1)
-        slices = _depth_slices(x.shape, order, chunk_bytes)
+        slices = depth_slices(x.shape, order, chunk_bytes)
         mask = x.new_empty((x.shape[0], order) + x.shape[2:], dtype=torch.bool)
         out = None
         for depth in slices:
@@ -260,6 +303,6 @@ class _FourierReLUFunction(torch.autograd.Function):
         embedding = embedding.to(grad.dtype)
         up, down = embedding.view(order, size, 1, 1, 1), embedding.T.reshape(size, order, 1, 1, 1)
         grad_in = grad.new_empty(grad.shape, dtype=ctx.input_dtype)
-        for depth in _depth_slices(grad.shape, order, ctx.chunk_bytes):
+        for depth in depth_slices(grad.shape, order, ctx.chunk_bytes):
             grad_in[:, :, depth] = F.conv3d(F.conv3d(grad[:, :, depth], up).mul_(mask[:, :, depth]), down)
         return grad_in, None, None

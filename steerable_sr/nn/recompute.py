@@ -1,0 +1,241 @@
+r"""Activation checkpointing of a conv-norm-act-conv-norm block that recomputes it in depth slabs.
+
+The blocks of the super-resolution nets (``steerable_sr.models``), up to their last nonlinearity, are
+
+    h = first(x)                                    convolution, or transposed convolution (upsampling)
+    s = second(act(norm1(h)))                       stride-1 convolution
+    pre = x + norm2(s)                  (residual block)
+    pre = norm2(s + trilinear(x))       (upsampling block: ``upsample``)
+
+with :class:`~.conv.OctahedralConv` convolutions, :class:`~.pointwise.FieldBatchNorm` norms in training
+mode (batch statistics) and a per-voxel nonlinearity ``act`` (:class:`~.pointwise.FourierReLU`).
+:func:`checkpoint_in_slabs` computes ``pre`` keeping only ``x`` for backward, like
+``torch.utils.checkpoint``, but its backward holds, besides ``x`` and the incoming gradient ``g``, at
+most two tensors of the block's output size ``A`` at once (``torch.utils.checkpoint`` replays autograd's
+backward: about five, plus the convolutions' full-size temporaries):
+
+* ``h``, recomputed; at the end, in place, the gradient of ``h``;
+* one buffer that holds ``s``, then in place its gradient, then the gradient of ``norm1``'s output,
+  each step reading and writing it a depth slab at a time (:mod:`.slabs`); freed before the input
+  gradient is allocated.
+
+A batch norm's backward needs only its input and two per-channel sums of the output gradient
+(:meth:`~.pointwise.FieldBatchNorm.input_gradient`); the convolutions, the nonlinearity, the trilinear
+skip and the sums run in depth slabs, so no other full-size temporary exists (the CPU convolutions'
+own reorders included). The expanded filters are rebuilt in backward rather than kept with the graph
+of their expansion. The gradients are those of the block (the same operations, float round-off);
+the running statistics are updated once, by the forward pass, which runs the layers themselves.
+Compute: the forward pass once more, as ``torch.utils.checkpoint``, and the filter expansion.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from escnn import nn as enn
+
+from .conv import OctahedralConv
+from .pointwise import FieldBatchNorm, _affine, channel_sums
+from .slabs import (conv3d_filter_grad_slab, conv3d_input_grad_slab, conv3d_slab, depth_slices, halo, pad_depth,
+                    upsample_trilinear_grad, upsample_trilinear_slab, with_halo)
+
+
+@dataclass(frozen=True)
+class SlabBlock:
+    """The layers of a block (module docstring), escnn modules.
+
+    Attributes:
+        first: the convolution (stride 1) or transposed convolution applied to the input.
+        norm1, act: the norm and nonlinearity between the convolutions.
+        second: the stride-1 convolution after them.
+        norm2: the last norm.
+        upsample: False for a residual block (``x + norm2(s)``); True for an upsampling block
+            (``norm2(s + trilinear(x))``, :func:`~.slabs.upsample_trilinear`).
+    """
+
+    first: OctahedralConv
+    norm1: FieldBatchNorm
+    act: enn.EquivariantModule
+    second: OctahedralConv
+    norm2: FieldBatchNorm
+    upsample: bool = False
+
+
+    def parameters(self) -> list[torch.Tensor]:
+        """The parameters of ``first``, ``second``, ``norm1`` and ``norm2``, in this order."""
+        return [p for layer in (self.first, self.second, self.norm1, self.norm2) for p in layer.parameters()]
+
+
+def checkpoint_in_slabs(x: torch.Tensor, block: SlabBlock, chunk_bytes: int) -> torch.Tensor:
+    """The block's ``pre`` (module docstring) ``(B, C, n^3) -> (B, C, N^3)``, keeping only ``x`` for
+    backward, which recomputes the block (the expanded filters included) in depth slabs of at most
+    ``chunk_bytes`` (float32 values of one activation). Training mode."""
+    return _SlabBlockFunction.apply(x, block, chunk_bytes, *block.parameters())
+
+
+def _on(module: enn.EquivariantModule, t: torch.Tensor) -> torch.Tensor:
+    return module(enn.GeometricTensor(t, module.in_type)).tensor
+
+
+class _SlabBlockFunction(torch.autograd.Function):
+    """:func:`checkpoint_in_slabs`. Backward runs under the forward's autocast state."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, block: SlabBlock, chunk_bytes: int, *parameters: torch.Tensor) -> torch.Tensor:
+        device = x.device.type
+        ctx.block, ctx.chunk_bytes = block, chunk_bytes
+        ctx.autocast = torch.is_autocast_enabled(device), torch.get_autocast_dtype(device)
+        ctx.save_for_backward(x, *parameters)  # the parameters: so that changing them in place is an error
+        # The layers themselves (their running statistics are updated here, once).
+        (w1, b1), (w2, b2) = block.first.filter_and_bias(), block.second.filter_and_bias()
+        r = _on(block.act, _on(block.norm1, _first(block.first, x, w1, b1, chunk_bytes)))
+        s = _conv_in_slabs(lambda depth, p: with_halo(r, depth, p), r.shape, w2, b2, chunk_bytes)
+        del r
+        if not block.upsample:
+            return _on(block.norm2, s).add_(x)
+        return _on(block.norm2, _add_upsampled(s, x, chunk_bytes))
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x = ctx.saved_tensors[0]
+        block, chunk_bytes = ctx.block, ctx.chunk_bytes
+        n1_weight, n1_bias = block.norm1.weight, block.norm1.bias
+        n2_weight, n2_bias = block.norm2.weight, block.norm2.bias
+        enabled, dtype = ctx.autocast
+        with torch.enable_grad():  # the filters, differentiable in the parameters (for the last step)
+            first, second = block.first.filter_and_bias(), block.second.filter_and_bias()
+        (w1, b1), (w2, b2) = [[None if t is None else t.detach() for t in pair] for pair in (first, second)]
+        with torch.no_grad(), torch.autocast(grad.device.type, dtype=dtype, enabled=enabled):
+            # Recompute h and s (s in the buffer that then carries the gradients back to h).
+            h = _first(block.first, x, w1, b1, chunk_bytes)
+            samples = h.numel() // h.shape[1]
+            var1, mean1 = block.norm1.batch_statistics(h)
+            scale1, shift1 = block.norm1.affine_coefficients(var1, mean1, n1_weight, n1_bias)
+
+            def act_input(depth: slice, p: int) -> tuple[torch.Tensor, tuple[int, int]]:
+                """``norm1(h)`` on the planes of ``depth`` and their halo of ``p`` inside the volume."""
+                inside, pads = halo(h, depth, p)
+                return _affine(h[:, :, inside], scale1, shift1), pads
+
+            def second_input(depth: slice, p: int) -> torch.Tensor:
+                t, pads = act_input(depth, p)
+                return pad_depth(_on(block.act, t), pads)
+
+            buffer = _conv_in_slabs(second_input, h.shape, w2, b2, chunk_bytes)
+            if block.upsample:
+                _add_upsampled(buffer, x, chunk_bytes)
+            # norm2: buffer <- d pre / d s.
+            norm2 = block.norm2.input_gradient(*block.norm2.batch_statistics(buffer), n2_weight, n2_bias,
+                                               *channel_sums(grad, buffer, chunk_bytes), samples)
+            norm2.input_grad(buffer, grad, out=buffer)
+            grad_skip = upsample_trilinear_grad(buffer, x.shape) if block.upsample else grad
+            # second and act: buffer <- d pre / d norm1(h).
+            d_w2, d_b2 = _second_backward(buffer, act_input, block.act, w2, b2 is not None, chunk_bytes)
+            # norm1: h <- d pre / d h.
+            norm1 = block.norm1.input_gradient(var1, mean1, n1_weight, n1_bias, *channel_sums(buffer, h, chunk_bytes),
+                                               samples)
+            norm1.input_grad(h, buffer, out=h)
+            del buffer
+            grad_x, d_w1, d_b1 = _first_backward(block.first, x, h, w1, b1 is not None, grad_skip, chunk_bytes)
+        return (grad_x, None, None, *_parameter_grads(block.first, first, d_w1, d_b1),
+                *_parameter_grads(block.second, second, d_w2, d_b2), norm1.weight.to(n1_weight.dtype),
+                norm1.bias.to(n1_bias.dtype), norm2.weight.to(n2_weight.dtype), norm2.bias.to(n2_bias.dtype))
+
+
+def _parameter_grads(conv: OctahedralConv, filters: tuple[torch.Tensor, torch.Tensor | None], d_weight: torch.Tensor,
+                     d_bias: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
+    """The gradients of ``conv``'s parameters from those of its expanded filter and bias (``filters``, built
+    with autograd on), through the expansion."""
+    outputs = [(t, g) for t, g in zip(filters, (d_weight, d_bias)) if t is not None]
+    return torch.autograd.grad([t for t, _ in outputs], list(conv.parameters()), [g.to(t.dtype) for t, g in outputs],
+                               allow_unused=True)
+
+
+def _add_upsampled(s: torch.Tensor, x: torch.Tensor, chunk_bytes: int) -> torch.Tensor:
+    """``s += trilinear(x)`` in place, a depth slab at a time; returns ``s``."""
+    for depth in depth_slices(s.shape, s.shape[1], chunk_bytes):
+        s[:, :, depth] += upsample_trilinear_slab(x, depth)
+    return s
+
+
+def _conv_in_slabs(input_halo: Callable[[slice, int], torch.Tensor], shape: torch.Size, weight: torch.Tensor,
+                   bias: torch.Tensor | None, chunk_bytes: int) -> torch.Tensor:
+    """A stride-1 convolution ``(B, C_in, N^3) -> (B, C_out, N^3)`` (``shape``: the input's) into a
+    preallocated output, a depth slab at a time; ``input_halo(depth, p)`` gives the input planes of ``depth``
+    with their halo of ``p`` (zeros outside the volume)."""
+    p, out = (weight.shape[-1] - 1) // 2, None
+    for depth in depth_slices(shape, max(shape[1], weight.shape[0]), chunk_bytes):
+        part = conv3d_slab(input_halo(depth, p), weight, bias)
+        if out is None:  # in the convolution's (autocast) precision
+            out = part.new_empty((shape[0], weight.shape[0]) + tuple(shape[2:]))
+        out[:, :, depth] = part
+    return out
+
+
+def _first(conv: OctahedralConv, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+           chunk_bytes: int) -> torch.Tensor:
+    """``conv(x)`` with the given expanded filter: in depth slabs (stride 1) or whole (transposed)."""
+    if conv.transposed:
+        return F.conv_transpose3d(x, weight.transpose(0, 1), bias, stride=conv.stride, padding=conv.padding)
+    return _conv_in_slabs(lambda depth, p: with_halo(x, depth, p), x.shape, weight, bias, chunk_bytes)
+
+
+def _second_backward(buffer: torch.Tensor, act_input: Callable, act: enn.EquivariantModule, weight: torch.Tensor,
+                     bias: bool, chunk_bytes: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Backward through ``second(act(t))``: ``buffer`` holds the gradient of ``second``'s output and
+    receives, slab by slab, the gradient of ``t``; returns the filter and bias gradients. A slab's input
+    gradient reads ``p`` planes of the slab before it, saved before that slab was overwritten. Each
+    slab runs in three steps, so that at most about three slab-sized temporaries exist at once: the
+    filter gradient (``act(t)`` with its halo), the gradient of ``act(t)`` (the output gradient with its
+    halo), the gradient of ``t`` (``act`` recomputed on the slab, differentiated)."""
+    p = (weight.shape[-1] - 1) // 2
+    d_weight = torch.zeros_like(weight, dtype=torch.float32)
+    d_bias = weight.new_zeros(weight.shape[0], dtype=torch.float32) if bias else None
+    before = buffer[:, :, :0].clone()  # the last p original planes before the current slab
+    for depth in depth_slices(buffer.shape, buffer.shape[1], chunk_bytes):
+        grad_out = buffer[:, :, depth]
+        t, pads = act_input(depth, p)
+        r = _on(act, t)
+        del t
+        d_w, d_b = conv3d_filter_grad_slab(pad_depth(r.to(grad_out.dtype), pads), grad_out, weight, bias)
+        del r
+        d_weight += d_w
+        if bias:
+            d_bias += d_b
+        inside, grad_pads = halo(buffer, depth, p)
+        leading = before[:, :, before.shape[2] - (depth.start - inside.start):]
+        grad_r = conv3d_input_grad_slab(
+            pad_depth(torch.cat([leading, buffer[:, :, depth.start:inside.stop]], dim=2), grad_pads), weight)
+        before = torch.cat([before, grad_out[:, :, -p:]], dim=2)[:, :, -p:]
+        with torch.enable_grad():
+            t = act_input(depth, 0)[0].requires_grad_()
+            r = _on(act, t)
+        buffer[:, :, depth] = torch.autograd.grad(r, t, grad_r.to(r.dtype))[0]
+        del t, r, grad_r
+    return d_weight, d_bias
+
+
+def _first_backward(conv: OctahedralConv, x: torch.Tensor, grad_h: torch.Tensor, weight: torch.Tensor, bias: bool,
+                    grad_skip: torch.Tensor, chunk_bytes: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """``(grad_x, d_weight, d_bias)`` of ``conv(x)`` for the output gradient ``grad_h``, ``grad_skip``
+    (the skip path's gradient of ``x``) added; filter gradients in float32."""
+    x = x.to(grad_h.dtype)
+    if conv.transposed:
+        grad_x, d_weight, d_bias = torch.ops.aten.convolution_backward(
+            grad_h, x, weight.transpose(0, 1).to(grad_h.dtype), [weight.shape[0]] if bias else None,
+            [conv.stride] * 3, [conv.padding] * 3, [1, 1, 1], True, [0, 0, 0], 1, [True, True, bias])
+        return grad_x.add_(grad_skip), d_weight.transpose(0, 1).float(), None if d_bias is None else d_bias.float()
+    p = (weight.shape[-1] - 1) // 2
+    d_weight = torch.zeros_like(weight, dtype=torch.float32)
+    d_bias = weight.new_zeros(weight.shape[0], dtype=torch.float32) if bias else None
+    grad_x = torch.empty_like(grad_skip, dtype=grad_h.dtype)
+    for depth in depth_slices(x.shape, max(x.shape[1], weight.shape[0]), chunk_bytes):
+        d_w, d_b = conv3d_filter_grad_slab(with_halo(x, depth, p), grad_h[:, :, depth], weight, bias)
+        d_weight += d_w
+        if bias:
+            d_bias += d_b
+        torch.add(grad_skip[:, :, depth], conv3d_input_grad_slab(with_halo(grad_h, depth, p), weight),
+                  out=grad_x[:, :, depth])
+    return grad_x, d_weight, d_bias
