@@ -37,7 +37,6 @@ import torch.utils.checkpoint
 from torch import nn
 
 from . import fields, groups
-from .nn.slabs import upsample_trilinear
 
 
 @dataclass(frozen=True)
@@ -257,7 +256,8 @@ class UpBlock(nn.Module):
 
     def pre_activation(self, x: torch.Tensor) -> torch.Tensor:
         """The block without its last nonlinearity ``act2``."""
-        return self.norm2(self.conv(self.act1(self.norm1(self.up(x)))) + upsample_trilinear(x))
+        skip = F.interpolate(x, scale_factor=2.0, mode="trilinear", align_corners=False)
+        return self.norm2(self.conv(self.act1(self.norm1(self.up(x)))) + skip)
 
     def slab_block(self) -> "SlabBlock | None":
         """``pre_activation`` for :func:`~steerable_sr.nn.recompute.checkpoint_in_slabs` (None: not supported)."""

@@ -63,7 +63,7 @@ class FieldBatchNorm(enn.EquivariantModule):
             # Statistics and coefficients in the buffers' precision (float32 under bf16/fp16 autocast).
             with torch.autocast(t.device.type, enabled=False):
                 scale, shift = self._coefficients(self.running_mean, self.running_var, self.weight, self.bias)
-            out = _affine(t, scale, shift)
+            out = channel_affine(t, scale, shift)
         return enn.GeometricTensor(out, self.out_type)
 
     def _regular_norm(self, t: torch.Tensor) -> torch.Tensor:
@@ -170,7 +170,7 @@ class NormGradient(NamedTuple):
         return torch.addcmul(channel(self.a), t, channel(self.b), out=out).addcmul_(g, channel(self.scale))
 
 
-def _affine(t: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+def channel_affine(t: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     """``t * scale + shift`` per channel of ``t (B, C, N, N, N)``, in ``t``'s precision: one elementwise pass."""
     return torch.addcmul(shift.to(t.dtype).view(1, -1, 1, 1, 1), t, scale.to(t.dtype).view(1, -1, 1, 1, 1))
 
@@ -206,7 +206,7 @@ class _FieldNormFunction(torch.autograd.Function):
         layer._update_running_statistics(field_mean, field_var, t.numel() // t.shape[1])
         ctx.save_for_backward(t, var, mean, weight, bias)
         ctx.layer = layer
-        return _affine(t, scale, shift)
+        return channel_affine(t, scale, shift)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:

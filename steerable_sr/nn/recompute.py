@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from escnn import nn as enn
 
 from .conv import OctahedralConv
-from .pointwise import FieldBatchNorm, _affine, channel_sums
+from .pointwise import FieldBatchNorm, channel_affine, channel_sums
 from .slabs import (conv3d_filter_grad_slab, conv3d_input_grad_slab, conv3d_slab, depth_slices, halo, pad_depth,
                     upsample_trilinear_grad, upsample_trilinear_slab, with_halo)
 
@@ -61,7 +61,6 @@ class SlabBlock:
     second: OctahedralConv
     norm2: FieldBatchNorm
     upsample: bool = False
-
 
     def parameters(self) -> list[torch.Tensor]:
         """The parameters of ``first``, ``second``, ``norm1`` and ``norm2``, in this order."""
@@ -117,13 +116,10 @@ class _SlabBlockFunction(torch.autograd.Function):
             def act_input(depth: slice, p: int) -> tuple[torch.Tensor, tuple[int, int]]:
                 """``norm1(h)`` on the planes of ``depth`` and their halo of ``p`` inside the volume."""
                 inside, pads = halo(h, depth, p)
-                return _affine(h[:, :, inside], scale1, shift1), pads
+                return channel_affine(h[:, :, inside], scale1, shift1), pads
 
-            def second_input(depth: slice, p: int) -> torch.Tensor:
-                t, pads = act_input(depth, p)
-                return pad_depth(_on(block.act, t), pads)
-
-            buffer = _conv_in_slabs(second_input, h.shape, w2, b2, chunk_bytes)
+            buffer = _conv_in_slabs(_rolling(lambda depth: _on(block.act, act_input(depth, 0)[0]), h),
+                                    h.shape, w2, b2, chunk_bytes)
             if block.upsample:
                 _add_upsampled(buffer, x, chunk_bytes)
             # norm2: buffer <- d pre / d s.
@@ -153,9 +149,27 @@ def _parameter_grads(conv: OctahedralConv, filters: tuple[torch.Tensor, torch.Te
                                allow_unused=True)
 
 
+def _rolling(compute: Callable[[slice], torch.Tensor], volume: torch.Tensor) -> Callable[[slice, int], torch.Tensor]:
+    """``input_halo`` for :func:`_conv_in_slabs` from a per-voxel map ``compute(depth)`` (its planes
+    ``depth`` of a volume of ``volume``'s depth): each plane is computed once as the slabs advance,
+    and only the planes the current slab's halo reads are kept."""
+    kept, start = volume[:, :, :0], 0
+
+    def planes(depth: slice, p: int) -> torch.Tensor:
+        nonlocal kept, start
+        inside, pads = halo(volume, depth, p)
+        stop = start + kept.shape[2]
+        new = [compute(slice(stop, inside.stop))] if stop < inside.stop else []
+        kept, start = torch.cat([kept[:, :, inside.start - start:], *new], dim=2), inside.start
+        return pad_depth(kept, pads)
+
+    return planes
+
+
 def _add_upsampled(s: torch.Tensor, x: torch.Tensor, chunk_bytes: int) -> torch.Tensor:
-    """``s += trilinear(x)`` in place, a depth slab at a time; returns ``s``."""
-    for depth in depth_slices(s.shape, s.shape[1], chunk_bytes):
+    """``s += trilinear(x)`` in place, a depth slab at a time; returns ``s``. At least 8 output planes
+    per slab: each slab also interpolates 2-4 planes beyond it (:func:`~.slabs.upsample_trilinear_slab`)."""
+    for depth in depth_slices(s.shape, s.shape[1], chunk_bytes, min_planes=8):
         s[:, :, depth] += upsample_trilinear_slab(x, depth)
     return s
 
@@ -185,33 +199,38 @@ def _first(conv: OctahedralConv, x: torch.Tensor, weight: torch.Tensor, bias: to
 def _second_backward(buffer: torch.Tensor, act_input: Callable, act: enn.EquivariantModule, weight: torch.Tensor,
                      bias: bool, chunk_bytes: int) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Backward through ``second(act(t))``: ``buffer`` holds the gradient of ``second``'s output and
-    receives, slab by slab, the gradient of ``t``; returns the filter and bias gradients. A slab's input
-    gradient reads ``p`` planes of the slab before it, saved before that slab was overwritten. Each
-    slab runs in three steps, so that at most about three slab-sized temporaries exist at once: the
-    filter gradient (``act(t)`` with its halo), the gradient of ``act(t)`` (the output gradient with its
-    halo), the gradient of ``t`` (``act`` recomputed on the slab, differentiated)."""
+    receives, slab by slab, the gradient of ``t``; returns the filter and bias gradients. ``act(t)`` is
+    computed once per plane, with autograd, one slab ahead. A slab's filter gradient reads ``act(t)`` on
+    the slab and ``p`` planes on either side (the previous slab's last planes, the next slab's first);
+    its input gradient reads ``p`` planes of output gradient on either side (the previous slab's last
+    ones saved before that slab was overwritten); then ``act``'s backward on the slab gives the slab of
+    the gradient of ``t``."""
     p = (weight.shape[-1] - 1) // 2
     d_weight = torch.zeros_like(weight, dtype=torch.float32)
     d_bias = weight.new_zeros(weight.shape[0], dtype=torch.float32) if bias else None
-    before = buffer[:, :, :0].clone()  # the last p original planes before the current slab
-    for depth in depth_slices(buffer.shape, buffer.shape[1], chunk_bytes):
+    slices = depth_slices(buffer.shape, buffer.shape[1], chunk_bytes, min_planes=p)
+
+    def act_on(depth: slice) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.enable_grad():
+            t = act_input(depth, 0)[0].requires_grad_()
+            return t, _on(act, t)
+
+    act_before = grad_before = buffer[:, :, :0]  # the last p planes of act(t) and of the gradient before the slab
+    following = act_on(slices[0])
+    for i, depth in enumerate(slices):
+        (t, r), following = following, act_on(slices[i + 1]) if i + 1 < len(slices) else None
+        act_after = buffer[:, :, :0] if following is None else following[1][:, :, :p]
         grad_out = buffer[:, :, depth]
-        t, pads = act_input(depth, p)
-        r = _on(act, t)
-        del t
-        d_w, d_b = conv3d_filter_grad_slab(pad_depth(r.to(grad_out.dtype), pads), grad_out, weight, bias)
-        del r
+        inside, pads = halo(buffer, depth, p)
+        r_halo = pad_depth(torch.cat([act_before, r, act_after], dim=2).detach().to(grad_out.dtype), pads)
+        d_w, d_b = conv3d_filter_grad_slab(r_halo, grad_out, weight, bias)
+        del r_halo
         d_weight += d_w
         if bias:
             d_bias += d_b
-        inside, grad_pads = halo(buffer, depth, p)
-        leading = before[:, :, before.shape[2] - (depth.start - inside.start):]
         grad_r = conv3d_input_grad_slab(
-            pad_depth(torch.cat([leading, buffer[:, :, depth.start:inside.stop]], dim=2), grad_pads), weight)
-        before = torch.cat([before, grad_out[:, :, -p:]], dim=2)[:, :, -p:]
-        with torch.enable_grad():
-            t = act_input(depth, 0)[0].requires_grad_()
-            r = _on(act, t)
+            pad_depth(torch.cat([grad_before, buffer[:, :, depth.start:inside.stop]], dim=2), pads), weight)
+        act_before, grad_before = r[:, :, -p:].detach(), grad_out[:, :, -p:].clone()
         buffer[:, :, depth] = torch.autograd.grad(r, t, grad_r.to(r.dtype))[0]
         del t, r, grad_r
     return d_weight, d_bias

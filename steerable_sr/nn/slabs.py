@@ -16,12 +16,12 @@ import torch
 import torch.nn.functional as F
 
 
-def depth_slices(shape: torch.Size, channels: int, chunk_bytes: int) -> list[slice]:
+def depth_slices(shape: torch.Size, channels: int, chunk_bytes: int, min_planes: int = 1) -> list[slice]:
     """Slices of the depth axis of a volume of ``shape`` ``(B, C, D, H, W)`` whose float32 slab with
-    ``channels`` channels ``(B, channels, d, H, W)`` is at most ``chunk_bytes`` (at least one depth plane
-    each); one slice, the whole depth, if it all fits."""
+    ``channels`` channels ``(B, channels, d, H, W)`` is at most ``chunk_bytes`` (at least ``min_planes``
+    depth planes each, but the last); one slice, the whole depth, if it all fits."""
     batch, _, depth, height, width = shape
-    step = max(1, chunk_bytes // (batch * channels * height * width * 4))
+    step = max(min_planes, chunk_bytes // (batch * channels * height * width * 4))
     return [slice(start, min(start + step, depth)) for start in range(0, depth, step)]
 
 
