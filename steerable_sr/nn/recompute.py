@@ -113,31 +113,31 @@ class _SlabBlockFunction(torch.autograd.Function):
             var1, mean1 = block.norm1.batch_statistics(h)
             scale1, shift1 = block.norm1.affine_coefficients(var1, mean1, n1_weight, n1_bias)
 
-            def act_input(depth: slice, p: int) -> tuple[torch.Tensor, tuple[int, int]]:
-                """``norm1(h)`` on the planes of ``depth`` and their halo of ``p`` inside the volume."""
-                inside, pads = halo(h, depth, p)
-                return channel_affine(h[:, :, inside], scale1, shift1), pads
+            def norm1_planes(depth: slice) -> torch.Tensor:
+                """``norm1(h)`` on the planes ``depth``."""
+                return channel_affine(h[:, :, depth], scale1, shift1)
 
-            buffer = _conv_in_slabs(_rolling(lambda depth: _on(block.act, act_input(depth, 0)[0]), h),
+            buffer = _conv_in_slabs(_rolling(lambda depth: _on(block.act, norm1_planes(depth)), h),
                                     h.shape, w2, b2, chunk_bytes)
             if block.upsample:
                 _add_upsampled(buffer, x, chunk_bytes)
             # norm2: buffer <- d pre / d s.
-            norm2 = block.norm2.input_gradient(*block.norm2.batch_statistics(buffer), n2_weight, n2_bias,
-                                               *channel_sums(grad, buffer, chunk_bytes), samples)
-            norm2.input_grad(buffer, grad, out=buffer)
+            grad_norm2 = block.norm2.input_gradient(*block.norm2.batch_statistics(buffer), n2_weight, n2_bias,
+                                                    *channel_sums(grad, buffer, chunk_bytes), samples)
+            grad_norm2.input_grad(buffer, grad, out=buffer)
             grad_skip = upsample_trilinear_grad(buffer, x.shape) if block.upsample else grad
             # second and act: buffer <- d pre / d norm1(h).
-            d_w2, d_b2 = _second_backward(buffer, act_input, block.act, w2, b2 is not None, chunk_bytes)
+            d_w2, d_b2 = _second_backward(buffer, norm1_planes, block.act, w2, b2 is not None, chunk_bytes)
             # norm1: h <- d pre / d h.
-            norm1 = block.norm1.input_gradient(var1, mean1, n1_weight, n1_bias, *channel_sums(buffer, h, chunk_bytes),
-                                               samples)
-            norm1.input_grad(h, buffer, out=h)
+            grad_norm1 = block.norm1.input_gradient(var1, mean1, n1_weight, n1_bias,
+                                                    *channel_sums(buffer, h, chunk_bytes), samples)
+            grad_norm1.input_grad(h, buffer, out=h)
             del buffer
             grad_x, d_w1, d_b1 = _first_backward(block.first, x, h, w1, b1 is not None, grad_skip, chunk_bytes)
         return (grad_x, None, None, *_parameter_grads(block.first, first, d_w1, d_b1),
-                *_parameter_grads(block.second, second, d_w2, d_b2), norm1.weight.to(n1_weight.dtype),
-                norm1.bias.to(n1_bias.dtype), norm2.weight.to(n2_weight.dtype), norm2.bias.to(n2_bias.dtype))
+                *_parameter_grads(block.second, second, d_w2, d_b2), grad_norm1.weight.to(n1_weight.dtype),
+                grad_norm1.bias.to(n1_bias.dtype), grad_norm2.weight.to(n2_weight.dtype),
+                grad_norm2.bias.to(n2_bias.dtype))
 
 
 def _parameter_grads(conv: OctahedralConv, filters: tuple[torch.Tensor, torch.Tensor | None], d_weight: torch.Tensor,
@@ -196,10 +196,10 @@ def _first(conv: OctahedralConv, x: torch.Tensor, weight: torch.Tensor, bias: to
     return _conv_in_slabs(lambda depth, p: with_halo(x, depth, p), x.shape, weight, bias, chunk_bytes)
 
 
-def _second_backward(buffer: torch.Tensor, act_input: Callable, act: enn.EquivariantModule, weight: torch.Tensor,
-                     bias: bool, chunk_bytes: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Backward through ``second(act(t))``: ``buffer`` holds the gradient of ``second``'s output and
-    receives, slab by slab, the gradient of ``t``; returns the filter and bias gradients. ``act(t)`` is
+def _second_backward(buffer: torch.Tensor, act_input: Callable[[slice], torch.Tensor], act: enn.EquivariantModule,
+                     weight: torch.Tensor, bias: bool, chunk_bytes: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Backward through ``second(act(t))``, ``t`` given by its planes ``act_input(depth)``: ``buffer`` holds
+    the gradient of ``second``'s output and receives, slab by slab, the gradient of ``t``; returns the filter and bias gradients. ``act(t)`` is
     computed once per plane, with autograd, one slab ahead. A slab's filter gradient reads ``act(t)`` on
     the slab and ``p`` planes on either side (the previous slab's last planes, the next slab's first);
     its input gradient reads ``p`` planes of output gradient on either side (the previous slab's last
@@ -212,7 +212,7 @@ def _second_backward(buffer: torch.Tensor, act_input: Callable, act: enn.Equivar
 
     def act_on(depth: slice) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.enable_grad():
-            t = act_input(depth, 0)[0].requires_grad_()
+            t = act_input(depth).requires_grad_()
             return t, _on(act, t)
 
     act_before = grad_before = buffer[:, :, :0]  # the last p planes of act(t) and of the gradient before the slab
