@@ -256,8 +256,9 @@ class UpBlock(nn.Module):
 
     def pre_activation(self, x: torch.Tensor) -> torch.Tensor:
         """The block without its last nonlinearity ``act2``."""
+        h = self.conv(self.act1(self.norm1(self.up(x))))
         skip = F.interpolate(x, scale_factor=2.0, mode="trilinear", align_corners=False)
-        return self.norm2(self.conv(self.act1(self.norm1(self.up(x)))) + skip)
+        return self.norm2(h + skip)
 
     def slab_block(self) -> "SlabBlock | None":
         """``pre_activation`` for :func:`~steerable_sr.nn.recompute.checkpoint_in_slabs` (None: not supported)."""
