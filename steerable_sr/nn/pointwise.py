@@ -175,7 +175,8 @@ def channel_affine(t: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) ->
     return torch.addcmul(shift.to(t.dtype).view(1, -1, 1, 1, 1), t, scale.to(t.dtype).view(1, -1, 1, 1, 1))
 
 
-def channel_sums(g: torch.Tensor, t: torch.Tensor, chunk_bytes: int = 32 * 2 ** 20) -> tuple[torch.Tensor, torch.Tensor]:
+def channel_sums(g: torch.Tensor, t: torch.Tensor,
+                 chunk_bytes: int = 32 * 2 ** 20) -> tuple[torch.Tensor, torch.Tensor]:
     """``(sum g, sum g t)`` per channel of ``g, t (B, C, N, N, N)`` over batch and voxels, in float32,
     a depth slab of at most ``chunk_bytes`` at a time (no full-size temporary)."""
     sum_g, sum_gt = g.new_zeros(t.shape[1], dtype=torch.float32), g.new_zeros(t.shape[1], dtype=torch.float32)

@@ -199,12 +199,12 @@ def _first(conv: OctahedralConv, x: torch.Tensor, weight: torch.Tensor, bias: to
 def _second_backward(buffer: torch.Tensor, act_input: Callable[[slice], torch.Tensor], act: enn.EquivariantModule,
                      weight: torch.Tensor, bias: bool, chunk_bytes: int) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Backward through ``second(act(t))``, ``t`` given by its planes ``act_input(depth)``: ``buffer`` holds
-    the gradient of ``second``'s output and receives, slab by slab, the gradient of ``t``; returns the filter and bias gradients. ``act(t)`` is
-    computed once per plane, with autograd, one slab ahead. A slab's filter gradient reads ``act(t)`` on
-    the slab and ``p`` planes on either side (the previous slab's last planes, the next slab's first);
-    its input gradient reads ``p`` planes of output gradient on either side (the previous slab's last
-    ones saved before that slab was overwritten); then ``act``'s backward on the slab gives the slab of
-    the gradient of ``t``."""
+    the gradient of ``second``'s output and receives, slab by slab, the gradient of ``t``; returns the
+    filter and bias gradients. ``act(t)`` is computed once per plane, with autograd, one slab ahead.
+    A slab's filter gradient reads ``act(t)`` on the slab and ``p`` planes on either side (the previous
+    slab's last planes, the next slab's first); its input gradient reads ``p`` planes of output gradient
+    on either side (the previous slab's last ones saved before that slab was overwritten); then
+    ``act``'s backward on the slab gives the slab of the gradient of ``t``."""
     p = (weight.shape[-1] - 1) // 2
     d_weight = torch.zeros_like(weight, dtype=torch.float32)
     d_bias = weight.new_zeros(weight.shape[0], dtype=torch.float32) if bias else None
@@ -237,13 +237,14 @@ def _second_backward(buffer: torch.Tensor, act_input: Callable[[slice], torch.Te
 
 
 def _first_backward(conv: OctahedralConv, x: torch.Tensor, grad_h: torch.Tensor, weight: torch.Tensor, bias: bool,
-                    grad_skip: torch.Tensor, chunk_bytes: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+                    grad_skip: torch.Tensor,
+                    chunk_bytes: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """``(grad_x, d_weight, d_bias)`` of ``conv(x)`` for the output gradient ``grad_h``, ``grad_skip``
-    (the skip path's gradient of ``x``) added; filter gradients in float32."""
-    x = x.to(grad_h.dtype)
+    (the skip path's gradient of ``x``) added; filter gradients in float32. ``x`` is cast to ``grad_h``'s
+    precision (autocast) a slab at a time."""
     if conv.transposed:
         grad_x, d_weight, d_bias = torch.ops.aten.convolution_backward(
-            grad_h, x, weight.transpose(0, 1).to(grad_h.dtype), [weight.shape[0]] if bias else None,
+            grad_h, x.to(grad_h.dtype), weight.transpose(0, 1).to(grad_h.dtype), [weight.shape[0]] if bias else None,
             [conv.stride] * 3, [conv.padding] * 3, [1, 1, 1], True, [0, 0, 0], 1, [True, True, bias])
         return grad_x.add_(grad_skip), d_weight.transpose(0, 1).float(), None if d_bias is None else d_bias.float()
     p = (weight.shape[-1] - 1) // 2
@@ -251,7 +252,7 @@ def _first_backward(conv: OctahedralConv, x: torch.Tensor, grad_h: torch.Tensor,
     d_bias = weight.new_zeros(weight.shape[0], dtype=torch.float32) if bias else None
     grad_x = torch.empty_like(grad_skip, dtype=grad_h.dtype)
     for depth in depth_slices(x.shape, max(x.shape[1], weight.shape[0]), chunk_bytes):
-        d_w, d_b = conv3d_filter_grad_slab(with_halo(x, depth, p), grad_h[:, :, depth], weight, bias)
+        d_w, d_b = conv3d_filter_grad_slab(with_halo(x, depth, p).to(grad_h.dtype), grad_h[:, :, depth], weight, bias)
         d_weight += d_w
         if bias:
             d_bias += d_b
