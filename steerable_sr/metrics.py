@@ -243,18 +243,18 @@ def divergence_residual(u: torch.Tensor, method: str = "central", periodic: bool
 # ------------------------------------------------------------------------------------------------
 
 
-def middle_frame(lr_frames: torch.Tensor) -> torch.Tensor:
+def middle_frame(low_res: torch.Tensor) -> torch.Tensor:
     """The middle of ``T`` stacked frames: ``(B, 3 T, n, n, n) -> (B, 3, n, n, n)``."""
-    c = lr_frames.shape[1]
+    c = low_res.shape[1]
     if c % 3:
         raise ValueError(f"stacked frames need a channel count divisible by 3, got {c}")
     t = c // 3
-    return lr_frames[:, 3 * (t // 2) : 3 * (t // 2) + 3]
+    return low_res[:, 3 * (t // 2) : 3 * (t // 2) + 3]
 
 
-def trilinear(lr_frames: torch.Tensor, upscale: int = 4) -> torch.Tensor:
+def trilinear(low_res: torch.Tensor, upscale: int = 4) -> torch.Tensor:
     """Baseline: the middle frame upsampled ``upscale`` times, trilinear, ``align_corners=False``."""
-    return F.interpolate(middle_frame(lr_frames), scale_factor=upscale, mode="trilinear", align_corners=False)
+    return F.interpolate(middle_frame(low_res), scale_factor=upscale, mode="trilinear", align_corners=False)
 
 
 def sample_elements(group: str = "Oh", count: int | None = None) -> list[int]:

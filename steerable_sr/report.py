@@ -1,6 +1,6 @@
 r"""Evaluation report: metrics table (JSON + Markdown), energy spectra and slice plots, symmetry report.
 
-:func:`evaluate_model` runs a trained network over batches ``{"lr", "hr"}`` and returns the metrics
+:func:`evaluate_model` runs a trained network over batches ``{"low_res", "high_res"}`` and returns the metrics
 of the model and of the trilinear baseline (sample-weighted means over batches of
 :func:`steerable_sr.metrics.field_metrics`, the same numbers ``steerable-sr test`` logs), the
 truth's divergence residual (the floor), the equivariance error over the whole group on the first
@@ -66,7 +66,7 @@ def evaluate_model(model: torch.nn.Module, batches: Iterable[Any], group: str = 
             if max_batches is not None and i >= max_batches:
                 break
             if isinstance(batch, dict):
-                x, y = batch["lr"], batch["hr"]
+                x, y = batch["low_res"], batch["high_res"]
             else:
                 x, y = batch[0], batch[1]
             x = x.to(device).float()

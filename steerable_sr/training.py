@@ -4,10 +4,10 @@ r"""The LightningModule that trains every model kind: L1 loss + the relaxed laye
 own hyperparameters (saved with ``save_hyperparameters``), so a checkpoint alone rebuilds the model:
 ``SuperResolutionModule.load_from_checkpoint(path)``.
 
-A batch from :class:`steerable_sr.data.dataset.TurbulenceDataModule` is a dict ``{"lr": (B, 3 T, n, n, n),
-"hr": (B, 3, 4 n, 4 n, 4 n)}`` (the public convention, ``docs/conventions.md``, "Axes and vectors"):
-``training_step`` predicts ``model(lr)`` and minimises ``L1(prediction, hr) + penalty_weight x
-model.equivariance_penalty()`` (the penalty is zero for exactly equivariant kinds). Bare ``lr``
+A batch from :class:`steerable_sr.data.dataset.TurbulenceDataModule` is a dict ``{"low_res": (B, 3 T, n, n, n),
+"high_res": (B, 3, 4 n, 4 n, 4 n)}`` (the public convention, ``docs/conventions.md``, "Axes and vectors"):
+``training_step`` predicts ``model(low_res)`` and minimises ``L1(prediction, high_res) + penalty_weight x
+model.equivariance_penalty()`` (the penalty is zero for exactly equivariant kinds). Bare ``low_res``
 tensors are accepted for prediction.
 
 Logged (``stage`` = ``train``, ``val``, ``test``; epoch means over batches):
@@ -122,8 +122,8 @@ class SuperResolutionModule(pl.LightningModule):
         self.register_buffer("train_input_size", torch.zeros((), dtype=torch.long), persistent=True)
 
     # ------------------------------------------------------------------ model
-    def forward(self, lr_frames: torch.Tensor) -> torch.Tensor:
-        return self.model(lr_frames)
+    def forward(self, low_res: torch.Tensor) -> torch.Tensor:
+        return self.model(low_res)
 
     def penalty(self) -> torch.Tensor:
         return self.model.equivariance_penalty()
@@ -162,7 +162,7 @@ class SuperResolutionModule(pl.LightningModule):
     @staticmethod
     def _split(batch):
         if isinstance(batch, dict):
-            return batch["lr"], batch.get("hr")
+            return batch["low_res"], batch.get("high_res")
         if isinstance(batch, (list, tuple)):
             return batch[0], (batch[1] if len(batch) > 1 else None)
         return batch, None

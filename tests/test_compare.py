@@ -265,7 +265,7 @@ def test_the_control_of_a_kolmogorov_dataset_is_symmetrised_by_d2h(toy_data, tmp
     assert [job.augment for _, job in jobs] == [None, "D2h"]
     augment = Augment(jobs[1][1].augment)
     torch.manual_seed(0)
-    batch = {"lr": _random_field(2, 4).reshape(1, 6, 4, 4, 4), "hr": _random_field(1, 8)}
+    batch = {"low_res": _random_field(2, 4).reshape(1, 6, 4, 4, 4), "high_res": _random_field(1, 8)}
     for _ in range(64):
         augment.on_train_batch_start(None, None, batch, 0)
     assert set(augment.drawn) == set(subgroup_elements("D2h"))

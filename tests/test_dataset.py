@@ -94,8 +94,8 @@ def test_samples_never_leak_frames_between_splits(periodic, random_crop):
         used = set()
         for i in range(len(ds)):
             sample = ds[i]
-            lr_frames = {int(v) for v in sample["lr"].reshape(3, -1).round().unique(dim=1).reshape(-1)}
-            hr_frames = {int(v) for v in sample["hr"].round().unique()}
+            lr_frames = {int(v) for v in sample["low_res"].reshape(3, -1).round().unique(dim=1).reshape(-1)}
+            hr_frames = {int(v) for v in sample["high_res"].round().unique()}
             assert hr_frames == {sample["frame"]}
             assert lr_frames == {sample["frame"] - 1, sample["frame"], sample["frame"] + 1}
             used |= lr_frames
@@ -109,9 +109,9 @@ def test_lr_is_three_block_averaged_frames_and_hr_the_middle_one():
     ds = SuperResolutionDataset(velocity, [1, 2, 3, 4])
     assert len(ds) == 2
     sample = ds[1]  # window (2, 3, 4)
-    assert sample["lr"].shape == (9, 4, 4, 4) and sample["hr"].shape == (3, 16, 16, 16)
-    torch.testing.assert_close(sample["hr"], velocity[3])
-    torch.testing.assert_close(sample["lr"], downsample(velocity[2:5]).reshape(9, 4, 4, 4))
+    assert sample["low_res"].shape == (9, 4, 4, 4) and sample["high_res"].shape == (3, 16, 16, 16)
+    torch.testing.assert_close(sample["high_res"], velocity[3])
+    torch.testing.assert_close(sample["low_res"], downsample(velocity[2:5]).reshape(9, 4, 4, 4))
 
 
 def _crops(periodic, seed=1):
@@ -127,7 +127,7 @@ def test_periodic_crops_wrap_around_like_roll():
         sample = periodic[i]
         o = sample["offset"].tolist()
         rolled = torch.roll(velocity[1], shifts=[-o[0], -o[1], -o[2]], dims=(1, 2, 3))[:, :8, :8, :8]
-        torch.testing.assert_close(sample["hr"], rolled, rtol=0, atol=0)  # a copy: bit for bit
+        torch.testing.assert_close(sample["high_res"], rolled, rtol=0, atol=0)  # a copy: bit for bit
         wrapped |= max(o) > 4
     assert wrapped  # 20 crops of 8 in 12: some start past 12 - 8 (else the test checks no wrapping)
 
@@ -137,7 +137,7 @@ def test_crops_of_a_non_periodic_volume_stay_inside():
     for i in range(len(inside)):
         o = inside[i]["offset"]
         assert int(o.min()) >= 0 and int(o.max()) <= 12 - 8
-        torch.testing.assert_close(inside[i]["hr"], velocity[1, :, o[0]:o[0] + 8, o[1]:o[1] + 8, o[2]:o[2] + 8],
+        torch.testing.assert_close(inside[i]["high_res"], velocity[1, :, o[0]:o[0] + 8, o[1]:o[1] + 8, o[2]:o[2] + 8],
                                    rtol=0, atol=0)
 
 
@@ -258,14 +258,14 @@ def test_data_module_on_generated_data(generated):
     data = load_generated(generated)
     assert dm.velocity_scale == pytest.approx(float(data["attrs"]["velocity_scale"]))
     batch = next(iter(dm.train_dataloader()))
-    assert batch["lr"].shape == (1, 9, 1, 1, 1) and batch["hr"].shape == (1, 3, 4, 4, 4)
-    val = [b["hr"] for b in dm.val_dataloader()]
-    assert all(torch.equal(a, b["hr"]) for a, b in zip(val, dm.val_dataloader()))  # fixed val crops
+    assert batch["low_res"].shape == (1, 9, 1, 1, 1) and batch["high_res"].shape == (1, 3, 4, 4, 4)
+    val = [b["high_res"] for b in dm.val_dataloader()]
+    assert all(torch.equal(a, b["high_res"]) for a, b in zip(val, dm.val_dataloader()))  # fixed val crops
     dm.setup("predict")
     sample = next(iter(dm.predict_dataloader()))
-    assert sample["hr"].shape == (1, 3, 8, 8, 8)
+    assert sample["high_res"].shape == (1, 3, 8, 8, 8)
     frame = int(sample["frame"][0])
-    torch.testing.assert_close(sample["hr"][0] * dm.velocity_scale, data["velocity"][frame])
+    torch.testing.assert_close(sample["high_res"][0] * dm.velocity_scale, data["velocity"][frame])
     assert frame - 1 in data["splits"]["test"] and frame + 1 in data["splits"]["test"]
     assert dm.state_dict() == {"velocity_scale": pytest.approx(float(data["attrs"]["velocity_scale"]))}
 
@@ -282,11 +282,11 @@ def test_normalization_uses_the_training_split_only(tmp_path):
     assert dm.periodic is False and dm.velocity_scale == pytest.approx(2.0)
     assert {s: list(v) for s, v in dm.splits.items()} == {s: list(v) for s, v in splits.items()}
     sample = dm.datasets["train"][0]
-    torch.testing.assert_close(sample["hr"], torch.ones(3, 4, 4, 4))  # one scalar for all components
-    torch.testing.assert_close(sample["lr"], torch.ones(9, 1, 1, 1))
+    torch.testing.assert_close(sample["high_res"], torch.ones(3, 4, 4, 4))  # one scalar for all components
+    torch.testing.assert_close(sample["low_res"], torch.ones(9, 1, 1, 1))
     raw = TurbulenceDataModule(str(tmp_path / "cut.h5"), normalize=False, val_fraction=0.2, test_fraction=0.2)
     raw.setup("fit")
-    assert raw.velocity_scale is None and float(raw.datasets["val"][0]["hr"].max()) == 1e3
+    assert raw.velocity_scale is None and float(raw.datasets["val"][0]["high_res"].max()) == 1e3
 
 
 def test_data_module_errors(tmp_path):

@@ -112,28 +112,6 @@ def quiet_escnn() -> None:
         getattr(importlib.import_module(module_name), function)._verbose = 0
 
 
-def check_device(name: str) -> None:
-    """Refuse a torch device name that is malformed or absent on this machine, before any work."""
-    import torch
-
-    accepted = "accepted: cpu, cuda, cuda:N, mps"
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise CLIError(f"unknown device {name!r}; {accepted}") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise CLIError(f"device {name!r}: CUDA is not available on this machine; use --device cpu")
-        count = torch.cuda.device_count()
-        if device.index is not None and device.index >= count:
-            raise CLIError(f"device {name!r}: this machine has {count} CUDA device(s), cuda:0 .. cuda:{count - 1}")
-    elif device.type == "mps":
-        if not torch.backends.mps.is_available():
-            raise CLIError(f"device {name!r}: MPS is not available on this machine; use --device cpu")
-    elif device.type != "cpu":
-        raise CLIError(f"device {name!r}: not supported; {accepted}")
-
-
 def positive_int(text: str) -> int:
     try:
         value = int(text)

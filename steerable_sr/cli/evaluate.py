@@ -13,7 +13,8 @@ from ..data.dataset import TurbulenceDataModule
 from ..models import RELAXED_KINDS
 from ..symmetry import symmetry_report
 from ..training import SuperResolutionModule, load_module
-from . import CLIError, check_device
+from . import CLIError
+from ..devices import check_device
 
 
 def run_evaluate(args: argparse.Namespace) -> int:

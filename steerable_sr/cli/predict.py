@@ -25,7 +25,8 @@ from ..data.dataset import downsample, is_generated
 from ..data.jhtdb import read_jhtdb, resolve_paths, save_jhtdb
 from ..io import atomic_output, to_json
 from ..training import SuperResolutionModule, load_module
-from . import CLIError, check_device
+from . import CLIError
+from ..devices import check_device
 
 EXPORT_FORMAT = "steerable-sr-export/1"
 JHTDB_SUFFIXES = (".h5", ".hdf5", ".hdf", ".he5")
@@ -132,9 +133,9 @@ def _read_input(path: str) -> tuple[torch.Tensor, str, dict[str, Any]]:
     except Exception as exc:
         raise CLIError(f"cannot read tensor file {path}: {exc}")
     if isinstance(obj, dict):
-        obj = next((obj[key] for key in ("lr", "velocity", "x") if key in obj), obj)
+        obj = next((obj[key] for key in ("low_res", "lr", "velocity", "x") if key in obj), obj)
     if not isinstance(obj, torch.Tensor):
-        raise CLIError(f"{path} must hold a tensor (or a dict with key 'lr' or 'velocity')")
+        raise CLIError(f"{path} must hold a tensor (or a dict with key 'low_res' or 'velocity')")
     check_finite(obj, path)
     return obj.float(), "pt", {}
 

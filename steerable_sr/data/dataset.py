@@ -148,7 +148,7 @@ def rms_velocity(velocity: torch.Tensor, frames: Sequence[int] | np.ndarray) -> 
 
 
 class SuperResolutionDataset(Dataset):
-    """Samples ``{"lr": (9, n, n, n), "hr": (3, 4n, 4n, 4n)}`` from windows of one split.
+    """Samples ``{"low_res": (9, n, n, n), "high_res": (3, 4n, 4n, 4n)}`` from windows of one split.
 
     Parameters
     ----------
@@ -235,7 +235,7 @@ class SuperResolutionDataset(Dataset):
         if self.normalization is not None:
             window = window / self.normalization
         lr = downsample(window).reshape(WINDOW * 3, *[s // FACTOR for s in window.shape[2:]])
-        return {"lr": lr, "hr": window[1].clone(), "frame": start + 1, "offset": offset}
+        return {"low_res": lr, "high_res": window[1].clone(), "frame": start + 1, "offset": offset}
 
 
 def check_crop(crop: int | None, spatial: tuple[int, ...], source: str = "") -> None:

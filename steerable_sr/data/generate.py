@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..cli import check_device
+from ..devices import check_device
 from ..io import atomic_output
 from .dataset import SPLITS, split_frames
 from .spectral import (FORCINGS, KOLMOGOROV_AMPLITUDE, SOLVER_VERSION, SpectralSolver, default_viscosity,

@@ -99,7 +99,7 @@ class Augment(pl.Callback):
         k = self.elements[int(torch.randint(len(self.elements), ()))]
         self.drawn.append(k)
         R = groups.group_matrices("Oh")[k]
-        for key in ("lr", "hr"):
+        for key in ("low_res", "high_res"):
             batch[key] = groups.act(batch[key], R, "vector")
 
 
@@ -113,7 +113,7 @@ def mean_spectra(module: SuperResolutionModule, loader: DataLoader, max_batches:
     for i, batch in enumerate(loader):
         if max_batches is not None and i >= max_batches:
             break
-        x, y = batch["lr"].to(module.device), batch["hr"].to(module.device)
+        x, y = batch["low_res"].to(module.device), batch["high_res"].to(module.device)
         fields = {"prediction": module(x), "truth": y, "trilinear": metrics.trilinear(x, module.hparams.upscale)}
         for name, u in fields.items():
             e = metrics.energy_spectrum(u.float()).sum(0).cpu()
