@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from steerable_sr import groups, metrics
-from steerable_sr.symmetry import generated_subgroup
+from steerable_sr.groups import generated_subgroup
 from steerable_sr.testing import BROKEN_TOL, EQUIVARIANT_TOL
 
 # float64 FFTs of a few thousand points are exact to ~1e-15 relative (round-off grows like

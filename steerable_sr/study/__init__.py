@@ -3,7 +3,7 @@ r"""The study: model kinds compared on the same data, and symmetry discovery wit
 Run from ``steerable-sr compare`` and ``steerable-sr discover`` (arguments:
 :mod:`steerable_sr.cli.study`; also ``scripts/compare.py``).
 
-* :mod:`~steerable_sr.study.config`: :class:`~steerable_sr.study.config.CompareConfig` (the settings
+* :mod:`~steerable_sr.study.config`: :class:`~steerable_sr.study.config.StudyConfig` (the settings
   shared by both studies) and the kinds a study accepts;
 * :mod:`~steerable_sr.study.runs`: one training run (``train_one``: test metrics, validation curve,
   step time, spectra) and the build-time measurement in fresh processes;

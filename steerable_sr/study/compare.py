@@ -14,7 +14,7 @@ from matplotlib.figure import Figure
 
 from ..io import to_json, write_text
 from ..plots import plot_spectra, save_png
-from .config import CompareConfig
+from .config import StudyConfig
 from .runs import measure_build_time, set_threads, train_one
 
 #: Test metrics of the table: (key logged by SuperResolutionModule, column title, format).
@@ -60,7 +60,7 @@ def _pm(stats: dict | None, fmt: str) -> str:
     return text
 
 
-def table_markdown(table: dict[str, dict], cfg: CompareConfig | None = None) -> str:
+def table_markdown(table: dict[str, dict], cfg: StudyConfig | None = None) -> str:
     """The comparison table (mean ± sample std over seeds)."""
     cols = ["kind", "params", "build cold (s)", "build warm (s)", "step (ms)"] + [t for _, t, _ in TABLE_METRICS]
     lines = ["| " + " | ".join(cols) + " |", "| --- |" + " ---: |" * (len(cols) - 1)]
@@ -134,7 +134,7 @@ def plot_run_spectra(path: str | os.PathLike, runs: Sequence[dict]) -> None:
     plot_spectra(path, spectra, "test-set energy spectra (mean over samples and seeds)", mark_k=half)
 
 
-def run_compare(cfg: CompareConfig, log: Callable[[str], Any] = print) -> dict[str, Any]:
+def run_compare(cfg: StudyConfig, log: Callable[[str], Any] = print) -> dict[str, Any]:
     """Train every kind of ``cfg`` with every seed; write results.{json,md}, val_curves.png, spectra.png."""
     if not Path(cfg.data).exists():
         raise FileNotFoundError(f"dataset not found: {cfg.data} (make one with `steerable-sr generate`)")
@@ -160,7 +160,7 @@ def run_compare(cfg: CompareConfig, log: Callable[[str], Any] = print) -> dict[s
     return render(cfg, runs, build, log)
 
 
-def render(cfg: CompareConfig, runs: Sequence[dict], build: dict[str, dict] | None = None,
+def render(cfg: StudyConfig, runs: Sequence[dict], build: dict[str, dict] | None = None,
            log: Callable[[str], Any] = print) -> dict[str, Any]:
     """Aggregate ``runs`` and write results.json, results.md, val_curves.png and spectra.png to ``cfg.out``."""
     out = Path(cfg.out)
@@ -182,6 +182,6 @@ def render_from_json(path: str | os.PathLike, out: str | None = None,
     config = dict(saved["config"])
     if out is not None:
         config["out"] = out
-    cfg = CompareConfig(**{k: v for k, v in config.items() if k in CompareConfig.__dataclass_fields__})
+    cfg = StudyConfig(**{k: v for k, v in config.items() if k in StudyConfig.__dataclass_fields__})
     cfg.kinds = tuple(dict.fromkeys(r["kind"] for r in saved["runs"])) or cfg.kinds
     return render(cfg, saved["runs"], saved.get("build") or {}, log)
