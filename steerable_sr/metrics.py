@@ -268,7 +268,7 @@ def velocity_gradient(u: torch.Tensor, method: str = "central", periodic: bool =
     -------
     torch.Tensor
         ``(..., 3, 3, M, M, M)`` float64, entry ``[i, j] = d u_i / d x_j``; ``M = N`` except for
-        ``method="central", periodic=False`` (``M = N - 2``: empty for ``N <= 2``).
+        ``method="central", periodic=False`` (``M = N - 2``; ``ValueError`` for ``N < 3``).
     """
     _check_velocity(u)
     if method == "spectral":
@@ -277,6 +277,9 @@ def velocity_gradient(u: torch.Tensor, method: str = "central", periodic: bool =
         return _spectral_derivs(u)
     if method != "central":
         raise ValueError(f"unknown derivative method {method!r}; allowed values: central, spectral")
+    if not periodic and min(u.shape[-3:]) < 3:
+        raise ValueError(f"central differences on the interior voxels need at least 3 voxels per axis, "
+                         f"got spatial shape {tuple(u.shape[-3:])}")
     u = u.to(torch.float64)
     rows = []
     for i in range(3):

@@ -179,6 +179,12 @@ def test_divergence_residual_of_white_noise_is_one_over_sqrt_three():
     assert r.item() == pytest.approx(1 / math.sqrt(3), rel=0.05)
 
 
+@pytest.mark.parametrize("n", [1, 2])
+def test_interior_differences_of_a_volume_without_interior_voxels_are_refused(n):
+    with pytest.raises(ValueError, match="at least 3 voxels per axis"):
+        metrics.vorticity(torch.randn(3, n, n, n), periodic=False)
+
+
 def test_vorticity_of_a_shear_flow():
     n = 32
     X, Y, Z = _grid(n)

@@ -165,15 +165,31 @@ def metrics_markdown(result: Mapping[str, Any], info: Mapping[str, Any] | None =
 
 
 def slice_panels(field: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """``(|u|, |curl u|)`` of a ``(3, N, N, N)`` field on the middle ``x_2`` plane ``N // 2``, as
-    ``(x_0, x_1)`` arrays. ``|u|`` is ``(N, N)``; ``|curl u|`` comes from central differences on the
-    interior voxels (``(N - 2, N - 2)``, voxels 1 .. N - 2), like the divergence metric: a crop is not
-    periodic, and differences across its edges would show a bright frame. In box units (grid units
-    times ``N``), so all resolutions share a colour scale."""
+    """Velocity and vorticity magnitude of a field on its middle ``x_2`` plane.
+
+    Parameters
+    ----------
+    field : torch.Tensor
+        ``(3, N, N, N)`` velocity.
+
+    Returns
+    -------
+    speed : numpy.ndarray
+        ``|u|`` on the plane ``x_2 = N // 2``, ``(N, N)`` indexed ``(x_0, x_1)``.
+    curl : numpy.ndarray
+        ``|curl u|`` on the same plane from central differences on the interior voxels, like the
+        divergence metric (a crop is not periodic, and differences across its edges would show a
+        bright frame): ``(N - 2, N - 2)``, voxels ``1 .. N - 2``; for ``N < 3``, which has no
+        interior voxel, ``(N, N)`` of NaN (a blank panel).
+
+    Both are in box units (grid units times ``N``), so all resolutions share a colour scale.
+    """
     n = field.shape[-1]
-    speed = field.double().norm(dim=0)[:, :, n // 2]
+    speed = field.double().norm(dim=0)[:, :, n // 2].numpy()
+    if n < 3:
+        return speed, np.full((n, n), np.nan)
     curl = metrics.vorticity(field.double(), method="central", periodic=False).norm(dim=0) * n
-    return speed.numpy(), curl[:, :, n // 2 - 1].numpy()
+    return speed, curl[:, :, n // 2 - 1].numpy()
 
 
 def plot_slice(path: str | os.PathLike, fields: Mapping[str, torch.Tensor], title: str = "") -> None:
@@ -191,15 +207,18 @@ def plot_slice(path: str | os.PathLike, fields: Mapping[str, torch.Tensor], titl
     fig = Figure(figsize=(3 * len(names), 6))
     axes = fig.subplots(2, len(names), squeeze=False)
     panels = {k: slice_panels(v) for k, v in fields.items()}
-    vmax = [max(float(p[i].max()) for p in panels.values()) for i in range(2)]
+    vmax = []
+    for i in range(2):  # one colour scale per row, over the panels that have values
+        finite = [float(np.nanmax(p[i])) for p in panels.values() if np.isfinite(p[i]).any()]
+        vmax.append(max(finite) if finite else None)
     for j, k in enumerate(names):
         n = fields[k].shape[-1]
         for i, label in enumerate(("|u|", "|curl u|")):
             ax = axes[i][j]
-            edge = 0.0 if i == 0 else 1.0 / n  # the interior voxels 1 .. n - 2 of the curl
+            edge = 1.0 / n if i == 1 and n >= 3 else 0.0  # the interior voxels 1 .. n - 2 of the curl
             im = ax.imshow(panels[k][i].T, origin="lower", cmap="viridis" if i == 0 else "magma", vmin=0,
                            vmax=vmax[i], extent=(edge, 1 - edge, edge, 1 - edge))
-            ax.set_title(f"{k}: {label}", fontsize=9)
+            ax.set_title(f"{k}: {label}" + ("" if i == 0 or n >= 3 else " (no interior voxel)"), fontsize=9)
             ax.set_xticks([])
             ax.set_yticks([])
             fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
