@@ -5,6 +5,8 @@ from __future__ import annotations
 import inspect
 import json
 import shutil
+from dataclasses import replace
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -122,9 +124,9 @@ def toy_data(tmp_path_factory):
 def test_compare_end_to_end_at_toy_size(toy_data, tmp_path):
     torch.set_num_threads(1)
     cfg = StudyConfig(data=str(toy_data), out=str(tmp_path / "out"), kinds=("cnn", "rgcnn"), seeds=(0,),
-                        crop=8, batch_size=1, crops_per_window=1, max_epochs=1, max_steps=2, limit_val_batches=1,
-                        limit_test_batches=1, test_equivariance_elements=2, build_time=False,
-                        model_overrides={"hidden": 1})
+                      crop=8, batch_size=1, crops_per_window=1, max_epochs=1, max_steps=2, limit_val_batches=1,
+                      limit_test_batches=1, test_equivariance_elements=2, build_time=False,
+                      model_overrides={"hidden": 1})
     result = run_compare(cfg, log=lambda *a: None)
     out = tmp_path / "out"
     for name in ("results.json", "results.md", "val_curves.png", "spectra.png"):
@@ -145,6 +147,77 @@ def test_compare_end_to_end_at_toy_size(toy_data, tmp_path):
     assert set(again["table"]) == {"cnn", "rgcnn"} and (tmp_path / "again" / "results.md").is_file()
 
 
+def fake_run(spec: str, seed: int, cfg: StudyConfig, **kwargs) -> dict:
+    """What ``train_one`` returns, without training: test MAE ``seed + 0.5``."""
+    return {"kind": spec, "seed": seed, "params": 10, "build_in_process_s": 0.0, "fit_s": 0.0, "steps": 1,
+            "step_s": 0.01, "curve": [{"epoch": 0, "step": 1, "val/mae": 0.5}], "test": {"mae": seed + 0.5},
+            "spectra": {name: [0.0, 1.0, 0.5] for name in ("truth", "trilinear", "prediction")}}
+
+
+def no_training(*args, **kwargs):
+    raise AssertionError("trained")
+
+
+COMPARE_FILES = ("results.json", "results.md", "val_curves.png", "spectra.png")
+
+
+@pytest.fixture
+def earlier_comparison(toy_data, tmp_path, monkeypatch):
+    """An output directory holding the results of a comparison with seed 0, and its files' bytes."""
+    monkeypatch.setattr("steerable_sr.study.compare.train_one", fake_run)
+    cfg = StudyConfig(data=str(toy_data), out=str(tmp_path / "out"), kinds=("cnn",), seeds=(0,), build_time=False)
+    run_compare(cfg, log=lambda *a: None)
+    return cfg, {name: (tmp_path / "out" / name).read_bytes() for name in COMPARE_FILES}
+
+
+def test_compare_refuses_an_out_holding_results_before_training(earlier_comparison, monkeypatch):
+    cfg, earlier = earlier_comparison
+    monkeypatch.setattr("steerable_sr.study.compare.train_one", no_training)
+    with pytest.raises(FileExistsError, match=r"holds the results of an earlier compare.*--overwrite"):
+        run_compare(cfg, log=lambda *a: None)
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        render_from_json(Path(cfg.out) / "results.json", cfg.out, log=lambda *a: None)
+    assert {name: (Path(cfg.out) / name).read_bytes() for name in COMPARE_FILES} == earlier
+
+
+def test_compare_refuses_an_out_that_is_a_file(toy_data, tmp_path, monkeypatch):
+    monkeypatch.setattr("steerable_sr.study.compare.train_one", no_training)
+    (tmp_path / "afile").write_text("mine")
+    cfg = StudyConfig(data=str(toy_data), out=str(tmp_path / "afile"), build_time=False, overwrite=True)
+    with pytest.raises(FileExistsError, match="afile is a file"):
+        run_compare(cfg, log=lambda *a: None)
+    assert (tmp_path / "afile").read_text() == "mine"
+
+
+def test_an_interrupted_compare_leaves_the_earlier_results_intact(earlier_comparison, monkeypatch):
+    cfg, earlier = earlier_comparison
+    calls = []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > 1:
+            raise KeyboardInterrupt
+        return fake_run(*args, **kwargs)
+
+    monkeypatch.setattr("steerable_sr.study.compare.train_one", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_compare(replace(cfg, seeds=(5, 6), overwrite=True), log=lambda *a: None)
+    out = Path(cfg.out)
+    assert {name: (out / name).read_bytes() for name in COMPARE_FILES} == earlier
+    partial = json.loads((out / "partial" / "results.json").read_text())  # what the new run finished
+    assert [r["seed"] for r in partial["runs"]] == [5]
+
+
+def test_compare_with_overwrite_publishes_a_new_set_of_results(earlier_comparison, monkeypatch):
+    cfg, earlier = earlier_comparison
+    monkeypatch.setattr("steerable_sr.study.compare.train_one", fake_run)
+    run_compare(replace(cfg, seeds=(5,), overwrite=True), log=lambda *a: None)
+    out = Path(cfg.out)
+    assert all((out / name).read_bytes() != earlier[name] for name in ("results.json", "results.md"))
+    assert [r["seed"] for r in json.loads((out / "results.json").read_text())["runs"]] == [5]
+    assert "5.5000" in (out / "results.md").read_text() and not (out / "partial").exists()
+
+
 def test_aggregate_mean_and_spread():
     runs = [{"kind": "cnn", "seed": s, "params": 10, "step_s": 0.1 * (s + 1), "test": {"mae": float(s)}}
             for s in range(3)]
@@ -157,8 +230,8 @@ def test_aggregate_mean_and_spread():
 def test_discover_end_to_end_at_toy_size_with_symmetrised_control(toy_data, tmp_path):
     torch.set_num_threads(1)
     cfg = StudyConfig(data=str(toy_data), out=str(tmp_path / "disc"), seeds=(0,), crop=8, batch_size=1,
-                        crops_per_window=1, max_epochs=1, max_steps=2, limit_val_batches=1, limit_test_batches=1,
-                        test_equivariance_elements=2, build_time=False, model_overrides=DISCOVERY_OVERRIDES)
+                      crops_per_window=1, max_epochs=1, max_steps=2, limit_val_batches=1, limit_test_batches=1,
+                      test_equivariance_elements=2, build_time=False, model_overrides=DISCOVERY_OVERRIDES)
     result = run_discover([str(toy_data)], cfg, kinds=("rgcnn",), control=True, log=lambda *a: None)
     assert [r["augment"] for r in result["results"]] == [None, "Oh"]
     for r in result["results"]:
@@ -175,6 +248,45 @@ def test_discover_end_to_end_at_toy_size_with_symmetrised_control(toy_data, tmp_
     merged = json.loads((tmp_path / "merged" / "discover.json").read_text())
     assert merged["summary"] == json.loads(json.dumps(result["summary"]))
     assert (tmp_path / "merged" / "discover.md").read_text() == md
+
+
+@pytest.fixture(scope="module")
+def relaxed_model():
+    from steerable_sr.models import build_model
+
+    return build_model("rgcnn", preset="small", **DISCOVERY_OVERRIDES)
+
+
+def test_discover_refuses_an_out_holding_results_and_an_interrupted_one_leaves_them_intact(
+        toy_data, tmp_path, monkeypatch, relaxed_model):
+    def fake_discovery_run(spec, seed, cfg, **kwargs):
+        return {**fake_run(spec, seed, cfg), "model": relaxed_model}
+
+    monkeypatch.setattr("steerable_sr.study.discover.train_one", fake_discovery_run)
+    cfg = StudyConfig(out=str(tmp_path / "disc"), seeds=(0,), build_time=False)
+    run_discover([str(toy_data)], cfg, kinds=("rgcnn",), log=lambda *a: None)
+    out = Path(cfg.out)
+    earlier = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    assert set(earlier) == {"discover.json", "discover.md", "toy_rgcnn_seed0.pt"}
+    monkeypatch.setattr("steerable_sr.study.discover.train_one", no_training)
+    with pytest.raises(FileExistsError, match=r"holds the results of an earlier discover.*--overwrite"):
+        run_discover([str(toy_data)], cfg, kinds=("rgcnn",), log=lambda *a: None)
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        render_discovery_from_json([out / "discover.json"], out, log=lambda *a: None)
+    calls = []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > 1:
+            raise KeyboardInterrupt
+        return fake_discovery_run(*args, **kwargs)
+
+    monkeypatch.setattr("steerable_sr.study.discover.train_one", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_discover([str(toy_data)], replace(cfg, seeds=(0, 1), overwrite=True), kinds=("rgcnn",),
+                     log=lambda *a: None)
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == earlier
+    assert {p.name for p in (out / "partial").iterdir()} >= {"discover.json", "toy_rgcnn_seed0.pt"}
 
 
 @pytest.mark.parametrize("kinds, match", [(("gcnn",), "relaxed kind"), ((), "at least one")])

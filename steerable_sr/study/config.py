@@ -59,6 +59,8 @@ class StudyConfig:
         Torch's CPU threads (``None``: torch's default).
     progress : bool
         Show Lightning's progress bars.
+    overwrite : bool
+        Replace the results of an earlier study in ``out`` (otherwise refused before any training).
     """
 
     data: str = "data/iso_n32.h5"
@@ -88,6 +90,7 @@ class StudyConfig:
     augment: str | None = None
     threads: int | None = 1
     progress: bool = False
+    overwrite: bool = False
 
     def __post_init__(self) -> None:
         self.kinds = tuple(self.kinds)

@@ -24,6 +24,7 @@ from ..report import discovery_markdown
 from ..report.discovery import statistics_line, summary_markdown
 from ..symmetry import consensus_stabilizer, symmetry_report
 from .config import StudyConfig, parse_kind
+from .output import StudyOutput
 from .runs import set_threads, train_one
 
 
@@ -45,6 +46,16 @@ def dataset_attributes(path: str) -> dict[str, Any]:
         return {}
     return {key: value.tolist() if isinstance(value, (np.generic, np.ndarray)) else value
             for key, value in load_generated(path)["attrs"].items()}
+
+
+#: The files a discovery publishes, and the names of the trained weights beside them.
+DISCOVER_FILES = ("discover.json", "discover.md")
+WEIGHTS = "*_seed*.pt"
+
+
+def discovery_output(out: str | os.PathLike) -> StudyOutput:
+    """The output directory of a discovery."""
+    return StudyOutput(Path(out), "discover", DISCOVER_FILES, WEIGHTS)
 
 
 def run_discover(datasets: Sequence[str], cfg: StudyConfig, kinds: Sequence[str] = RELAXED_KINDS,
@@ -77,8 +88,11 @@ def run_discover(datasets: Sequence[str], cfg: StudyConfig, kinds: Sequence[str]
     dict
         ``{"config", "summary", "results"}``: the summary per dataset, training and kind
         (:func:`discovery_summary`) and, per run, its dataset, forcing, sample statistics, symmetry
-        report, read-out per epoch and test metrics. Written to ``cfg.out`` after every run
-        (:func:`write_discovery`), with each run's trained weights.
+        report, read-out per epoch and test metrics. While the study trains, the finished runs
+        and their trained weights are kept in ``cfg.out/partial/``; at the end ``discover.json``,
+        ``discover.md`` (:func:`write_discovery`) and the weights are published together
+        (:class:`~steerable_sr.study.output.StudyOutput`). ``cfg.out`` must not hold the results of an
+        earlier discovery unless ``cfg.overwrite`` (checked before any training).
     """
     if not datasets or not kinds or not cfg.seeds:
         raise ValueError("symmetry discovery needs at least one dataset, one relaxed kind and one seed")
@@ -88,12 +102,14 @@ def run_discover(datasets: Sequence[str], cfg: StudyConfig, kinds: Sequence[str]
     for data in datasets:
         if not Path(data).exists():
             raise FileNotFoundError(f"dataset not found: {data} (make one with `steerable-sr generate`)")
+    output = discovery_output(cfg.out)
+    output.check(cfg.overwrite)
     set_threads(cfg)
-    out = Path(cfg.out)
     attributes = {data: dataset_attributes(data) for data in datasets}
     statistics = {data: dataset_statistics(data) if attrs else {} for data, attrs in attributes.items()}
     for data in datasets:
         log(f"[discover] {data}: {statistics_line(statistics[data], forcing_symmetry(attributes[data]))}")
+    staging = output.start()
     results = []
     for data, job in discovery_jobs(attributes, cfg, control):
         attrs = attributes[data]
@@ -102,7 +118,7 @@ def run_discover(datasets: Sequence[str], cfg: StudyConfig, kinds: Sequence[str]
                 r = train_one(spec, seed, job, data=data, penalty_weight=penalty_weight, keep_model=True)
                 model = r.pop("model")
                 tag = "_aug" + re.sub(r"[^A-Za-z0-9]", "", job.augment) if job.augment else ""
-                with atomic_output(out / f"{Path(data).stem}{tag}_{spec}_seed{seed}.pt", overwrite=True) as tmp:
+                with atomic_output(staging / f"{Path(data).stem}{tag}_{spec}_seed{seed}.pt", overwrite=True) as tmp:
                     torch.save(model.state_dict(), tmp)
                 report = symmetry_report(model, **({} if tol is None else {"tol": tol}))
                 results.append({"data": data, "forcing": attrs.get("forcing"), "axis": attrs.get("axis"),
@@ -114,7 +130,11 @@ def run_discover(datasets: Sequence[str], cfg: StudyConfig, kinds: Sequence[str]
                                 "test": r["test"], "curve": r["curve"], "report": report.to_dict()})
                 log(f"[discover] {spec} on {data}{' (' + job.augment + '-symmetrised)' if job.augment else ''} "
                     f"seed {seed}: kept {report.stabilizer_name} (order {len(report.stabilizer)})")
-                result = write_discovery(out, {"config": asdict(cfg), "results": results})
+                write_discovery(staging, {"config": asdict(cfg), "results": results})
+    with output.publish(staging) as tmp:
+        for weights in staging.glob("*.pt"):
+            os.replace(weights, tmp / weights.name)
+        result = write_discovery(tmp, {"config": asdict(cfg), "results": results})
     for row in result["summary"]:
         log(f"[discover] {row['kind']} on {row['data']}{' (' + row['augment'] + '-symmetrised)' if row['augment'] else ''}: "
             f"kept {', '.join(row['per_seed'])}; consensus {row['consensus']}")
@@ -148,13 +168,13 @@ def discovery_jobs(attributes: Mapping[str, Mapping[str, Any]], cfg: StudyConfig
     return jobs
 
 
-def write_discovery(out: str | os.PathLike, result: dict[str, Any]) -> dict[str, Any]:
+def write_discovery(directory: Path, result: dict[str, Any]) -> dict[str, Any]:
     """Add the summary to a discovery's result and write ``discover.json`` and ``discover.md``.
 
     Parameters
     ----------
-    out : str or os.PathLike
-        The output directory.
+    directory : pathlib.Path
+        Where to write them.
     result : dict
         ``{"config", "results"}``.
 
@@ -165,14 +185,13 @@ def write_discovery(out: str | os.PathLike, result: dict[str, Any]) -> dict[str,
     """
     result = {"config": result["config"], "summary": discovery_summary(result["results"]),
               "results": list(result["results"])}
-    out = Path(out)
-    write_text(out / "discover.json", to_json(result, indent=1))
-    write_text(out / "discover.md", discovery_markdown(result))
+    write_text(directory / "discover.json", to_json(result, indent=1))
+    write_text(directory / "discover.md", discovery_markdown(result))
     return result
 
 
 def render_discovery_from_json(paths: Sequence[str | os.PathLike], out: str | os.PathLike,
-                               log: Callable[[str], Any] = print) -> dict[str, Any]:
+                               log: Callable[[str], Any] = print, overwrite: bool = False) -> dict[str, Any]:
     """Merge the runs of saved ``discover.json`` files and write their summary and reports.
 
     Parameters
@@ -180,15 +199,18 @@ def render_discovery_from_json(paths: Sequence[str | os.PathLike], out: str | os
     paths : sequence of path
         ``discover.json`` files of runs made with the same settings (e.g. one per kind or dataset).
     out : str or os.PathLike
-        The output directory.
+        The output directory; refused if it holds a discovery's results, unless ``overwrite``
+        (then only ``discover.json`` and ``discover.md`` are replaced).
     log : callable
         Receives the summary table.
+    overwrite : bool
 
     Returns
     -------
     dict
         As :func:`write_discovery`.
     """
+    output = discovery_output(out)
     saved = []
     for path in paths:
         if not Path(path).is_file():
@@ -200,8 +222,10 @@ def render_discovery_from_json(paths: Sequence[str | os.PathLike], out: str | os
         if not isinstance(data, dict) or not {"config", "results"} <= data.keys():
             raise ValueError(f"{path} is not a discover.json of `steerable-sr discover` (no config and results)")
         saved.append(data)
-    result = write_discovery(out, {"config": saved[0]["config"],
-                                   "results": [entry for s in saved for entry in s["results"]]})
+    output.check(overwrite, partial=False)
+    with output.publish() as tmp:
+        result = write_discovery(tmp, {"config": saved[0]["config"],
+                                       "results": [entry for s in saved for entry in s["results"]]})
     log("\n".join(summary_markdown(result["summary"])))
     return result
 
