@@ -57,19 +57,55 @@ def _check_same(pred: torch.Tensor, target: torch.Tensor) -> None:
 
 
 def mae(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean absolute error over all entries."""
+    """Mean absolute error over all entries.
+
+    Parameters
+    ----------
+    pred, target : torch.Tensor
+        Tensors of the same shape.
+
+    Returns
+    -------
+    torch.Tensor
+        0-dim. Invariant under any common transformation of ``pred`` and ``target`` that permutes
+        entries and flips their signs (e.g. :func:`steerable_sr.groups.act`).
+    """
     _check_same(pred, target)
     return (pred - target).abs().mean()
 
 
 def rmse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Root-mean-square error over all entries."""
+    """Root-mean-square error over all entries.
+
+    Parameters
+    ----------
+    pred, target : torch.Tensor
+        Tensors of the same shape.
+
+    Returns
+    -------
+    torch.Tensor
+        0-dim; invariant like :func:`mae`.
+    """
     _check_same(pred, target)
     return (pred - target).pow(2).mean().sqrt()
 
 
 def relative_l2(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
-    """``||pred - target|| / ||target||`` per sample (first axis), averaged over the batch."""
+    """``||pred - target|| / ||target||`` per sample, averaged over the batch.
+
+    Parameters
+    ----------
+    pred, target : torch.Tensor
+        ``(B, ...)`` of the same shape; norms over everything but the first axis.
+    eps : float
+        Floor of ``||target||``.
+
+    Returns
+    -------
+    torch.Tensor
+        0-dim.
+    """
     _check_same(pred, target)
     diff = (pred - target).reshape(pred.shape[0], -1).norm(dim=1)
     ref = target.reshape(target.shape[0], -1).norm(dim=1)
@@ -92,7 +128,8 @@ def _kappa(shape: Sequence[int], device=None) -> tuple[torch.Tensor, ...]:
 
 
 def num_shells(n: int) -> int:
-    """Number of spectrum shells ``k = 0, 1, ...`` that cover an ``n^3`` cube, corners included."""
+    """Number of spectrum shells ``k = 0, 1, ...`` that cover an ``n^3`` cube, corners included:
+    ``round(sqrt(3) (n // 2)) + 1``."""
     kmax = math.sqrt(3.0) * (n // 2)
     return int(math.floor(kmax + 0.5)) + 1
 
@@ -100,12 +137,17 @@ def num_shells(n: int) -> int:
 def energy_spectrum(u: torch.Tensor) -> torch.Tensor:
     r"""Shell-summed kinetic-energy spectrum.
 
-    Args:
-        u: ``(..., 3, N, N, N)`` velocity (any leading batch axes; a cube).
+    Parameters
+    ----------
+    u : torch.Tensor
+        ``(..., 3, N, N, N)`` velocity (any leading batch axes; a cube).
 
-    Returns:
+    Returns
+    -------
+    torch.Tensor
         ``(..., K)`` float64 with ``K = num_shells(N)``: entry ``k`` is the energy in the shell
-        ``k - 1/2 <= |kappa| < k + 1/2``; ``sum_k E(k) = 1/2 <u.u>`` (mean over voxels).
+        ``k - 1/2 <= |kappa| < k + 1/2``; ``sum_k E(k) = 1/2 <u.u>`` (mean over voxels). Invariant
+        under O_h (a signed permutation of the axes maps every shell onto itself).
     """
     _check_velocity(u)
     shape = tuple(u.shape[-3:])
@@ -125,7 +167,18 @@ def energy_spectrum(u: torch.Tensor) -> torch.Tensor:
 
 
 def band_edges(n: int) -> dict[str, tuple[int, int]]:
-    """Shell ranges ``[k0, k1)`` of the low/mid/high thirds of ``k = 1 .. n // 2``."""
+    """Shell ranges ``[k0, k1)`` of the low, mid and high thirds of ``k = 1 .. n // 2``.
+
+    Parameters
+    ----------
+    n : int
+        Grid points per direction, at least 6.
+
+    Returns
+    -------
+    dict of str to (int, int)
+        Keyed by :data:`BANDS`.
+    """
     kmax = n // 2
     if kmax < 3:
         raise ValueError(f"a {n}^3 grid resolves fewer than 3 shells; spectrum bands need N >= 6")
@@ -136,7 +189,19 @@ def band_edges(n: int) -> dict[str, tuple[int, int]]:
 def spectrum_error(pred: torch.Tensor, target: torch.Tensor, floor: float = 1e-30) -> dict[str, torch.Tensor]:
     """Mean absolute log10 ratio of batch-averaged spectra, overall and per band.
 
-    Returns ``{"all": ..., "low": ..., "mid": ..., "high": ...}`` (0-dim float64 tensors).
+    Parameters
+    ----------
+    pred, target : torch.Tensor
+        ``(..., 3, N, N, N)`` of the same shape, ``N >= 6``.
+    floor : float
+        Energies are clamped to it before the logarithm.
+
+    Returns
+    -------
+    dict of str to torch.Tensor
+        ``{"all", "low", "mid", "high"}``, 0-dim float64: the mean of
+        ``|log10 E_pred(k) - log10 E_true(k)|`` over ``k = 1 .. N // 2`` and over each third
+        (:func:`band_edges`).
     """
     _check_same(pred, target)
     n = pred.shape[-1]
@@ -187,9 +252,23 @@ def _spectral_derivs(u: torch.Tensor) -> torch.Tensor:
 
 
 def velocity_gradient(u: torch.Tensor, method: str = "central", periodic: bool = True) -> torch.Tensor:
-    """``(..., 3, 3, M, M, M)`` with ``[i, j] = d u_i / d x_j`` in grid units (spacing 1).
+    """The velocity gradient in grid units (spacing 1).
 
-    ``M = N`` except for ``method="central", periodic=False`` (``M = N - 2``, interior voxels).
+    Parameters
+    ----------
+    u : torch.Tensor
+        ``(..., 3, N, N, N)`` velocity.
+    method : {"central", "spectral"}
+        Second-order central differences, or Fourier differentiation (periodic fields only; the
+        Nyquist mode of odd derivatives is dropped).
+    periodic : bool
+        Central differences wrap around the box; without, only the interior voxels are kept.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(..., 3, 3, M, M, M)`` float64, entry ``[i, j] = d u_i / d x_j``; ``M = N`` except for
+        ``method="central", periodic=False`` (``M = N - 2``; ``ValueError`` for ``N < 3``).
     """
     _check_velocity(u)
     if method == "spectral":
@@ -198,6 +277,9 @@ def velocity_gradient(u: torch.Tensor, method: str = "central", periodic: bool =
         return _spectral_derivs(u)
     if method != "central":
         raise ValueError(f"unknown derivative method {method!r}; allowed values: central, spectral")
+    if not periodic and min(u.shape[-3:]) < 3:
+        raise ValueError(f"central differences on the interior voxels need at least 3 voxels per axis, "
+                         f"got spatial shape {tuple(u.shape[-3:])}")
     u = u.to(torch.float64)
     rows = []
     for i in range(3):
@@ -207,13 +289,16 @@ def velocity_gradient(u: torch.Tensor, method: str = "central", periodic: bool =
 
 
 def divergence(u: torch.Tensor, method: str = "central", periodic: bool = True) -> torch.Tensor:
-    """``(..., M, M, M)`` divergence in grid units (see :func:`velocity_gradient`)."""
+    """The divergence ``(..., M, M, M)`` in grid units (arguments and ``M``:
+    :func:`velocity_gradient`); a scalar field under O_h."""
     g = velocity_gradient(u, method, periodic)
     return g[..., 0, 0, :, :, :] + g[..., 1, 1, :, :, :] + g[..., 2, 2, :, :, :]
 
 
 def vorticity(u: torch.Tensor, method: str = "central", periodic: bool = True) -> torch.Tensor:
-    """``(..., 3, M, M, M)`` vorticity ``curl u`` in grid units (public component order)."""
+    """The vorticity ``curl u`` ``(..., 3, M, M, M)`` in grid units, public component order
+    (arguments and ``M``: :func:`velocity_gradient`); a pseudovector field under O_h (improper
+    elements flip its sign)."""
     g = velocity_gradient(u, method, periodic)
     w0 = g[..., 2, 1, :, :, :] - g[..., 1, 2, :, :, :]
     w1 = g[..., 0, 2, :, :, :] - g[..., 2, 0, :, :, :]
@@ -223,10 +308,22 @@ def vorticity(u: torch.Tensor, method: str = "central", periodic: bool = True) -
 
 def divergence_residual(u: torch.Tensor, method: str = "central", periodic: bool = False,
                         eps: float = 1e-30) -> torch.Tensor:
-    """``||div u|| / ||grad u||`` per sample, averaged over the batch (first axis), float64.
+    """``||div u|| / ||grad u||`` per sample, averaged over the batch.
 
-    Default: central differences on the interior voxels (``periodic=False``), which is right for
-    crops of a periodic box; pass ``periodic=True`` for whole periodic boxes.
+    Parameters
+    ----------
+    u : torch.Tensor
+        ``(B, 3, N, N, N)`` or one field ``(3, N, N, N)``.
+    method, periodic
+        As in :func:`velocity_gradient`. The default, central differences on the interior voxels,
+        is right for crops of a periodic box; pass ``periodic=True`` for whole periodic boxes.
+    eps : float
+        Floor of ``||grad u||``.
+
+    Returns
+    -------
+    torch.Tensor
+        0-dim float64, between 0 (solenoidal) and ``sqrt(3)``; invariant under O_h.
     """
     g = velocity_gradient(u, method, periodic)
     div = g[..., 0, 0, :, :, :] + g[..., 1, 1, :, :, :] + g[..., 2, 2, :, :, :]
@@ -244,7 +341,7 @@ def divergence_residual(u: torch.Tensor, method: str = "central", periodic: bool
 
 
 def middle_frame(low_res: torch.Tensor) -> torch.Tensor:
-    """The middle of ``T`` stacked frames: ``(B, 3 T, n, n, n) -> (B, 3, n, n, n)``."""
+    """The middle frame ``t = T // 2`` of ``T`` stacked frames: ``(B, 3 T, n, n, n) -> (B, 3, n, n, n)``."""
     c = low_res.shape[1]
     if c % 3:
         raise ValueError(f"stacked frames need a channel count divisible by 3, got {c}")
@@ -253,16 +350,39 @@ def middle_frame(low_res: torch.Tensor) -> torch.Tensor:
 
 
 def trilinear(low_res: torch.Tensor, upscale: int = 4) -> torch.Tensor:
-    """Baseline: the middle frame upsampled ``upscale`` times, trilinear, ``align_corners=False``."""
+    """The baseline: the middle frame upsampled trilinearly.
+
+    Parameters
+    ----------
+    low_res : torch.Tensor
+        ``(B, 3 T, n, n, n)`` stacked frames.
+    upscale : int
+        Resolution factor.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(B, 3, upscale n, upscale n, upscale n)`` (``align_corners=False``): exactly
+        O_h-equivariant on the grid.
+    """
     return F.interpolate(middle_frame(low_res), scale_factor=upscale, mode="trilinear", align_corners=False)
 
 
 def sample_elements(group: str = "Oh", count: int | None = None) -> list[int]:
-    """Indices (into ``groups.group_matrices(group)``) of ``count`` non-identity elements to test.
+    """Group elements to test equivariance on, generators first.
 
-    The first ones generate the group (a 4-fold rotation about x_0, a 3-fold rotation about the
-    body diagonal, and for O_h the inversion and the mirror x_0 -> -x_0), then the rest in order.
-    ``count=None`` returns every element (identity included, which should give ~0).
+    Parameters
+    ----------
+    group : {"Oh", "O"}
+    count : int, optional
+        How many non-identity elements; ``None``: every element, identity included.
+
+    Returns
+    -------
+    list of int
+        Indices into ``groups.group_matrices(group)``: first the generators (a 4-fold rotation
+        about x_0, a 3-fold rotation about the body diagonal, and for O_h the inversion and the
+        mirror x_0 -> -x_0), then the other elements in order.
     """
     from . import groups
 
@@ -283,16 +403,32 @@ def sample_elements(group: str = "Oh", count: int | None = None) -> list[int]:
 @torch.no_grad()
 def equivariance_errors(model, x, group: str = "Oh", elements: Iterable[int] | int | None = None,
                         eps: float = 1e-30, chunk: int = 1) -> torch.Tensor:
-    """Per-element ``||f(R.x) - R.f(x)|| / ||f(x)||`` (norms over the whole batch), in eval mode.
+    """Per-element relative equivariance error ``||f(R.x) - R.f(x)|| / ||f(x)||``, in eval mode.
 
-    ``x``: a tensor of velocity frames in the public convention ``(B, 3 T, N, N, N)`` (``R`` acts by
-    :func:`steerable_sr.groups.act`), or an escnn ``GeometricTensor`` on a voxel grid (``R`` acts by
-    :func:`steerable_sr.fields.transform` on input and output; ``group`` is then the tensor's own).
-    ``elements``: indices into ``groups.group_matrices(group)``, or a count (see
-    :func:`sample_elements`), or ``None`` for all. ``chunk``: how many transformed copies of ``x`` go
-    through the model in one forward pass (in eval mode the samples of a batch do not interact, so
-    this changes only speed and memory: ``chunk`` times the batch). Returns a float64 tensor
-    ``(len(elements),)``. The model's training flag is restored afterwards.
+    Parameters
+    ----------
+    model : callable
+        The network ``f``; its training flag is restored afterwards.
+    x : torch.Tensor or escnn GeometricTensor
+        Velocity frames in the public convention ``(B, 3 T, N, N, N)`` (``R`` acts by
+        :func:`steerable_sr.groups.act`), or an escnn ``GeometricTensor`` on a voxel grid (``R``
+        acts by :func:`steerable_sr.fields.transform` on input and output; ``group`` is then the
+        tensor's own).
+    group : {"Oh", "O"}
+    elements : iterable of int or int, optional
+        Indices into ``groups.group_matrices(group)``, or a count (:func:`sample_elements`), or
+        ``None`` for all.
+    eps : float
+        Floor of ``||f(x)||``.
+    chunk : int
+        Transformed copies of ``x`` per forward pass (in eval mode the samples of a batch do not
+        interact, so this changes only speed and memory: ``chunk`` times the batch).
+
+    Returns
+    -------
+    torch.Tensor
+        ``(len(elements),)`` float64; norms over the whole batch. 0 up to round-off for an exactly
+        equivariant ``f``.
     """
     from . import fields, groups
 
@@ -343,9 +479,17 @@ def equivariance_errors(model, x, group: str = "Oh", elements: Iterable[int] | i
 
 def equivariance_error(model, x: torch.Tensor, group: str = "Oh",
                        elements: Iterable[int] | int | None = None) -> torch.Tensor:
-    """``max_R ||model(act(x, R)) - act(model(x), R)|| / ||model(x)||`` in eval mode (0-dim float64).
+    """The largest of :func:`equivariance_errors`: ``max_R ||f(R.x) - R.f(x)|| / ||f(x)||``.
 
-    ``elements`` as in :func:`equivariance_errors` (default: every element of the group).
+    Parameters
+    ----------
+    model, x, group, elements
+        As in :func:`equivariance_errors` (default: every element of the group).
+
+    Returns
+    -------
+    torch.Tensor
+        0-dim float64 (0 for no elements).
     """
     errs = equivariance_errors(model, x, group, elements)
     return errs.max() if errs.numel() else torch.zeros((), dtype=torch.float64)
@@ -360,7 +504,18 @@ def field_metrics(pred: torch.Tensor, target: torch.Tensor, divergence_method: s
                   periodic: bool = False) -> dict[str, float]:
     """The pointwise, spectral and divergence metrics of one prediction against the truth.
 
-    Keys: ``mae, rmse, rel_l2, spec_err, spec_err_low, spec_err_mid, spec_err_high, div``.
+    Parameters
+    ----------
+    pred, target : torch.Tensor
+        ``(B, 3, N, N, N)``.
+    divergence_method, periodic
+        Of the divergence residual (:func:`divergence_residual`).
+
+    Returns
+    -------
+    dict of str to float
+        ``mae``, ``rmse``, ``rel_l2``; ``spec_err``, ``spec_err_low``, ``spec_err_mid``,
+        ``spec_err_high`` when ``N >= 6``; ``div`` (of ``pred``) when ``N >= 3``.
     """
     pred = pred.detach().float()
     target = target.detach().float()

@@ -23,7 +23,14 @@ REFERENCE_STYLES = {
 
 
 def save_png(fig: Figure, path: str | os.PathLike, dpi: int = 120) -> None:
-    """Lay out ``fig`` and write it to ``path`` as PNG, atomically."""
+    """Lay out ``fig`` and write it to ``path`` as PNG, atomically (replacing an existing file).
+
+    Parameters
+    ----------
+    fig : matplotlib.figure.Figure
+    path : str or os.PathLike
+    dpi : int
+    """
     fig.tight_layout()
     with atomic_output(path, overwrite=True) as tmp:
         fig.savefig(tmp, dpi=dpi, format="png")
@@ -31,8 +38,20 @@ def save_png(fig: Figure, path: str | os.PathLike, dpi: int = 120) -> None:
 
 def plot_spectra(path: str | os.PathLike, spectra: Mapping[str, Sequence[float]], title: str = "",
                  mark_k: int | None = None) -> None:
-    """Log-log energy spectra ``E(k)`` by name (shells ``k >= 1`` with ``E > 0``), the reference
-    curves (truth, trilinear, input) in fixed styles; ``mark_k``: a vertical line at that shell."""
+    """Plot energy spectra on log-log axes and save them as PNG.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The PNG file.
+    spectra : mapping of str to sequence of float
+        ``E(k)`` by name, indexed by shell ``k = 0, 1, ...``; the shells ``k >= 1`` with ``E > 0``
+        are drawn (a spectrum with none draws no line). The reference curves of
+        :data:`REFERENCE_STYLES` (truth, trilinear, input) get fixed styles.
+    title : str
+    mark_k : int, optional
+        A vertical line at that shell.
+    """
     fig = Figure(figsize=(6, 4))
     ax = fig.subplots()
     for name, energy in spectra.items():

@@ -1,9 +1,12 @@
-"""The comparison pipeline end to end at a toy size, and the robust symmetry read-out of trained
-(never exactly invariant) relaxed weights."""
+"""The studies end to end at a toy size (comparison, symmetry discovery), and the robust symmetry
+read-out of trained (never exactly invariant) relaxed weights."""
 from __future__ import annotations
 
+import inspect
 import json
 import shutil
+from dataclasses import replace
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -12,15 +15,14 @@ import torch
 
 from steerable_sr import groups
 from steerable_sr.cli.study import main_discover
+from steerable_sr.groups import named_subgroups, subgroup_elements, subgroup_name
 from steerable_sr.study.compare import aggregate, render_from_json, run_compare, table_markdown
-from steerable_sr.study.config import DISCOVERY_OVERRIDES, CompareConfig, parse_kind
-from steerable_sr.study.discover import (dataset_statistics, discovery_jobs, forcing_label, forcing_symmetry,
-                                         frame_moments, moment_statistics, render_discovery_from_json, run_discover,
-                                         sample_symmetry, transform_statistics)
+from steerable_sr.study.config import DISCOVERY_OVERRIDES, StudyConfig, parse_kind
+from steerable_sr.study.discover import dataset_attributes, discovery_jobs, render_discovery_from_json, run_discover
 from steerable_sr.study.runs import Augment
 from steerable_sr.symmetry import (BLOCK_TOL, DEFECT_TOL, block_significance, breaking_measure, consensus_stabilizer,
-                                   named_subgroups, robust_stabilizer, subgroup_elements, subgroup_name,
-                                   weight_stabilizer)
+                                   robust_stabilizer, weight_stabilizer)
+from steerable_sr.training import SuperResolutionModule
 
 
 def invariant_weights(subgroup, banks: int = 2, seed: int = 0, group: str = "Oh") -> torch.Tensor:
@@ -97,6 +99,13 @@ def test_consensus_keeps_the_elements_most_runs_keep():
     assert len(mixed) == 16 and set(mixed) <= named["D4h, axis x"] | named["D4h, axis y"]
 
 
+def test_the_study_trains_with_the_optimiser_defaults_of_training():
+    defaults = inspect.signature(SuperResolutionModule.__init__).parameters
+    cfg = StudyConfig()
+    for name in ("lr", "weight_decay", "gamma"):
+        assert getattr(cfg, name) == defaults[name].default, name
+
+
 def test_parse_kind():
     assert parse_kind("gcnn") == ("gcnn", {})
     with pytest.raises(ValueError):
@@ -114,10 +123,10 @@ def toy_data(tmp_path_factory):
 
 def test_compare_end_to_end_at_toy_size(toy_data, tmp_path):
     torch.set_num_threads(1)
-    cfg = CompareConfig(data=str(toy_data), out=str(tmp_path / "out"), kinds=("cnn", "rgcnn"), seeds=(0,),
-                        crop=8, batch_size=1, crops_per_window=1, max_epochs=1, max_steps=2, limit_val_batches=1,
-                        limit_test_batches=1, test_equivariance_elements=2, build_time=False,
-                        model_overrides={"hidden": 1})
+    cfg = StudyConfig(data=str(toy_data), out=str(tmp_path / "out"), kinds=("cnn", "rgcnn"), seeds=(0,),
+                      crop=8, batch_size=1, crops_per_window=1, max_epochs=1, max_steps=2, limit_val_batches=1,
+                      limit_test_batches=1, test_equivariance_elements=2, build_time=False,
+                      model_overrides={"hidden": 1})
     result = run_compare(cfg, log=lambda *a: None)
     out = tmp_path / "out"
     for name in ("results.json", "results.md", "val_curves.png", "spectra.png"):
@@ -138,6 +147,77 @@ def test_compare_end_to_end_at_toy_size(toy_data, tmp_path):
     assert set(again["table"]) == {"cnn", "rgcnn"} and (tmp_path / "again" / "results.md").is_file()
 
 
+def fake_run(spec: str, seed: int, cfg: StudyConfig, **kwargs) -> dict:
+    """What ``train_one`` returns, without training: test MAE ``seed + 0.5``."""
+    return {"kind": spec, "seed": seed, "params": 10, "build_in_process_s": 0.0, "fit_s": 0.0, "steps": 1,
+            "step_s": 0.01, "curve": [{"epoch": 0, "step": 1, "val/mae": 0.5}], "test": {"mae": seed + 0.5},
+            "spectra": {name: [0.0, 1.0, 0.5] for name in ("truth", "trilinear", "prediction")}}
+
+
+def no_training(*args, **kwargs):
+    raise AssertionError("trained")
+
+
+COMPARE_FILES = ("results.json", "results.md", "val_curves.png", "spectra.png")
+
+
+@pytest.fixture
+def earlier_comparison(toy_data, tmp_path, monkeypatch):
+    """An output directory holding the results of a comparison with seed 0, and its files' bytes."""
+    monkeypatch.setattr("steerable_sr.study.compare.train_one", fake_run)
+    cfg = StudyConfig(data=str(toy_data), out=str(tmp_path / "out"), kinds=("cnn",), seeds=(0,), build_time=False)
+    run_compare(cfg, log=lambda *a: None)
+    return cfg, {name: (tmp_path / "out" / name).read_bytes() for name in COMPARE_FILES}
+
+
+def test_compare_refuses_an_out_holding_results_before_training(earlier_comparison, monkeypatch):
+    cfg, earlier = earlier_comparison
+    monkeypatch.setattr("steerable_sr.study.compare.train_one", no_training)
+    with pytest.raises(FileExistsError, match=r"holds the results of an earlier compare.*--overwrite"):
+        run_compare(cfg, log=lambda *a: None)
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        render_from_json(Path(cfg.out) / "results.json", cfg.out, log=lambda *a: None)
+    assert {name: (Path(cfg.out) / name).read_bytes() for name in COMPARE_FILES} == earlier
+
+
+def test_compare_refuses_an_out_that_is_a_file(toy_data, tmp_path, monkeypatch):
+    monkeypatch.setattr("steerable_sr.study.compare.train_one", no_training)
+    (tmp_path / "afile").write_text("mine")
+    cfg = StudyConfig(data=str(toy_data), out=str(tmp_path / "afile"), build_time=False, overwrite=True)
+    with pytest.raises(FileExistsError, match="afile is a file"):
+        run_compare(cfg, log=lambda *a: None)
+    assert (tmp_path / "afile").read_text() == "mine"
+
+
+def test_an_interrupted_compare_leaves_the_earlier_results_intact(earlier_comparison, monkeypatch):
+    cfg, earlier = earlier_comparison
+    calls = []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > 1:
+            raise KeyboardInterrupt
+        return fake_run(*args, **kwargs)
+
+    monkeypatch.setattr("steerable_sr.study.compare.train_one", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_compare(replace(cfg, seeds=(5, 6), overwrite=True), log=lambda *a: None)
+    out = Path(cfg.out)
+    assert {name: (out / name).read_bytes() for name in COMPARE_FILES} == earlier
+    partial = json.loads((out / "partial" / "results.json").read_text())  # what the new run finished
+    assert [r["seed"] for r in partial["runs"]] == [5]
+
+
+def test_compare_with_overwrite_publishes_a_new_set_of_results(earlier_comparison, monkeypatch):
+    cfg, earlier = earlier_comparison
+    monkeypatch.setattr("steerable_sr.study.compare.train_one", fake_run)
+    run_compare(replace(cfg, seeds=(5,), overwrite=True), log=lambda *a: None)
+    out = Path(cfg.out)
+    assert all((out / name).read_bytes() != earlier[name] for name in ("results.json", "results.md"))
+    assert [r["seed"] for r in json.loads((out / "results.json").read_text())["runs"]] == [5]
+    assert "5.5000" in (out / "results.md").read_text() and not (out / "partial").exists()
+
+
 def test_aggregate_mean_and_spread():
     runs = [{"kind": "cnn", "seed": s, "params": 10, "step_s": 0.1 * (s + 1), "test": {"mae": float(s)}}
             for s in range(3)]
@@ -149,9 +229,9 @@ def test_aggregate_mean_and_spread():
 
 def test_discover_end_to_end_at_toy_size_with_symmetrised_control(toy_data, tmp_path):
     torch.set_num_threads(1)
-    cfg = CompareConfig(data=str(toy_data), out=str(tmp_path / "disc"), seeds=(0,), crop=8, batch_size=1,
-                        crops_per_window=1, max_epochs=1, max_steps=2, limit_val_batches=1, limit_test_batches=1,
-                        test_equivariance_elements=2, build_time=False, model_overrides=DISCOVERY_OVERRIDES)
+    cfg = StudyConfig(data=str(toy_data), out=str(tmp_path / "disc"), seeds=(0,), crop=8, batch_size=1,
+                      crops_per_window=1, max_epochs=1, max_steps=2, limit_val_batches=1, limit_test_batches=1,
+                      test_equivariance_elements=2, build_time=False, model_overrides=DISCOVERY_OVERRIDES)
     result = run_discover([str(toy_data)], cfg, kinds=("rgcnn",), control=True, log=lambda *a: None)
     assert [r["augment"] for r in result["results"]] == [None, "Oh"]
     for r in result["results"]:
@@ -170,9 +250,48 @@ def test_discover_end_to_end_at_toy_size_with_symmetrised_control(toy_data, tmp_
     assert (tmp_path / "merged" / "discover.md").read_text() == md
 
 
+@pytest.fixture(scope="module")
+def relaxed_model():
+    from steerable_sr.models import build_model
+
+    return build_model("rgcnn", preset="small", **DISCOVERY_OVERRIDES)
+
+
+def test_discover_refuses_an_out_holding_results_and_an_interrupted_one_leaves_them_intact(
+        toy_data, tmp_path, monkeypatch, relaxed_model):
+    def fake_discovery_run(spec, seed, cfg, **kwargs):
+        return {**fake_run(spec, seed, cfg), "model": relaxed_model}
+
+    monkeypatch.setattr("steerable_sr.study.discover.train_one", fake_discovery_run)
+    cfg = StudyConfig(out=str(tmp_path / "disc"), seeds=(0,), build_time=False)
+    run_discover([str(toy_data)], cfg, kinds=("rgcnn",), log=lambda *a: None)
+    out = Path(cfg.out)
+    earlier = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    assert set(earlier) == {"discover.json", "discover.md", "toy_rgcnn_seed0.pt"}
+    monkeypatch.setattr("steerable_sr.study.discover.train_one", no_training)
+    with pytest.raises(FileExistsError, match=r"holds the results of an earlier discover.*--overwrite"):
+        run_discover([str(toy_data)], cfg, kinds=("rgcnn",), log=lambda *a: None)
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        render_discovery_from_json([out / "discover.json"], out, log=lambda *a: None)
+    calls = []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > 1:
+            raise KeyboardInterrupt
+        return fake_discovery_run(*args, **kwargs)
+
+    monkeypatch.setattr("steerable_sr.study.discover.train_one", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_discover([str(toy_data)], replace(cfg, seeds=(0, 1), overwrite=True), kinds=("rgcnn",),
+                     log=lambda *a: None)
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == earlier
+    assert {p.name for p in (out / "partial").iterdir()} >= {"discover.json", "toy_rgcnn_seed0.pt"}
+
+
 @pytest.mark.parametrize("kinds, match", [(("gcnn",), "relaxed kind"), ((), "at least one")])
 def test_discover_rejects_bad_kinds_before_training(toy_data, tmp_path, kinds, match):
-    cfg = CompareConfig(data=str(toy_data), out=str(tmp_path / "disc"), build_time=False)
+    cfg = StudyConfig(data=str(toy_data), out=str(tmp_path / "disc"), build_time=False)
     with pytest.raises(ValueError, match=match):
         run_discover([str(toy_data)], cfg, kinds=kinds, log=lambda *a: None)
     assert not (tmp_path / "disc").exists()
@@ -198,74 +317,17 @@ def test_merging_bad_discovery_files_names_the_file(tmp_path, content, error, ma
     assert not (tmp_path / "out").exists()
 
 
-def _random_field(frames: int = 8, n: int = 8, seed: int = 0) -> torch.Tensor:
-    """White-noise velocity frames ``(frames, 3, n, n, n)`` in double precision."""
-    return torch.randn(frames, 3, n, n, n, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-
-
-def test_statistics_of_a_transformed_field_follow_the_tensor_laws():
-    u = _random_field()
-    u[:, 1] = u[:, 1] + 0.5 * u[:, 1].pow(2)  # skewed, with a nonzero mean square asymmetry
-    stats = moment_statistics(frame_moments(u))
-    for k in (1, 5, 13, 24, 30, 47):
-        R = groups.group_matrices("Oh")[k].double()
-        moved = moment_statistics(frame_moments(groups.act(u, R, "vector")))
-        expected = transform_statistics(stats, R)
-        for name in stats:
-            assert torch.allclose(moved[name], expected[name], atol=1e-12), (k, name)
-
-
-def test_an_exactly_d2h_symmetric_anisotropic_sample_keeps_d2h():
-    u = _random_field()
-    mats = groups.group_matrices("Oh").double()
-    u = sum(groups.act(u, mats[k], "vector") for k in subgroup_elements("D2h")) / 8
-    u = u * torch.tensor([3.0, 2.0, 1.0], dtype=torch.float64).view(1, 3, 1, 1, 1)  # diagonal: keeps D2h
-    result = sample_symmetry(frame_moments(u))
-    assert result["sample_keeps"] == "D2h"
-    assert max(max(np.asarray(v)[subgroup_elements("D2h")]) for v in result["odd_parts"].values()) < 1e-12
-
-
-def test_a_skewed_component_loses_the_flip_of_its_axis():
-    u = _random_field(frames=16)
-    u[:, 1] = u[:, 1] + 0.3 * (u[:, 1].pow(2) - 1)
-    result = sample_symmetry(frame_moments(u))
-    flip_y = groups.element_index(np.diag([1.0, -1.0, 1.0]))
-    skew_y = result["statistics"]["third_moment"][1][1][1]
-    assert skew_y > 0.5
-    assert result["odd_parts"]["third_moment"][flip_y] >= skew_y - 1e-12
-    assert flip_y not in result["kept_elements"] and flip_y not in result["sample_keeps_elements"]
-
-
-def test_dataset_statistics_report_skewness_correlations_and_the_sample_symmetry(toy_data):
-    stats = dataset_statistics(str(toy_data))
-    assert len(stats["velocity_skewness"]) == 3 and len(stats["cross_correlation"]) == 3
-    assert np.asarray(stats["derivative_skewness"]).shape == (3, 3) and len(stats["odd_parts"]["third_moment"]) == 48
-    assert stats["sample_keeps"] == subgroup_name(stats["sample_keeps_elements"])
-
-
-@pytest.mark.parametrize("attrs, keeps, label", [
-    ({"forcing": "isotropic"}, "Oh", "isotropic"),
-    ({"forcing": "anisotropic", "axis": 1}, "D4h, axis y", "anisotropic, axis y"),
-    ({"forcing": "kolmogorov", "axis": 0, "shear_axis": 1, "amplitude": 0.2, "wavenumber": 1}, "D2h",
-     "kolmogorov 0.2 sin(1 x_1) e_0"),
-    ({}, None, "forcing unknown"),
-])
-def test_the_symmetry_a_forcing_keeps_from_the_file_attributes(attrs, keeps, label):
-    assert forcing_symmetry(attrs) == keeps and forcing_label(attrs) == label
-    assert keeps is None or keeps in dict(named_subgroups("Oh"))
-
-
 def test_the_control_of_a_kolmogorov_dataset_is_symmetrised_by_d2h(toy_data, tmp_path):
     path = tmp_path / "kolmogorov.h5"
     shutil.copy(toy_data, path)
     with h5py.File(path, "r+") as f:
         f.attrs.update({"forcing": "kolmogorov", "axis": 0, "shear_axis": 1})
-    cfg = CompareConfig(out=str(tmp_path / "disc"), build_time=False)
-    jobs = discovery_jobs([str(path)], cfg, control=True)
+    cfg = StudyConfig(out=str(tmp_path / "disc"), build_time=False)
+    jobs = discovery_jobs({str(path): dataset_attributes(str(path))}, cfg, control=True)
     assert [job.augment for _, job in jobs] == [None, "D2h"]
     augment = Augment(jobs[1][1].augment)
     torch.manual_seed(0)
-    batch = {"low_res": _random_field(2, 4).reshape(1, 6, 4, 4, 4), "high_res": _random_field(1, 8)}
+    batch = {"low_res": torch.randn(1, 6, 4, 4, 4), "high_res": torch.randn(1, 3, 8, 8, 8)}
     for _ in range(64):
         augment.on_train_batch_start(None, None, batch, 0)
     assert set(augment.drawn) == set(subgroup_elements("D2h"))

@@ -1,7 +1,9 @@
-"""steerable_sr.groups: the group in the public convention and its exact action on voxel grids."""
+"""steerable_sr.groups: the group in the public convention, its exact action on voxel grids and its
+subgroup lattice."""
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -67,10 +69,71 @@ def test_unknown_group_is_rejected():
         groups.group_matrices("Td")
 
 
+# Orders of the named subgroups of O_h (Schoenflies): each name with its expected order, and how
+# many conjugates (axes or diagonals) the lattice lists under that name.
+SUBGROUP_ORDERS = {"Oh": 48, "O": 24, "Th": 24, "Td": 24, "T": 12, "D4h": 16, "D4": 8, "C4v": 8, "D2d": 8,
+                   "C4h": 8, "C4": 4, "S4": 4, "C2v": 4, "C2h": 4, "C2": 2, "Cs": 2, "D3d": 12, "D3": 6,
+                   "C3v": 6, "S6": 6, "C3": 3, "D2h": 8, "D2": 4, "Ci": 2, "C1": 1}
+
+
+def test_named_subgroups_are_subgroups_of_their_schoenflies_order():
+    named = groups.named_subgroups("Oh")
+    assert [len(members) for _, members in named] == sorted((len(m) for _, m in named), reverse=True)
+    assert len({members for _, members in named}) == len(named)  # each set under one name
+    for name, members in named:
+        assert groups.is_subgroup(set(members), "Oh"), name
+        assert len(members) == SUBGROUP_ORDERS[name.split(",")[0]], name
+    assert groups.subgroup_elements("D2h") == [k for k, R in enumerate(groups.group_matrices("Oh"))
+                                               if torch.equal(R.abs(), torch.eye(3, dtype=R.dtype))]
+
+
+def test_a_named_subgroup_about_an_axis_fixes_that_axis():
+    mats = groups.group_matrices("Oh")
+    for a, axis in enumerate(groups.AXES):
+        for k in groups.subgroup_elements(f"D4h, axis {axis}"):
+            assert abs(float(mats[k][a, a])) == 1.0  # R e_a = +-e_a
+
+
+def test_the_subgroups_of_O_are_its_rotation_subgroups():
+    named = dict(groups.named_subgroups("O"))
+    assert named["O"] == frozenset(range(24)) and "Oh" not in named and "D2h" not in named
+    assert all(max(members) < 24 for members in named.values())
+    assert groups.subgroup_elements("D4, axis z", "O") == groups.subgroup_elements("D4, axis z", "Oh")
+
+
+def test_subgroup_names_and_elements_are_inverse():
+    for name, members in groups.named_subgroups("Oh"):
+        assert groups.subgroup_name(groups.subgroup_elements(name)) == name
+    assert groups.subgroup_name([0, 1, 2]) == "order 3"  # not a subgroup
+    with pytest.raises(ValueError, match="unknown subgroup 'D5h' of Oh; allowed values: Oh, O"):
+        groups.subgroup_elements("D5h")
+
+
+def test_generated_subgroup_is_the_closure_of_its_generators():
+    quarter_x = np.array([[1.0, 0, 0], [0, 0, -1], [0, 1, 0]])
+    assert groups.generated_subgroup([]) == frozenset({0})
+    assert groups.subgroup_name(groups.generated_subgroup([quarter_x])) == "C4, axis x"
+    assert len(groups.generated_subgroup([quarter_x, -np.eye(3)])) == 8
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_largest_subgroup_in_a_set_lies_inside_it(seed):
+    rng = np.random.default_rng(seed)
+    d4h_x, d4h_y = (set(groups.subgroup_elements(f"D4h, axis {a}")) for a in "xy")
+    assert groups.largest_subgroup_in(d4h_x) == sorted(d4h_x)  # a subgroup is its own largest
+    union = d4h_x | d4h_y  # no group (24 elements, not closed): a D4h inside it
+    inside = groups.largest_subgroup_in(union)
+    assert len(inside) == 16 and set(inside) <= union
+    members = {0} | set(rng.choice(48, size=20, replace=False).tolist())
+    inside = set(groups.largest_subgroup_in(members))
+    assert inside <= members and groups.is_subgroup(inside, "Oh")
+    assert groups.largest_subgroup_in({1, 2}) == [0]  # no identity: only {e} is left
+
 
 def test_the_group_module_does_not_need_escnn():
     script = ("import sys; sys.modules['escnn'] = None\n"
               "from steerable_sr import groups\n"
-              "assert groups.group_order('Oh') == 48 and groups.cayley_table('O').shape == (24, 24)\n")
+              "assert groups.group_order('Oh') == 48 and groups.cayley_table('O').shape == (24, 24)\n"
+              "assert groups.subgroup_name(groups.subgroup_elements('D2h')) == 'D2h'\n")
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from steerable_sr import groups, metrics
-from steerable_sr.symmetry import generated_subgroup
+from steerable_sr.groups import generated_subgroup
 from steerable_sr.testing import BROKEN_TOL, EQUIVARIANT_TOL
 
 # float64 FFTs of a few thousand points are exact to ~1e-15 relative (round-off grows like
@@ -177,6 +177,12 @@ def test_divergence_residual_of_white_noise_is_one_over_sqrt_three():
     # voxels the sample ratio has a relative spread well below 1%; 5% is a safe margin.
     r = metrics.divergence_residual(torch.randn(4, 3, 16, 16, 16, dtype=torch.float64))
     assert r.item() == pytest.approx(1 / math.sqrt(3), rel=0.05)
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_interior_differences_of_a_volume_without_interior_voxels_are_refused(n):
+    with pytest.raises(ValueError, match="at least 3 voxels per axis"):
+        metrics.vorticity(torch.randn(3, n, n, n), periodic=False)
 
 
 def test_vorticity_of_a_shear_flow():

@@ -9,7 +9,8 @@ from escnn import nn as enn
 from steerable_sr import fields, groups
 from steerable_sr.models import build_model
 from steerable_sr.nn import OctahedralConv, SeparableGroupConv
-from steerable_sr.symmetry import named_subgroups, stabilizer, symmetry_report
+from steerable_sr.groups import named_subgroups
+from steerable_sr.symmetry import stabilizer, symmetry_report
 from steerable_sr.testing import (BROKEN_TOL, EQUIVARIANT_TOL, assert_equivariant, assert_not_equivariant,
                                   assert_symmetry, random_field, random_invariant_weights, relative_error)
 

@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from steerable_sr.data.generate import main as generate_main
-from steerable_sr.data.spectral import SpectralSolver, default_viscosity, energy_spectrum, kinetic_energy
-from steerable_sr.groups import act, group_matrices
-from steerable_sr.symmetry import subgroup_name
+from steerable_sr.data.spectral import (SpectralSolver, default_viscosity, energy_spectrum, forcing_label,
+                                       forcing_symmetry, kinetic_energy)
+from steerable_sr.groups import act, group_matrices, named_subgroups, subgroup_name
 
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -128,6 +128,7 @@ def test_isotropic_forcing_commutes_with_all_of_Oh():
     solver = SpectralSolver(16, default_viscosity(16), "isotropic")
     u = solver.advance(solver.initial_field(), 0.5)
     assert max(_equivariance_errors(solver, u, 0.05)) < 1e-13  # measured 7e-16
+    assert forcing_symmetry({"forcing": "isotropic"}) == "Oh"
 
 
 @pytest.mark.parametrize("axis", [0, 2])
@@ -139,6 +140,8 @@ def test_anisotropic_forcing_keeps_exactly_D4h(axis):
     assert sum(keeps_axis) == 16
     assert max(e for e, keep in zip(errors, keeps_axis) if keep) < 1e-13  # measured 6e-16
     assert min(e for e, keep in zip(errors, keeps_axis) if not keep) > 1e-3  # measured 1.5e-2
+    kept = [k for k, keep in enumerate(keeps_axis) if keep]
+    assert subgroup_name(kept) == forcing_symmetry({"forcing": "anisotropic", "axis": axis}) == f"D4h, axis {'xyz'[axis]}"
 
 
 def test_anisotropic_forcing_breaks_component_isotropy():
@@ -235,7 +238,8 @@ def test_kolmogorov_forcing_keeps_exactly_the_8_sign_flips_up_to_translations(ax
         force_errors.append(float((g(f) - f).abs().max()) / 0.5)
         step_errors.append(float((solver.step(g(u), 0.05) - g(stepped)).abs().max()) / float(stepped.abs().max()))
     diagonal = [bool(torch.equal(R.abs(), torch.eye(3, dtype=R.dtype))) for R in group_matrices("Oh")]
-    assert kept == [i for i, d in enumerate(diagonal) if d] and subgroup_name(kept) == "D2h"
+    assert kept == [i for i, d in enumerate(diagonal) if d]
+    assert subgroup_name(kept) == forcing_symmetry({"forcing": "kolmogorov", "axis": axis}) == "D2h"
     assert max(force_errors) < 1e-15 and max(step_errors) < 1e-13  # measured 0 and 5e-16
     assert min(distances) > 1.41  # sqrt(2): orthogonal to every translate
     # The translation is needed: without it only the identity and the flip of the third axis
@@ -283,3 +287,15 @@ def test_float32_runs_and_keeps_its_dtype():
     reference = SpectralSolver(16, default_viscosity(16), "isotropic")
     expected = reference.advance(reference.initial_field(), 0.5)
     assert float((u.double() - expected).abs().max()) < 1e-4 * float(expected.abs().max())
+
+
+@pytest.mark.parametrize("attrs, keeps, label", [
+    ({"forcing": "isotropic"}, "Oh", "isotropic"),
+    ({"forcing": "anisotropic", "axis": 1}, "D4h, axis y", "anisotropic, axis y"),
+    ({"forcing": "kolmogorov", "axis": 0, "shear_axis": 1, "amplitude": 0.2, "wavenumber": 1}, "D2h",
+     "kolmogorov 0.2 sin(1 x_1) e_0"),
+    ({}, None, "forcing unknown"),
+])
+def test_the_symmetry_a_forcing_keeps_from_the_file_attributes(attrs, keeps, label):
+    assert forcing_symmetry(attrs) == keeps and forcing_label(attrs) == label
+    assert keeps is None or keeps in dict(named_subgroups("Oh"))

@@ -28,7 +28,7 @@ in the steady state); the Kolmogorov forcing fixes the force itself:
   under the rest of O_h: the steady state has ``<u_a^2>`` larger than the two other components.
   The forced modes include those with ``k_a = 0``: jets ``u_a(x_b, x_c)`` along the axis, exact
   nonlinear solutions that grow until their shear instabilities break them down, so this steady
-  state takes longer to reach (about 15-20 time units at 64^3; see docs/data.md).
+  state takes longer to reach (docs/data.md, "Forcing").
 * ``"kolmogorov"``: a constant shear force ``f = amplitude * sin(wavenumber * x_b) e_a`` (component
   ``a = axis``, coordinate ``b = shear_axis``, by default ``(axis + 1) mod 3``: ``sin(k x_1) e_0``).
   It is divergence-free (``b != a``) and does not depend on ``u``; ``U(x_b) e_a`` with
@@ -47,30 +47,81 @@ Fields are tensors ``(3, n, n, n)`` in the public convention (spatial axis ``a``
 from __future__ import annotations
 
 import math
+from typing import Any, Mapping
 
 import torch
 
+from ..groups import AXES
+
 __all__ = [
     "FORCINGS",
+    "FORCING_SYMMETRY",
     "KOLMOGOROV_AMPLITUDE",
     "SOLVER_VERSION",
     "SpectralSolver",
     "default_viscosity",
     "energy_spectrum",
+    "forcing_label",
+    "forcing_symmetry",
     "kinetic_energy",
 ]
 
 #: Bumped whenever a change alters the fields the solver produces for a given seed.
 SOLVER_VERSION = "1"
-#: Default amplitude of the Kolmogorov force (see :class:`SpectralSolver`). Measured at 32^3 with
-#: ``default_viscosity(32)`` (``k = 1``, t = 20..100 after a random start): mean shear amplitude
-#: 1.0-1.5, energy 0.56-1.09 and dissipation 0.08-0.18 (mean about 0.13) in bursts; rms velocity
-#: component 0.61-0.85, against about 0.6 for the anisotropic forcing at ``power = 0.1``. At 0.15
-#: the flow nearly relaminarises between bursts (dissipation down to 0.05).
+#: Default amplitude of the Kolmogorov force (see :class:`SpectralSolver`; the choice is explained in
+#: docs/data.md, "Forcing").
 KOLMOGOROV_AMPLITUDE = 0.2
 FORCINGS = ("isotropic", "anisotropic", "kolmogorov", None)
+#: The subgroup of O_h (a name of :func:`steerable_sr.groups.named_subgroups`) that the equations
+#: of each forcing keep up to translations (module docstring); ``{axis}`` is the letter of the
+#: forcing's axis. Free decay (``None``) has no steady state and no entry.
+FORCING_SYMMETRY = {"isotropic": "Oh", "anisotropic": "D4h, axis {axis}", "kolmogorov": "D2h"}
 
 _DIMS = (-3, -2, -1)
+
+
+def forcing_symmetry(parameters: Mapping[str, Any]) -> str | None:
+    """The subgroup of O_h that a forcing's equations keep, up to translations.
+
+    Parameters
+    ----------
+    parameters : mapping
+        The forcing's keyword arguments of :class:`SpectralSolver` (``forcing``, ``axis``), e.g. the
+        attributes of a generated dataset.
+
+    Returns
+    -------
+    str or None
+        The subgroup's name (:data:`FORCING_SYMMETRY`): ``"Oh"``, ``"D4h, axis x"``, ``"D2h"``;
+        ``None`` for free decay or an unknown forcing.
+    """
+    name = FORCING_SYMMETRY.get(parameters.get("forcing"))
+    return None if name is None else name.format(axis=AXES[int(parameters.get("axis", 0))])
+
+
+def forcing_label(parameters: Mapping[str, Any]) -> str:
+    """A forcing in words, e.g. ``"anisotropic, axis x"``, ``"kolmogorov 0.2 sin(1 x_1) e_0"``.
+
+    Parameters
+    ----------
+    parameters : mapping
+        The forcing's keyword arguments of :class:`SpectralSolver` (``forcing``, ``axis``,
+        ``shear_axis``, ``amplitude``, ``wavenumber``), e.g. the attributes of a generated dataset.
+
+    Returns
+    -------
+    str
+        ``"forcing unknown"`` when ``parameters`` name no forcing.
+    """
+    forcing = parameters.get("forcing")
+    if forcing == "anisotropic" and parameters.get("axis") is not None:
+        return f"anisotropic, axis {AXES[int(parameters['axis'])]}"
+    if forcing == "kolmogorov":
+        a = int(parameters.get("axis", 0))
+        b = int(parameters["shear_axis"]) if parameters.get("shear_axis") is not None else (a + 1) % 3
+        return (f"kolmogorov {parameters.get('amplitude', KOLMOGOROV_AMPLITUDE):g} "
+                f"sin({parameters.get('wavenumber', 1):g} x_{b}) e_{a}")
+    return forcing or "forcing unknown"
 
 
 def kinetic_energy(u: torch.Tensor) -> torch.Tensor:

@@ -14,8 +14,8 @@ equivariant exactly to the stabilizer of the weights.
 :class:`RelaxedLayerMixin` is the public relaxed-layer API (``relaxed_weights_on_group``,
 ``set_relaxed_weights_on_group``, ``irrep_energies``, ``equivariance_penalty``) of every layer that
 keeps its weights in ``self.relaxed`` (:class:`~steerable_sr.nn.conv.OctahedralConv`,
-:class:`~steerable_sr.nn.separable.SeparableGroupConv`); :func:`steerable_sr.symmetry.relaxed_layers`
-finds such layers by this class.
+:class:`~steerable_sr.nn.separable.SeparableGroupConv`); :func:`relaxed_layers` finds such layers
+in a module by this class.
 """
 from __future__ import annotations
 
@@ -31,8 +31,16 @@ from .fourier import fourier_embedding, peter_weyl_basis
 class RelaxedWeights(torch.nn.Module):
     """``L`` learnable functions on G, initialised to the constant 1 (trivial irrep only).
 
-    Attributes:
-        coefficients: Parameter ``(L, |G|)``, Fourier coefficients grouped by irrep block.
+    Parameters
+    ----------
+    group : {"Oh", "O"}
+    num_filter_banks : int
+        ``L >= 1``.
+
+    Attributes
+    ----------
+    coefficients : torch.nn.Parameter
+        ``(L, |G|)``: the Fourier coefficients in the Peter-Weyl basis, grouped by irrep block.
     """
 
     def __init__(self, group: str, num_filter_banks: int):
@@ -112,3 +120,22 @@ class RelaxedLayerMixin:
         if self.relaxed is None:
             return next(self.parameters()).new_zeros(())
         return self.relaxed.penalty()
+
+
+def relaxed_layers(module: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
+    """Every relaxed convolution in ``module``, ``module`` itself included.
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+        A network or a single layer.
+
+    Returns
+    -------
+    list of (str, torch.nn.Module)
+        ``(name, layer)`` in the order of ``named_modules``, for every :class:`RelaxedLayerMixin`
+        with relaxed weights (exactly equivariant layers are left out); the name drops escnn's
+        ``.module`` suffix, and a relaxed ``module`` itself is named by its class.
+    """
+    return [(name.removesuffix(".module") or type(m).__name__, m) for name, m in module.named_modules()
+            if isinstance(m, RelaxedLayerMixin) and m.relaxed is not None]

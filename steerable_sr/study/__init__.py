@@ -3,7 +3,7 @@ r"""The study: model kinds compared on the same data, and symmetry discovery wit
 Run from ``steerable-sr compare`` and ``steerable-sr discover`` (arguments:
 :mod:`steerable_sr.cli.study`; also ``scripts/compare.py``).
 
-* :mod:`~steerable_sr.study.config`: :class:`~steerable_sr.study.config.CompareConfig` (the settings
+* :mod:`~steerable_sr.study.config`: :class:`~steerable_sr.study.config.StudyConfig` (the settings
   shared by both studies) and the kinds a study accepts;
 * :mod:`~steerable_sr.study.runs`: one training run (``train_one``: test metrics, validation curve,
   step time, spectra) and the build-time measurement in fresh processes;
@@ -17,7 +17,10 @@ Run from ``steerable-sr compare`` and ``steerable-sr discover`` (arguments:
 * :mod:`~steerable_sr.study.discover`: :func:`~steerable_sr.study.discover.run_discover` trains
   relaxed kinds with an equivariance penalty on one or more datasets and writes, per dataset and
   kind, the :func:`steerable_sr.symmetry.symmetry_report` of the learned relaxed weights
-  (``discover.md`` / ``discover.json``).
+  (``discover.md`` / ``discover.json``) and the trained weights;
+* :mod:`~steerable_sr.study.output`: the output directory of both, refused before any training
+  when it holds results (unless ``overwrite``), with the finished runs in ``partial/`` while a study
+  trains and all outputs published together at the end.
 
 Timings: *cold build* is ``build_model`` in a fresh Python process with an empty kernel-basis cache
 (``STEERABLE_SR_CACHE`` pointing to a new directory; escnn's own group cache in site-packages is

@@ -1,5 +1,6 @@
 """The comparison of model kinds: every kind and seed trained alike (:func:`run_compare`), the table of
-test metrics over seeds (:func:`aggregate`, :func:`table_markdown`) and the two plots."""
+test metrics over seeds (:func:`aggregate`, :func:`table_markdown`) and the two plots, published
+together (:func:`render`)."""
 from __future__ import annotations
 
 import json
@@ -14,7 +15,8 @@ from matplotlib.figure import Figure
 
 from ..io import to_json, write_text
 from ..plots import plot_spectra, save_png
-from .config import CompareConfig
+from .config import StudyConfig
+from .output import StudyOutput
 from .runs import measure_build_time, set_threads, train_one
 
 #: Test metrics of the table: (key logged by SuperResolutionModule, column title, format).
@@ -37,7 +39,22 @@ def _stats(values: Sequence[float | None]) -> dict[str, float]:
 
 
 def aggregate(runs: Sequence[dict], build: dict[str, dict] | None = None) -> dict[str, dict]:
-    """Per kind: statistics over seeds of the test metrics, step time, and the build times."""
+    """Statistics over seeds, per kind.
+
+    Parameters
+    ----------
+    runs : sequence of dict
+        :func:`~steerable_sr.study.runs.train_one` results (at least ``kind``, ``seed``, ``params``,
+        ``step_s``, ``test``).
+    build : dict, optional
+        Build times per kind (:func:`~steerable_sr.study.runs.measure_build_time`).
+
+    Returns
+    -------
+    dict
+        Per kind: ``params``, ``seeds``, and for the step time and every test metric its ``mean``,
+        sample ``std``, ``min``, ``max`` and ``n`` over seeds; the build times.
+    """
     table: dict[str, dict] = {}
     for spec in dict.fromkeys(r["kind"] for r in runs):
         mine = [r for r in runs if r["kind"] == spec]
@@ -60,8 +77,20 @@ def _pm(stats: dict | None, fmt: str) -> str:
     return text
 
 
-def table_markdown(table: dict[str, dict], cfg: CompareConfig | None = None) -> str:
-    """The comparison table (mean ± sample std over seeds)."""
+def table_markdown(table: dict[str, dict], cfg: StudyConfig | None = None) -> str:
+    """The comparison table as Markdown: mean ± sample std over seeds, and the trilinear baseline.
+
+    Parameters
+    ----------
+    table : dict
+        :func:`aggregate`.
+    cfg : StudyConfig, optional
+        The settings, described below the table.
+
+    Returns
+    -------
+    str
+    """
     cols = ["kind", "params", "build cold (s)", "build warm (s)", "step (ms)"] + [t for _, t, _ in TABLE_METRICS]
     lines = ["| " + " | ".join(cols) + " |", "| --- |" + " ---: |" * (len(cols) - 1)]
     for spec, row in table.items():
@@ -99,7 +128,16 @@ def table_markdown(table: dict[str, dict], cfg: CompareConfig | None = None) -> 
 
 
 def plot_curves(path: str | os.PathLike, runs: Sequence[dict], key: str = "val/mae") -> None:
-    """Validation ``key`` per epoch and kind: mean over seeds, band = min..max; trilinear dashed."""
+    """Plot a validation metric per epoch and kind and save it as PNG.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+    runs : sequence of dict
+        With their ``curve`` (:class:`~steerable_sr.study.runs.Recorder`).
+    key : str
+        The metric: mean over seeds, band from min to max; the trilinear baseline dashed.
+    """
     fig = Figure(figsize=(6, 4))
     ax = fig.subplots()
     for spec in dict.fromkeys(r["kind"] for r in runs):
@@ -124,7 +162,15 @@ def plot_curves(path: str | os.PathLike, runs: Sequence[dict], key: str = "val/m
 
 
 def plot_run_spectra(path: str | os.PathLike, runs: Sequence[dict]) -> None:
-    """Test-set spectra of the truth, trilinear and each kind's predictions (mean over seeds)."""
+    """Plot the test-set spectra of the truth, trilinear and each kind's predictions (mean over seeds)
+    and save them as PNG.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+    runs : sequence of dict
+        With their ``spectra`` (:func:`~steerable_sr.study.runs.mean_spectra`).
+    """
     first = runs[0]["spectra"]
     spectra = {"truth": first["truth"], "trilinear": first["trilinear"]}
     for spec in dict.fromkeys(r["kind"] for r in runs):
@@ -134,12 +180,39 @@ def plot_run_spectra(path: str | os.PathLike, runs: Sequence[dict]) -> None:
     plot_spectra(path, spectra, "test-set energy spectra (mean over samples and seeds)", mark_k=half)
 
 
-def run_compare(cfg: CompareConfig, log: Callable[[str], Any] = print) -> dict[str, Any]:
-    """Train every kind of ``cfg`` with every seed; write results.{json,md}, val_curves.png, spectra.png."""
+#: The files a comparison publishes.
+COMPARE_FILES = ("results.json", "results.md", "val_curves.png", "spectra.png")
+
+
+def comparison_output(out: str | os.PathLike) -> StudyOutput:
+    """The output directory of a comparison."""
+    return StudyOutput(Path(out), "compare", COMPARE_FILES)
+
+
+def run_compare(cfg: StudyConfig, log: Callable[[str], Any] = print) -> dict[str, Any]:
+    """Train every kind of a study with every seed and publish the comparison.
+
+    Parameters
+    ----------
+    cfg : StudyConfig
+        ``cfg.out`` must not hold the results of an earlier comparison unless ``cfg.overwrite``
+        (checked before any training, :class:`~steerable_sr.study.output.StudyOutput`).
+    log : callable
+        Progress lines (build times, each run) and the table.
+
+    Returns
+    -------
+    dict
+        ``{"config", "build", "table", "runs"}`` as in ``results.json``. The finished runs are kept in
+        ``cfg.out/partial/results.json`` while the study trains; at the end ``results.json``,
+        ``results.md``, ``val_curves.png`` and ``spectra.png`` are published together.
+    """
     if not Path(cfg.data).exists():
         raise FileNotFoundError(f"dataset not found: {cfg.data} (make one with `steerable-sr generate`)")
+    output = comparison_output(cfg.out)
+    output.check(cfg.overwrite)
     set_threads(cfg)
-    out = Path(cfg.out)
+    staging = output.start()
     build: dict[str, dict] = {}
     if cfg.build_time:
         for spec in cfg.kinds:
@@ -154,34 +227,72 @@ def run_compare(cfg: CompareConfig, log: Callable[[str], Any] = print) -> dict[s
             log(f"[compare] {spec} seed {seed}: {r['params']:,} params, {r['steps']} steps in {r['fit_s']:.1f} s "
                 f"(step {r['step_s'] * 1e3:.0f} ms), test MAE {r['test'].get('mae', float('nan')):.4f}, "
                 f"equiv err {r['test'].get('equiv_err', float('nan')):.2e}")
-            # Written after every run: a long comparison that is interrupted keeps what it has
-            # (`--from-json OUT/results.json` renders the table and plots of what is there).
-            write_text(out / "results.json", to_json({"config": asdict(cfg), "build": build, "runs": runs}, indent=1))
-    return render(cfg, runs, build, log)
-
-
-def render(cfg: CompareConfig, runs: Sequence[dict], build: dict[str, dict] | None = None,
-           log: Callable[[str], Any] = print) -> dict[str, Any]:
-    """Aggregate ``runs`` and write results.json, results.md, val_curves.png and spectra.png to ``cfg.out``."""
-    out = Path(cfg.out)
-    table = aggregate(runs, build)
-    result = {"config": asdict(cfg), "build": build or {}, "table": table, "runs": list(runs)}
-    write_text(out / "results.json", to_json(result, indent=1))
-    md = table_markdown(table, cfg)
-    write_text(out / "results.md", md + "\n")
-    plot_curves(out / "val_curves.png", runs)
-    plot_run_spectra(out / "spectra.png", runs)
-    log(md)
+            write_text(staging / "results.json", to_json({"config": asdict(cfg), "build": build, "runs": runs}, indent=1))
+    with output.publish(staging) as tmp:
+        result = render(tmp, cfg, runs, build)
+    log(table_markdown(result["table"], cfg))
     return result
 
 
-def render_from_json(path: str | os.PathLike, out: str | None = None,
-                     log: Callable[[str], Any] = print) -> dict[str, Any]:
-    """Re-render a (possibly partial) ``results.json`` of :func:`run_compare`."""
+def render(directory: Path, cfg: StudyConfig, runs: Sequence[dict], build: dict[str, dict] | None = None
+           ) -> dict[str, Any]:
+    """Aggregate runs and write the comparison's files.
+
+    Parameters
+    ----------
+    directory : pathlib.Path
+        Receives ``results.json``, ``results.md``, ``val_curves.png`` and ``spectra.png``.
+    cfg : StudyConfig
+        The settings, saved and shown below the table.
+    runs : sequence of dict
+        :func:`~steerable_sr.study.runs.train_one` results.
+    build : dict, optional
+        Build times per kind.
+
+    Returns
+    -------
+    dict
+        ``{"config", "build", "table", "runs"}``.
+    """
+    table = aggregate(runs, build)
+    result = {"config": asdict(cfg), "build": build or {}, "table": table, "runs": list(runs)}
+    (directory / "results.json").write_text(to_json(result, indent=1))
+    (directory / "results.md").write_text(table_markdown(table, cfg) + "\n")
+    plot_curves(directory / "val_curves.png", runs)
+    plot_run_spectra(directory / "spectra.png", runs)
+    return result
+
+
+def render_from_json(path: str | os.PathLike, out: str | None = None, log: Callable[[str], Any] = print,
+                     overwrite: bool = False) -> dict[str, Any]:
+    """Render a saved, possibly partial, ``results.json`` of :func:`run_compare` again.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        ``OUT/results.json``, or ``OUT/partial/results.json`` of an interrupted comparison.
+    out : str, optional
+        The output directory (default: the saved one); refused if it holds a comparison's results,
+        unless ``overwrite``.
+    log : callable
+        Receives the table.
+    overwrite : bool
+
+    Returns
+    -------
+    dict
+        As :func:`run_compare`.
+    """
     saved = json.loads(Path(path).read_text())
     config = dict(saved["config"])
     if out is not None:
         config["out"] = out
-    cfg = CompareConfig(**{k: v for k, v in config.items() if k in CompareConfig.__dataclass_fields__})
+    config["overwrite"] = overwrite
+    cfg = StudyConfig(**{k: v for k, v in config.items() if k in StudyConfig.__dataclass_fields__})
     cfg.kinds = tuple(dict.fromkeys(r["kind"] for r in saved["runs"])) or cfg.kinds
-    return render(cfg, saved["runs"], saved.get("build") or {}, log)
+    output = comparison_output(cfg.out)
+    output.check(overwrite, partial=False)
+    with output.publish() as tmp:
+        result = render(tmp, cfg, saved["runs"], saved.get("build") or {})
+    log(table_markdown(result["table"], cfg))
+    return result

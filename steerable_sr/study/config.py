@@ -1,4 +1,4 @@
-"""The settings of a study (:class:`CompareConfig`) and the model kinds it accepts.
+"""The settings of a study (:class:`StudyConfig`) and the model kinds it accepts.
 
 Kinds are those of :data:`steerable_sr.models.KINDS`, or ``<kind>_separable`` for the separable
 regular kinds (``gcnn_separable``, ``rgcnn_separable``: ``build_model(kind, separable=True)`` with
@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from ..models import KINDS, SEPARABLE_KINDS
-from ..symmetry import subgroup_elements
+from ..groups import subgroup_elements
 
 SEPARABLE_SUFFIX = "_separable"
 
@@ -22,8 +22,46 @@ DISCOVERY_OVERRIDES: dict[str, Any] = {"hidden": 1, "trilinear_skip": False}
 
 
 @dataclass
-class CompareConfig:
-    """Settings of a comparison (defaults: the small CPU run of ``docs/results.md``)."""
+class StudyConfig:
+    """Settings of a study: the comparison of kinds and the symmetry discovery alike.
+
+    The defaults are the small CPU comparison of ``docs/results.md``; the optimiser's (``lr``,
+    ``weight_decay``, ``gamma``) are those of :class:`steerable_sr.training.SuperResolutionModule`.
+
+    Attributes
+    ----------
+    data : str
+        The dataset of a comparison (discovery takes its datasets as an argument).
+    out : str
+        The output directory.
+    kinds : sequence of str
+        Model kinds (:func:`parse_kind`).
+    seeds : sequence of int
+        One training run per seed and kind.
+    group, preset, model_overrides
+        Passed to :func:`steerable_sr.models.build_model` for every kind.
+    crop, batch_size, crops_per_window
+        Passed to :class:`steerable_sr.data.dataset.TurbulenceDataModule`.
+    max_epochs, max_steps, limit_train_batches, limit_val_batches, limit_test_batches
+        The training budget (Lightning's ``Trainer`` arguments).
+    lr, weight_decay, gamma, penalty_weight
+        Adam, StepLR and the relaxed kinds' penalty weight.
+    test_equivariance_elements : int, optional
+        Group elements of the test equivariance error (``None``: all).
+    accelerator, devices, precision
+        Lightning's ``Trainer`` arguments.
+    build_time : bool
+        Measure every kind's cold and warm build time in fresh processes.
+    augment : str, optional
+        Symmetrise the training batches by this named subgroup of O_h
+        (:class:`steerable_sr.study.runs.Augment`).
+    threads : int, optional
+        Torch's CPU threads (``None``: torch's default).
+    progress : bool
+        Show Lightning's progress bars.
+    overwrite : bool
+        Replace the results of an earlier study in ``out`` (otherwise refused before any training).
+    """
 
     data: str = "data/iso_n32.h5"
     out: str = "runs/compare"
@@ -40,7 +78,7 @@ class CompareConfig:
     limit_train_batches: int | float | None = None
     limit_val_batches: int | float | None = None
     limit_test_batches: int | float | None = None
-    lr: float = 2e-3
+    lr: float = 1e-3
     weight_decay: float = 4e-4
     gamma: float = 0.95
     penalty_weight: float = 1e-4
@@ -49,9 +87,10 @@ class CompareConfig:
     devices: int | str = 1
     precision: str = "32-true"
     build_time: bool = True
-    augment: str | None = None  # training batches symmetrised by this named subgroup of O_h (runs.Augment)
+    augment: str | None = None
     threads: int | None = 1
     progress: bool = False
+    overwrite: bool = False
 
     def __post_init__(self) -> None:
         self.kinds = tuple(self.kinds)
@@ -63,11 +102,22 @@ class CompareConfig:
         for spec in self.kinds:
             parse_kind(spec)
         if self.augment is not None:
-            subgroup_elements(self.augment, "Oh")  # a named subgroup of O_h, or a ValueError now
+            subgroup_elements(self.augment, "Oh")  # a ValueError now for an unknown name
 
 
 def parse_kind(spec: str) -> tuple[str, dict[str, Any]]:
-    """``"gcnn"`` -> ``("gcnn", {})``; ``"gcnn_separable"`` -> ``("gcnn", {"separable": True})``."""
+    """The model kind of a study's kind name and its ``build_model`` overrides.
+
+    Parameters
+    ----------
+    spec : str
+        A kind (``"gcnn"``) or a separable form (``"gcnn_separable"``).
+
+    Returns
+    -------
+    tuple of (str, dict)
+        ``("gcnn", {})``, ``("gcnn", {"separable": True})``; ``ValueError`` for an unknown kind.
+    """
     kind, overrides = spec, {}
     if spec.endswith(SEPARABLE_SUFFIX):
         kind, overrides = spec[: -len(SEPARABLE_SUFFIX)], {"separable": True}

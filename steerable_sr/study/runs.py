@@ -17,9 +17,11 @@ from torch.utils.data import DataLoader
 
 from .. import groups, metrics
 from ..data.dataset import TurbulenceDataModule
-from ..symmetry import block_significance, relaxed_layers, subgroup_elements, symmetry_report
+from ..groups import subgroup_elements
+from ..nn.relaxed import relaxed_layers
+from ..symmetry import block_significance, symmetry_report
 from ..training import SuperResolutionModule
-from .config import CompareConfig, parse_kind
+from .config import StudyConfig, parse_kind
 
 _BUILD_SNIPPET = """
 import json, sys, time
@@ -34,7 +36,22 @@ print(json.dumps({{"import_s": t1 - t0, "build_s": t2 - t1,
 
 
 def measure_build_time(spec: str, group: str = "Oh", preset: str = "small", timeout: float = 600) -> dict[str, float]:
-    """Cold and warm ``build_model`` time of ``spec`` in fresh processes (see :mod:`steerable_sr.study`)."""
+    """Cold and warm ``build_model`` time of a kind, each in a fresh process (:mod:`steerable_sr.study`).
+
+    Parameters
+    ----------
+    spec : str
+        A study kind (:func:`~steerable_sr.study.config.parse_kind`).
+    group, preset
+        Passed to ``build_model``.
+    timeout : float
+        Seconds per process.
+
+    Returns
+    -------
+    dict of str to float
+        ``build_cold_s``, ``build_warm_s`` and the import times ``import_cold_s``, ``import_warm_s``.
+    """
     kind, overrides = parse_kind(spec)
     code = _BUILD_SNIPPET.format(kind=kind, group=group, preset=preset, overrides=overrides)
     out: dict[str, float] = {}
@@ -51,8 +68,17 @@ def measure_build_time(spec: str, group: str = "Oh", preset: str = "small", time
 
 
 class Recorder(pl.Callback):
-    """Step wall times and the validation metrics of every epoch (for relaxed models also the symmetry
-    read-out: kept subgroup, largest block significance, and the largest block: layer, irrep, bank)."""
+    """Records the wall time of every training step and a row per validation epoch.
+
+    Attributes
+    ----------
+    step_times : list of float
+        Seconds per training step.
+    curve : list of dict
+        Per validation epoch: epoch, step, the ``val/`` metrics and training losses; for relaxed
+        models also the symmetry read-out (``symmetry``: the kept subgroup, ``significance``: the
+        largest block significance, ``largest_block``: its layer, irrep and bank).
+    """
 
     def __init__(self) -> None:
         self.step_times: list[float] = []
@@ -85,10 +111,21 @@ class Recorder(pl.Callback):
 
 
 class Augment(pl.Callback):
-    """Applies one random element of ``subgroup`` (a named subgroup of O_h, e.g. ``"Oh"``, ``"D2h"``,
-    ``"D4h, axis x"``: :func:`steerable_sr.symmetry.named_subgroups`; global RNG: seeded) to each
-    training batch, input and target alike: the training distribution becomes exactly
-    ``subgroup``-symmetric. ``drawn`` lists the element indices applied, batch after batch."""
+    """Symmetrises training by a subgroup: each training batch, input and target alike, is
+    transformed by a random element of ``subgroup`` (global RNG: seeded), so the training
+    distribution becomes exactly ``subgroup``-symmetric.
+
+    Parameters
+    ----------
+    subgroup : str
+        A named subgroup of O_h (:func:`steerable_sr.groups.named_subgroups`), e.g. ``"Oh"``,
+        ``"D2h"``, ``"D4h, axis x"``.
+
+    Attributes
+    ----------
+    drawn : list of int
+        The element indices applied, batch after batch.
+    """
 
     def __init__(self, subgroup: str) -> None:
         self.subgroup = subgroup
@@ -106,7 +143,20 @@ class Augment(pl.Callback):
 @torch.no_grad()
 def mean_spectra(module: SuperResolutionModule, loader: DataLoader, max_batches: int | None = None
                  ) -> dict[str, list[float]]:
-    """Mean test-set energy spectra of the prediction, the truth and the trilinear baseline."""
+    """Mean energy spectra over a loader's samples.
+
+    Parameters
+    ----------
+    module : SuperResolutionModule
+    loader : DataLoader
+        Batches ``{"low_res", "high_res"}``.
+    max_batches : int, optional
+
+    Returns
+    -------
+    dict of str to list of float
+        ``E(k)`` of the ``prediction``, the ``truth`` and the ``trilinear`` baseline, mean over samples.
+    """
     sums: dict[str, torch.Tensor] = {}
     count = 0
     module.eval()
@@ -122,16 +172,38 @@ def mean_spectra(module: SuperResolutionModule, loader: DataLoader, max_batches:
     return {name: (s / max(count, 1)).tolist() for name, s in sums.items()}
 
 
-def set_threads(cfg: CompareConfig) -> None:
+def set_threads(cfg: StudyConfig) -> None:
     """Torch's CPU threads for a study (``cfg.threads``; ``None``: torch's default)."""
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
 
 
-def train_one(spec: str, seed: int, cfg: CompareConfig, data: str | None = None, penalty_weight: float | None = None,
+def train_one(spec: str, seed: int, cfg: StudyConfig, data: str | None = None, penalty_weight: float | None = None,
               keep_model: bool = False) -> dict[str, Any]:
-    """Train ``spec`` with ``seed`` under ``cfg``; return params, step time, curve, test metrics, spectra
-    (and the trained network under ``"model"`` with ``keep_model``)."""
+    """Train one kind with one seed and test it.
+
+    Parameters
+    ----------
+    spec : str
+        A study kind (:func:`~steerable_sr.study.config.parse_kind`).
+    seed : int
+        Seeds the weights, the crops and the batches.
+    cfg : StudyConfig
+    data : str, optional
+        The dataset (default ``cfg.data``).
+    penalty_weight : float, optional
+        Default ``cfg.penalty_weight``.
+    keep_model : bool
+        Return the trained network too.
+
+    Returns
+    -------
+    dict
+        ``kind``, ``seed``, ``params``, ``build_in_process_s``, ``fit_s``, ``steps``, ``step_s``
+        (median step time, the first two excluded), ``curve`` (:class:`Recorder`), ``test``
+        (metrics), ``spectra`` (:func:`mean_spectra` of the test split), and ``model`` with
+        ``keep_model``.
+    """
     kind, overrides = parse_kind(spec)
     overrides = {**overrides, **(cfg.model_overrides or {})}
     pl.seed_everything(seed, workers=True, verbose=False)

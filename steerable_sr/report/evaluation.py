@@ -1,4 +1,5 @@
-r"""Evaluation report: metrics table (JSON + Markdown), energy spectra and slice plots, symmetry report.
+r"""The evaluation report of a trained network: metrics table (JSON + Markdown), energy spectra and
+slice plots, symmetry report.
 
 :func:`evaluate_model` runs a trained network over batches ``{"low_res", "high_res"}`` and returns the metrics
 of the model and of the trilinear baseline (sample-weighted means over batches of
@@ -30,10 +31,10 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from . import metrics
-from .io import atomic_directory, atomic_files, to_json
-from .plots import plot_spectra, save_png
-from .symmetry import SymmetryReport
+from .. import metrics
+from ..io import atomic_directory, atomic_files, to_json
+from ..plots import plot_spectra, save_png
+from ..symmetry import SymmetryReport
 
 
 _ROWS = [
@@ -52,7 +53,34 @@ _ROWS = [
 def evaluate_model(model: torch.nn.Module, batches: Iterable[Any], group: str = "Oh", upscale: int = 4,
                    equivariance_elements: int | None = None, device: str | torch.device = "cpu",
                    max_batches: int | None = None, divergence_periodic: bool = False) -> dict[str, Any]:
-    """Metrics, spectra and one sample of fields for the report (see the module docstring)."""
+    """Metrics, spectra and one sample of fields for the report (module docstring).
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Maps ``low_res`` ``(B, 3 T, n, n, n)`` to ``(B, 3, upscale n, ...)``.
+    batches : iterable
+        Dicts ``{"low_res", "high_res"}`` or pairs ``(low_res, high_res)``.
+    group : {"Oh", "O"}
+        Of the equivariance error.
+    upscale : int
+        Of the trilinear baseline.
+    equivariance_elements : int, optional
+        Elements of the equivariance error on the first batch (``None``: all).
+    device : str or torch.device
+    max_batches : int, optional
+        Stop after this many batches.
+    divergence_periodic : bool
+        Samples are whole periodic boxes (else crops: interior differences).
+
+    Returns
+    -------
+    dict
+        ``metrics`` (``model``, ``trilinear``, ``truth``: sample-weighted means), ``equivariance``
+        (max, mean, elements, group), ``samples``, ``spectra`` (mean ``E(k)`` of truth, prediction,
+        trilinear, input for ``k <= N // 2``), ``spectrum_error_of_mean_spectra``, ``sample`` (the
+        first sample's input, trilinear, prediction and truth, ``(3, N, N, N)`` each).
+    """
     model = model.to(device)
     was_training = model.training
     model.eval()
@@ -112,6 +140,7 @@ def evaluate_model(model: torch.nn.Module, batches: Iterable[Any], group: str = 
 
 
 def metrics_markdown(result: Mapping[str, Any], info: Mapping[str, Any] | None = None) -> str:
+    """The metrics table of :func:`evaluate_model` as Markdown (``metrics.md``), ``info`` as a list above it."""
     m = result["metrics"]
     lines = ["# Evaluation report", ""]
     if info:
@@ -136,33 +165,60 @@ def metrics_markdown(result: Mapping[str, Any], info: Mapping[str, Any] | None =
 
 
 def slice_panels(field: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """``(|u|, |curl u|)`` of a ``(3, N, N, N)`` field on the middle ``x_2`` plane ``N // 2``, as
-    ``(x_0, x_1)`` arrays. ``|u|`` is ``(N, N)``; ``|curl u|`` comes from central differences on the
-    interior voxels (``(N - 2, N - 2)``, voxels 1 .. N - 2), like the divergence metric: a crop is not
-    periodic, and differences across its edges would show a bright frame. In box units (grid units
-    times ``N``), so all resolutions share a colour scale."""
+    """Velocity and vorticity magnitude of a field on its middle ``x_2`` plane.
+
+    Parameters
+    ----------
+    field : torch.Tensor
+        ``(3, N, N, N)`` velocity.
+
+    Returns
+    -------
+    speed : numpy.ndarray
+        ``|u|`` on the plane ``x_2 = N // 2``, ``(N, N)`` indexed ``(x_0, x_1)``.
+    curl : numpy.ndarray
+        ``|curl u|`` on the same plane from central differences on the interior voxels, like the
+        divergence metric (a crop is not periodic, and differences across its edges would show a
+        bright frame): ``(N - 2, N - 2)``, voxels ``1 .. N - 2``; for ``N < 3``, which has no
+        interior voxel, ``(N, N)`` of NaN (a blank panel).
+
+    Both are in box units (grid units times ``N``), so all resolutions share a colour scale.
+    """
     n = field.shape[-1]
-    speed = field.double().norm(dim=0)[:, :, n // 2]
+    speed = field.double().norm(dim=0)[:, :, n // 2].numpy()
+    if n < 3:
+        return speed, np.full((n, n), np.nan)
     curl = metrics.vorticity(field.double(), method="central", periodic=False).norm(dim=0) * n
-    return speed.numpy(), curl[:, :, n // 2 - 1].numpy()
+    return speed, curl[:, :, n // 2 - 1].numpy()
 
 
 def plot_slice(path: str | os.PathLike, fields: Mapping[str, torch.Tensor], title: str = "") -> None:
-    """Velocity magnitude (top) and vorticity magnitude (bottom), middle slice along x_2
-    (:func:`slice_panels`)."""
+    """Plot velocity magnitude (top) and vorticity magnitude (bottom) on the middle ``x_2`` slice
+    (:func:`slice_panels`) of each field side by side, and save them as PNG.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+    fields : mapping of str to torch.Tensor
+        ``(3, N, N, N)`` fields by name; ``N`` may differ between them.
+    title : str
+    """
     names = list(fields)
     fig = Figure(figsize=(3 * len(names), 6))
     axes = fig.subplots(2, len(names), squeeze=False)
     panels = {k: slice_panels(v) for k, v in fields.items()}
-    vmax = [max(float(p[i].max()) for p in panels.values()) for i in range(2)]
+    vmax = []
+    for i in range(2):  # one colour scale per row, over the panels that have values
+        finite = [float(np.nanmax(p[i])) for p in panels.values() if np.isfinite(p[i]).any()]
+        vmax.append(max(finite) if finite else None)
     for j, k in enumerate(names):
         n = fields[k].shape[-1]
         for i, label in enumerate(("|u|", "|curl u|")):
             ax = axes[i][j]
-            edge = 0.0 if i == 0 else 1.0 / n  # the interior voxels 1 .. n - 2 of the curl
+            edge = 1.0 / n if i == 1 and n >= 3 else 0.0  # the interior voxels 1 .. n - 2 of the curl
             im = ax.imshow(panels[k][i].T, origin="lower", cmap="viridis" if i == 0 else "magma", vmin=0,
                            vmax=vmax[i], extent=(edge, 1 - edge, edge, 1 - edge))
-            ax.set_title(f"{k}: {label}", fontsize=9)
+            ax.set_title(f"{k}: {label}" + ("" if i == 0 or n >= 3 else " (no interior voxel)"), fontsize=9)
             ax.set_xticks([])
             ax.set_yticks([])
             fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
@@ -185,9 +241,19 @@ def is_report(directory: Path) -> bool:
 
 
 def check_report_destination(out_dir: str | os.PathLike, overwrite: bool = False) -> None:
-    """Refuse a report destination before any work: an existing file; an existing directory without
-    ``overwrite``; with ``overwrite``, a non-empty directory that holds no report (its files are not
-    ours to replace)."""
+    """Refuse a report destination before any work.
+
+    Parameters
+    ----------
+    out_dir : str or os.PathLike
+    overwrite : bool
+
+    Raises
+    ------
+    FileExistsError
+        For an existing file; an existing directory without ``overwrite``; with ``overwrite``, a
+        non-empty directory that holds no report (its files are not ours to replace).
+    """
     out = Path(out_dir)
     if not out.exists():
         return
@@ -203,9 +269,27 @@ def check_report_destination(out_dir: str | os.PathLike, overwrite: bool = False
 
 def write_report(out_dir: str | os.PathLike, result: Mapping[str, Any], info: Mapping[str, Any] | None = None,
                  symmetry: SymmetryReport | None = None, overwrite: bool = False) -> Path:
-    """Write the report (see the module docstring): a new directory atomically
-    (:func:`steerable_sr.io.atomic_directory`); with ``overwrite``, into an existing report directory,
-    replacing only :data:`REPORT_FILES` (:func:`steerable_sr.io.atomic_files`). Returns its path."""
+    """Write the report (module docstring).
+
+    Parameters
+    ----------
+    out_dir : str or os.PathLike
+        A new directory, written atomically (:func:`steerable_sr.io.atomic_directory`); with
+        ``overwrite``, an existing report directory, of which only :data:`REPORT_FILES` are
+        replaced (:func:`steerable_sr.io.atomic_files`).
+    result : mapping
+        :func:`evaluate_model`.
+    info : mapping, optional
+        Shown at the top of ``metrics.md`` and saved in ``metrics.json``.
+    symmetry : SymmetryReport, optional
+        Written as ``symmetry.md`` and ``symmetry.json``.
+    overwrite : bool
+
+    Returns
+    -------
+    pathlib.Path
+        ``out_dir``.
+    """
     out = Path(out_dir)
     check_report_destination(out, overwrite)
     writer = atomic_files(out, REPORT_FILES) if out.exists() else atomic_directory(out)
