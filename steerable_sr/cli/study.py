@@ -1,6 +1,6 @@
 """``steerable-sr compare`` and ``steerable-sr discover`` (also ``scripts/compare.py``): the arguments
 of the two studies of :mod:`steerable_sr.study`, turned into a
-:class:`~steerable_sr.study.config.CompareConfig`."""
+:class:`~steerable_sr.study.config.StudyConfig`."""
 from __future__ import annotations
 
 import argparse
@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..models import RELAXED_KINDS
-from ..study.config import DISCOVERY_OVERRIDES, CompareConfig
+from ..study.config import DISCOVERY_OVERRIDES, StudyConfig
 
 
 def _opt_int(text: str) -> int | None:
@@ -22,7 +22,7 @@ def _limit(text: str) -> int | float | None:
     return float(text) if "." in text else int(text)
 
 
-def _common_args(p: argparse.ArgumentParser, defaults: CompareConfig) -> None:
+def _common_args(p: argparse.ArgumentParser, defaults: StudyConfig) -> None:
     p.add_argument("--out", default=defaults.out, help="output directory (default: %(default)s)")
     p.add_argument("--seeds", type=int, nargs="+", default=list(defaults.seeds), help="training seeds")
     p.add_argument("--group", default=defaults.group, choices=("Oh", "O"))
@@ -50,11 +50,11 @@ def _common_args(p: argparse.ArgumentParser, defaults: CompareConfig) -> None:
     p.add_argument("--progress", action="store_true", help="show Lightning's progress bars")
 
 
-def _config(args: argparse.Namespace, **extra: Any) -> CompareConfig:
+def _config(args: argparse.Namespace, **extra: Any) -> StudyConfig:
     devices = args.devices
     if isinstance(devices, str) and devices.isdigit():
         devices = int(devices)
-    return CompareConfig(out=args.out, seeds=args.seeds, group=args.group, preset=args.preset, crop=args.crop,
+    return StudyConfig(out=args.out, seeds=args.seeds, group=args.group, preset=args.preset, crop=args.crop,
                          model_overrides=args.overrides,
                          batch_size=args.batch_size, crops_per_window=args.crops_per_window, max_epochs=args.epochs,
                          max_steps=args.max_steps, limit_train_batches=args.limit_train_batches,
@@ -66,7 +66,7 @@ def _config(args: argparse.Namespace, **extra: Any) -> CompareConfig:
 
 
 def compare_parser(prog: str = "steerable-sr compare") -> argparse.ArgumentParser:
-    d = CompareConfig()
+    d = StudyConfig()
     p = argparse.ArgumentParser(prog=prog, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                                 description="Train model kinds with matched budgets on the same data and seeds; write "
                                 "a table (results.md/json: parameters, build and step time, test metrics, mean ± std "
@@ -84,7 +84,7 @@ def compare_parser(prog: str = "steerable-sr compare") -> argparse.ArgumentParse
 
 def discover_parser(prog: str = "steerable-sr discover") -> argparse.ArgumentParser:
     # the same budget on every dataset, whatever its length: 12 epochs of 20 batches of 4 crops
-    d = CompareConfig(out="runs/discover", seeds=(0, 1, 2), max_epochs=12, crops_per_window=4,
+    d = StudyConfig(out="runs/discover", seeds=(0, 1, 2), max_epochs=12, crops_per_window=4,
                       limit_train_batches=20, limit_val_batches=8, limit_test_batches=8,
                       model_overrides=DISCOVERY_OVERRIDES)
     p = argparse.ArgumentParser(prog=prog, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
