@@ -10,7 +10,7 @@ import torch
 from steerable_sr.models import KIND_SPECS, KINDS, build_model
 from steerable_sr.testing import assert_equivariant, assert_not_equivariant, relative_error
 
-EQUIVARIANT_KINDS = [kind for kind, spec in KIND_SPECS.items() if spec.fields != "plain"]
+EQUIVARIANT_KINDS = [kind for kind, spec in KIND_SPECS.items() if spec.field_family != "plain"]
 
 
 @pytest.fixture(scope="module")
