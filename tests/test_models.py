@@ -47,6 +47,19 @@ def test_trilinear_skip_keeps_an_equivariant_kind_equivariant():
     assert_equivariant(build_model("rsteer").eval(), torch.randn(1, 9, 4, 4, 4), "Oh")
 
 
+def test_blocks_compute_the_documented_maps():
+    # docs/conventions.md, "Network topology": the UpBlock's skip joins before its last norm, the
+    # ResBlock's after it. Training mode (batch statistics), so that the two placements differ.
+    model = build_model("cnn").train()
+    up, res = model.stages[0], model.stages[1]
+    x = torch.randn(2, model.config.hidden, 4, 4, 4)
+    trilinear = torch.nn.functional.interpolate(x, scale_factor=2.0, mode="trilinear", align_corners=False)
+    with torch.no_grad():
+        assert torch.allclose(up(x), up.act2(up.norm2(up.conv(up.act1(up.norm1(up.up(x)))) + trilinear)))
+        y = up(x)
+        assert torch.allclose(res(y), res.act2(y + res.norm2(res.conv2(res.act1(res.norm1(res.conv1(y)))))))
+
+
 def test_output_shape_follows_upscale():
     model = build_model("steer", upscale=2, frames=2).eval()
     assert model(torch.randn(3, 6, 5, 5, 5)).shape == (3, 3, 10, 10, 10)

@@ -8,11 +8,11 @@
 
 escnn is imported when an equivariant model is built, not with this package.
 """
-from .layers import EquivariantLayers, PlainLayers, TensorOp
+from .layers import EquivariantLayers, PlainLayers
 from .network import HEAD_INIT_SCALE, ResBlock, SuperResolutionNet, UpBlock
 from .registry import (KIND_SPECS, KINDS, MODEL_OPTIONS, PRESETS, RELAXED_KINDS, SEPARABLE_KINDS, KindSpec,
                        ModelConfig, build_model, load_preset)
 
 __all__ = ["KIND_SPECS", "KINDS", "MODEL_OPTIONS", "PRESETS", "RELAXED_KINDS", "SEPARABLE_KINDS", "KindSpec",
            "ModelConfig", "build_model", "load_preset", "SuperResolutionNet", "UpBlock", "ResBlock",
-           "HEAD_INIT_SCALE", "TensorOp", "PlainLayers", "EquivariantLayers"]
+           "HEAD_INIT_SCALE", "PlainLayers", "EquivariantLayers"]

@@ -5,11 +5,11 @@ import copy
 
 from torch import nn
 
-from .layers import TensorOp
+from ..nn.tensor_op import TensorOp
 
 
 def export_plain(module: nn.Module) -> nn.Module:
-    """A copy of ``module`` whose escnn layers (:class:`~.layers.TensorOp`) are replaced by their
+    """A copy of ``module`` whose escnn layers (:class:`~steerable_sr.nn.tensor_op.TensorOp`) are replaced by their
     plain torch export (``Conv3d``, ``ConvTranspose3d``, ``BatchNorm3d``, ``ReLU``, 1x1 ``Conv3d``);
     every other module is copied with its parameters and buffers. Same output in eval mode."""
     if isinstance(module, TensorOp):

@@ -1,37 +1,20 @@
 """Layer factories: what each model kind puts at the leaves of the common topology.
 
 :class:`PlainLayers` builds the ``cnn`` kind's torch layers, :class:`EquivariantLayers` the escnn
-layers of the equivariant kinds, each wrapped in a :class:`TensorOp` so that the topology runs on
+layers of the equivariant kinds, each wrapped in a :class:`~steerable_sr.nn.tensor_op.TensorOp` so that the topology runs on
 plain tensors. escnn is imported when an equivariant model is built, not with this module.
 """
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import torch
 from torch import nn
 
 from .. import fields
+from ..nn.tensor_op import TensorOp
 
 if TYPE_CHECKING:
     from .registry import ModelConfig
-
-
-class TensorOp(nn.Module):
-    """Runs an escnn ``EquivariantModule`` on plain tensors ``(B, in_type.size, ...)`` (wraps the input
-    in a ``GeometricTensor`` of the module's input type and unwraps the result)."""
-
-    def __init__(self, module):
-        super().__init__()
-        self.module = module
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from escnn.nn import GeometricTensor
-
-        return self.module(GeometricTensor(x, self.module.in_type)).tensor
-
-    def export(self) -> nn.Module:
-        return self.module.export()
 
 
 class PlainLayers:

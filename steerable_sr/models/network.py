@@ -26,86 +26,47 @@ same network as plain torch layers.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import torch
 import torch.nn.functional as F
-import torch.utils.checkpoint
 from torch import nn
 
+from ..nn.block import ConvBlock
+from ..nn.slabs import SLAB_BYTES
 from .export import export_plain
 from .layers import EquivariantLayers, PlainLayers
 from .table import layer_table
 
 if TYPE_CHECKING:
-    from ..nn.recompute import SlabBlock
     from .registry import ModelConfig
 
 HEAD_INIT_SCALE = 0.01  # with the trilinear skip, the head's initial filters are scaled by this
 
 
-class UpBlock(nn.Module):
-    """``x (B, C, n^3) -> act(norm(conv(act(norm(up(x))))) + trilinear(x)) (B, C, (2n)^3)``."""
+class UpBlock(ConvBlock):
+    """``x (B, C, n^3) -> act(norm(conv(act(norm(up(x)))) + trilinear(x))) (B, C, (2n)^3)``: the skip
+    joins before the last norm."""
 
-    def __init__(self, layers, t):
-        super().__init__()
-        self.up, self.norm1, self.act1 = layers.up(t), layers.norm(t), layers.act(t)
-        self.conv, self.norm2, self.act2 = layers.conv(t, t), layers.norm(t), layers.act(t)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act2(self.pre_activation(x))
-
-    def pre_activation(self, x: torch.Tensor) -> torch.Tensor:
-        """The block without its last nonlinearity ``act2``."""
-        h = self.conv(self.act1(self.norm1(self.up(x))))
-        skip = F.interpolate(x, scale_factor=2.0, mode="trilinear", align_corners=False)
-        return self.norm2(h + skip)
-
-    def slab_block(self) -> "SlabBlock | None":
-        """``pre_activation`` for :func:`~steerable_sr.nn.recompute.checkpoint_in_slabs` (None: not supported)."""
-        return _slab_block(self.up, self.norm1, self.act1, self.conv, self.norm2, upsample=True)
+    def __init__(self, layers: PlainLayers | EquivariantLayers, t):
+        super().__init__(layers.up(t), layers.norm(t), layers.act(t), layers.conv(t, t), layers.norm(t), layers.act(t),
+                         upsample_skip=True, skip_before_norm=True, names=("up", "conv"))
 
 
-class ResBlock(nn.Module):
-    """``x -> act(x + norm(conv(act(norm(conv(x))))))``, shapes unchanged."""
+class ResBlock(ConvBlock):
+    """``x -> act(x + norm(conv(act(norm(conv(x))))))``, shapes unchanged: the skip joins after the last norm."""
 
-    def __init__(self, layers, t):
-        super().__init__()
-        self.conv1, self.norm1, self.act1 = layers.conv(t, t), layers.norm(t), layers.act(t)
-        self.conv2, self.norm2, self.act2 = layers.conv(t, t), layers.norm(t), layers.act(t)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act2(self.pre_activation(x))
-
-    def pre_activation(self, x: torch.Tensor) -> torch.Tensor:
-        """The block without its last nonlinearity ``act2``."""
-        return x + self.norm2(self.conv2(self.act1(self.norm1(self.conv1(x)))))
-
-    def slab_block(self) -> "SlabBlock | None":
-        """``pre_activation`` for :func:`~steerable_sr.nn.recompute.checkpoint_in_slabs` (None: not supported)."""
-        return _slab_block(self.conv1, self.norm1, self.act1, self.conv2, self.norm2, upsample=False)
-
-
-def _slab_block(first, norm1, act, second, norm2, upsample: bool) -> "SlabBlock | None":
-    """The block's layers as a :class:`~steerable_sr.nn.recompute.SlabBlock` if they are escnn layers with
-    one dense filter per convolution (``OctahedralConv``: the kinds gcnn, rgcnn, steer, rsteer without
-    ``separable``), else None."""
-    from ..nn import FieldBatchNorm, OctahedralConv
-    from ..nn.recompute import SlabBlock
-
-    layers = [getattr(layer, "module", None) for layer in (first, norm1, act, second, norm2)]
-    convs, norms = (layers[0], layers[3]), (layers[1], layers[4])
-    if not all(isinstance(c, OctahedralConv) for c in convs) or not all(isinstance(n, FieldBatchNorm) for n in norms):
-        return None
-    return SlabBlock(*layers, upsample=upsample)
+    def __init__(self, layers: PlainLayers | EquivariantLayers, t):
+        super().__init__(layers.conv(t, t), layers.norm(t), layers.act(t), layers.conv(t, t), layers.norm(t),
+                         layers.act(t), upsample_skip=False, skip_before_norm=False, names=("conv1", "conv2"))
 
 
 class SuperResolutionNet(nn.Module):
     """``(B, 3 T, n, n, n) -> (B, 3, s n, s n, s n)`` in the public convention (see module docstring)."""
 
     #: With ``checkpoint_blocks``: the largest float32 depth slab of one activation that a block's
-    #: backward computes at once (:func:`~steerable_sr.nn.recompute.checkpoint_in_slabs`).
-    slab_bytes = 4 * 2 ** 20
+    #: backward computes at once (:func:`~steerable_sr.nn.checkpointing.checkpoint_chain`).
+    slab_bytes = SLAB_BYTES
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -151,24 +112,11 @@ class SuperResolutionNet(nn.Module):
 
     @torch.jit.unused
     def _checkpointed_blocks(self, h: torch.Tensor) -> torch.Tensor:
-        """``stages(lift(h))`` with every block checkpointed up to its last nonlinearity, which runs
-        outside: the nonlinearity keeps its output for backward, and that output is the next block's
-        input (kept anyway), so the recomputation in backward makes no second copy of it.
+        """``stages(lift(h))`` with the lift and every block checkpointed
+        (:func:`~steerable_sr.nn.checkpointing.checkpoint_chain`)."""
+        from ..nn.checkpointing import checkpoint_chain
 
-        Up/ResBlocks of OctahedralConv layers (gcnn, rgcnn, steer, rsteer) are recomputed in depth
-        slabs (:func:`~steerable_sr.nn.recompute.checkpoint_in_slabs`: at most two activations of the
-        block's size besides its input and gradient); the lift, and the blocks of cnn and separable
-        models, with :func:`_checkpointed` (``torch.utils.checkpoint``, autograd's own backward)."""
-        from ..nn.recompute import checkpoint_in_slabs
-
-        for block in (self.lift, *self.stages):
-            pre_activation, activation = _split_activation(block)
-            slabs = block.slab_block() if hasattr(block, "slab_block") else None
-            if slabs is not None:
-                h = activation(checkpoint_in_slabs(h, slabs, self.slab_bytes))
-            else:
-                h = activation(_checkpointed(pre_activation, block, h))
-        return h
+        return checkpoint_chain((self.lift, *self.stages), h, self.slab_bytes)
 
     # ---- relaxed layers -----------------------------------------------------------------------
 
@@ -197,40 +145,3 @@ class SuperResolutionNet(nn.Module):
         """The same network with plain torch leaves (Conv3d, ConvTranspose3d, BatchNorm3d, ReLU,
         1x1 Conv3d): no escnn object inside; ``torch.jit.script`` accepts it. Same output in eval mode."""
         return export_plain(self).eval()
-
-
-#: Buffers that a forward pass in training mode updates (batch-norm running statistics).
-RUNNING_STATISTICS = ("running_mean", "running_var", "num_batches_tracked")
-
-
-def _split_activation(block: nn.Module) -> tuple[Callable[[torch.Tensor], torch.Tensor], nn.Module]:
-    """``(pre_activation, activation)`` with ``block(x) == activation(pre_activation(x))``: the lift
-    (``conv, norm, act``) or an Up/ResBlock."""
-    if isinstance(block, nn.Sequential):
-        return block[:-1], block[-1]
-    return block.pre_activation, block.act2
-
-
-def _checkpointed(function: Callable[[torch.Tensor], torch.Tensor], block: nn.Module,
-                  x: torch.Tensor) -> torch.Tensor:
-    """``function(x)``, a part of ``block``, keeping only ``x`` for backward (``torch.utils.checkpoint``,
-    non-reentrant): backward runs ``function`` again. That second run computes the same tensors (in
-    training mode the norms use batch statistics, not running ones) but would update the running
-    statistics a second time, so it runs with ``block``'s restored to their values before it: the
-    result is exactly the step without checkpointing."""
-    first = True
-
-    def run(x: torch.Tensor) -> torch.Tensor:
-        nonlocal first
-        if first:
-            first = False
-            return function(x)
-        running = [b for name, b in block.named_buffers() if name.rsplit(".", 1)[-1] in RUNNING_STATISTICS]
-        saved = [b.clone() for b in running]
-        try:
-            return function(x)
-        finally:
-            for b, value in zip(running, saved):
-                b.copy_(value)
-
-    return torch.utils.checkpoint.checkpoint(run, x, use_reentrant=False)

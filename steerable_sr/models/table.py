@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from .. import fields
-from .layers import TensorOp
+from ..nn.tensor_op import TensorOp
 
 
 def layer_table(model: nn.Module, input_size: int | None = None) -> str:
