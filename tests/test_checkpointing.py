@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from steerable_sr.models import KINDS, build_model
+from steerable_sr.testing import relative_error
 
 TINY = {"group": "O", "hidden": 1}
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -116,9 +117,10 @@ def test_backward_of_a_block_holds_two_activations_of_its_size(block):
             return out
 
     _, model = _pair("rgcnn")
-    layers = model.stages[block].slab_block()
-    n = 8 if layers.first.transposed else 16  # the output is 16^3
-    x = torch.randn(2, layers.first.in_type.size, n, n, n, requires_grad=True)
+    layers = model.stages[block]
+    first = layers[0].module
+    n = 8 if first.transposed else 16  # the output is 16^3
+    x = torch.randn(2, first.in_type.size, n, n, n, requires_grad=True)
     out = checkpoint_in_slabs(x, layers, chunk_bytes=1)
     grad, shape, created, peak = torch.randn_like(out), out.shape, [], [0]
     with Record():
@@ -160,3 +162,65 @@ def test_checkpointing_under_bf16_autocast_matches_the_step_without_it(kind):
     assert torch.allclose(loss_c, loss, rtol=1e-2)
     gradient, gradient_c = (torch.cat([g[name].flatten() for name in grads]) for g in (grads, grads_c))
     assert (gradient_c - gradient).norm() <= 1e-2 * gradient.norm()
+
+
+@pytest.mark.parametrize("kind, separable, recompute", [
+    ("cnn", False, "autograd"), ("gcnn", False, "slabs"), ("rgcnn", False, "slabs"), ("steer", False, "slabs"),
+    ("rsteer", False, "slabs"), ("gcnn", True, "autograd"), ("rgcnn", True, "autograd")])
+def test_each_block_is_recomputed_as_its_layers_declare(kind, separable, recompute):
+    # Slabs for the blocks of dense escnn convolutions; autograd's own backward for plain torch layers,
+    # separable convolutions and the lift.
+    from steerable_sr.nn.checkpointing import Recompute, recompute_of
+
+    model = build_model(kind, separable=separable, **TINY)
+    assert recompute_of(model.lift) is Recompute.AUTOGRAD
+    assert [recompute_of(block) for block in model.stages] == [Recompute(recompute)] * len(model.stages)
+
+
+def test_a_block_with_a_layer_of_unknown_recomputation_is_refused():
+    from steerable_sr.nn.block import ConvBlock
+    from steerable_sr.nn.checkpointing import recompute_of
+
+    layers = [torch.nn.Conv3d(2, 2, 3, padding=1), torch.nn.BatchNorm3d(2), torch.nn.Dropout(),
+              torch.nn.Conv3d(2, 2, 3, padding=1), torch.nn.BatchNorm3d(2), torch.nn.ReLU()]
+    with pytest.raises(TypeError, match="Dropout"):
+        recompute_of(ConvBlock(*layers, upsample_skip=False, skip_before_norm=False))
+
+
+@pytest.mark.parametrize("upsample_skip", [False, True], ids=["identity-skip", "trilinear-skip"])
+@pytest.mark.parametrize("skip_before_norm", [False, True], ids=["after-norm", "before-norm"])
+def test_a_new_block_declaration_is_recomputed_in_slabs_without_a_backward_of_its_own(upsample_skip,
+                                                                                        skip_before_norm):
+    # Any skip and join point of a ConvBlock: the slab recomputation reads the declaration and gives
+    # the output, input and parameter gradients and running statistics of autograd through the
+    # block's forward, to float32 round-off (reductions in another order: 1e-5 relative). The
+    # parameter gradients are compared as one vector: a convolution's bias in front of a batch norm
+    # has a gradient that is zero up to round-off.
+    from steerable_sr.models import EquivariantLayers, ModelConfig
+    from steerable_sr.nn.block import ConvBlock
+    from steerable_sr.nn.recompute import checkpoint_in_slabs
+
+    layers = EquivariantLayers(ModelConfig(kind="rsteer", group="O", hidden=1))
+    t = layers.hidden
+
+    def make():
+        first = layers.up(t) if upsample_skip else layers.conv(t, t)
+        return ConvBlock(first, layers.norm(t), layers.act(t), layers.conv(t, t), layers.norm(t), layers.act(t),
+                         upsample_skip=upsample_skip, skip_before_norm=skip_before_norm).train()
+
+    block, twin = make(), make()
+    twin.load_state_dict(block.state_dict())
+    x = torch.randn(2, t.size, 4, 4, 4)
+    n = 8 if upsample_skip else 4
+    grad = torch.randn(2, t.size, n, n, n)
+    results = []
+    for run, module in ((lambda x: block.pre_activation(x), block),
+                        (lambda x: checkpoint_in_slabs(x, twin, chunk_bytes=1), twin)):
+        x_ = x.clone().requires_grad_()
+        out = run(x_)
+        out.backward(grad)
+        gradient = torch.cat([p.grad.flatten() for p in module.parameters()])
+        running = [b for name, b in module.named_buffers() if name.endswith(("running_mean", "running_var"))]
+        results.append([out.detach(), x_.grad, gradient, *running])
+    for ours, reference in zip(results[1], results[0]):
+        assert relative_error(ours, reference) < 1e-5

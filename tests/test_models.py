@@ -10,7 +10,7 @@ import torch
 from steerable_sr.models import KIND_SPECS, KINDS, build_model
 from steerable_sr.testing import assert_equivariant, assert_not_equivariant, relative_error
 
-EQUIVARIANT_KINDS = [kind for kind, spec in KIND_SPECS.items() if spec.fields != "plain"]
+EQUIVARIANT_KINDS = [kind for kind, spec in KIND_SPECS.items() if spec.field_family != "plain"]
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +45,19 @@ def test_trilinear_skip_starts_near_the_trilinear_baseline(kind):
 
 def test_trilinear_skip_keeps_an_equivariant_kind_equivariant():
     assert_equivariant(build_model("rsteer").eval(), torch.randn(1, 9, 4, 4, 4), "Oh")
+
+
+def test_blocks_compute_the_documented_maps():
+    # docs/conventions.md, "Network topology": the UpBlock's skip joins before its last norm, the
+    # ResBlock's after it. Training mode (batch statistics), so that the two placements differ.
+    model = build_model("cnn").train()
+    up, res = model.stages[0], model.stages[1]
+    x = torch.randn(2, model.config.hidden, 4, 4, 4)
+    trilinear = torch.nn.functional.interpolate(x, scale_factor=2.0, mode="trilinear", align_corners=False)
+    with torch.no_grad():
+        assert torch.allclose(up(x), up.act2(up.norm2(up.conv(up.act1(up.norm1(up.up(x)))) + trilinear)))
+        y = up(x)
+        assert torch.allclose(res(y), res.act2(y + res.norm2(res.conv2(res.act1(res.norm1(res.conv1(y)))))))
 
 
 def test_output_shape_follows_upscale():

@@ -203,7 +203,7 @@ def test_batch_norm_input_gradient_coefficients_equal_autograd(make_type):
     # The backward as per-channel coefficients (what a recomputed block uses): from the batch
     # statistics and the sums of g and g t alone, the input, weight and bias gradients of the layer's
     # own training-mode backward; float32 reductions in another order (1e-5 relative).
-    from steerable_sr.nn.pointwise import channel_sums
+    from steerable_sr.nn.functional import backward_coefficients, batch_moments, channel_sums, training_coefficients
 
     field_type = make_type("Oh", 2)
     layer = FieldBatchNorm(field_type)
@@ -212,10 +212,11 @@ def test_batch_norm_input_gradient_coefficients_equal_autograd(make_type):
     t = random_tensor(field_type).tensor
     g = torch.linspace(-1, 2, t.numel()).view_as(t)
     y, grad_t, grad_weight, grad_bias = _norm_step(layer, enn.GeometricTensor(t, field_type))[:4]
-    gradient = layer.input_gradient(*layer.batch_statistics(t), layer.weight, layer.bias,
-                                    *channel_sums(g, t, chunk_bytes=1), t.numel() // t.shape[1])
+    moments = batch_moments(t, torch.float32)
+    gradient = backward_coefficients(*moments, layer.weight, layer.bias, layer.partition,
+                                     *channel_sums(g, t, chunk_bytes=1), t.numel() // t.shape[1])
     assert relative_error(gradient.input_grad(t, g), grad_t) < 1e-5
     assert relative_error(gradient.weight, grad_weight) < 1e-5
     assert relative_error(gradient.bias, grad_bias) < 1e-5
-    scale, shift = layer.affine_coefficients(*layer.batch_statistics(t), layer.weight, layer.bias)
+    scale, shift = training_coefficients(*moments, layer.weight, layer.bias, layer.partition)
     assert relative_error(t * scale.view(1, -1, 1, 1, 1) + shift.view(1, -1, 1, 1, 1), y) < 1e-5

@@ -5,8 +5,6 @@ plain torch modules (``BatchNorm3d``; ``ReLU`` or ``1x1 Conv3d -> ReLU -> 1x1 Co
 """
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -15,6 +13,8 @@ from escnn import nn as enn
 from ..fields import check_type, is_regular, representation_matrices
 from .basis import invariant_subspace
 from .fourier import fourier_embedding
+from .functional import (FieldPartition, backward_coefficients, batch_moments, channel_affine, channel_sums,
+                         field_moments, normalisation)
 from .slabs import depth_slices
 
 
@@ -62,7 +62,7 @@ class FieldBatchNorm(enn.EquivariantModule):
         else:
             # Statistics and coefficients in the buffers' precision (float32 under bf16/fp16 autocast).
             with torch.autocast(t.device.type, enabled=False):
-                scale, shift = self._coefficients(self.running_mean, self.running_var, self.weight, self.bias)
+                scale, shift = normalisation(self.running_mean, self.running_var, self.weight, self.bias, self.partition)
             out = channel_affine(t, scale, shift)
         return enn.GeometricTensor(out, self.out_type)
 
@@ -81,60 +81,18 @@ class FieldBatchNorm(enn.EquivariantModule):
                 self.running_mean.view(fields, order).copy_(running_mean.unsqueeze(1))
         return out.view_as(t)
 
-    def _field_statistics(self, var: torch.Tensor, mean: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(field_mean, field_var)`` from the per-channel variance and mean of a batch (``(C,)`` each):
-        the invariant mean ``P mean`` (per channel) and the per-field variance ``E||v - P mean||^2 / d``,
-        the field's average of ``var + (mean - P mean)^2`` (per field)."""
-        field_mean = self.invariant_projector @ mean
-        per_channel = var + (mean - field_mean).square()
-        field_var = torch.zeros_like(self.running_var).index_add(0, self.field_of, per_channel) / self.field_size
-        return field_mean, field_var
-
-    def _coefficients(self, field_mean: torch.Tensor, field_var: torch.Tensor, weight: torch.Tensor,
-                      bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-channel ``(scale, shift)`` of the normalisation ``t -> t * scale + shift``."""
-        scale = (weight / torch.sqrt(field_var + self.eps))[self.field_of]
-        return scale, self.invariant_projector @ bias - field_mean * scale
+    @property
+    def partition(self) -> FieldPartition:
+        """The fields of the layer's type, as the batch-norm formulas read them (:mod:`.functional`)."""
+        return FieldPartition(self.invariant_projector, self.field_of, self.field_size, self.eps)
 
     @torch.no_grad()
-    def _update_running_statistics(self, field_mean: torch.Tensor, field_var: torch.Tensor, samples: int) -> None:
-        """Momentum update; ``samples`` values per channel (batch x voxels), so ``d samples`` per field
-        for the unbiased variance."""
+    def update_running_statistics(self, field_mean: torch.Tensor, field_var: torch.Tensor, samples: int) -> None:
+        """Momentum update from a batch's field statistics (:func:`~.functional.field_moments`);
+        ``samples`` values per channel (batch x voxels), so ``d samples`` per field for the unbiased variance."""
         count = self.field_size * samples
         self.running_mean.lerp_(field_mean, self.momentum)
         self.running_var.lerp_(field_var * count / (count - 1).clamp(min=1), self.momentum)
-
-    def batch_statistics(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(var, mean)`` of ``t (B, C, N, N, N)`` per channel over batch and voxels (biased), in the
-        buffers' precision (float32 under bf16/fp16 autocast)."""
-        with torch.autocast(t.device.type, enabled=False):
-            return torch.var_mean(t.to(self.running_var.dtype), dim=(0, 2, 3, 4), unbiased=False)
-
-    def affine_coefficients(self, var: torch.Tensor, mean: torch.Tensor, weight: torch.Tensor,
-                            bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-channel ``(scale, shift)`` of the training-mode map ``t -> t scale + shift`` for a batch with
-        per-channel ``var, mean`` (:meth:`batch_statistics`), in the buffers' precision."""
-        dtype = self.running_var.dtype
-        with torch.autocast(var.device.type, enabled=False):
-            return self._coefficients(*self._field_statistics(var, mean), weight.to(dtype), bias.to(dtype))
-
-    def input_gradient(self, var: torch.Tensor, mean: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
-                       sum_g: torch.Tensor, sum_gt: torch.Tensor, samples: int) -> "NormGradient":
-        r"""The training-mode backward as per-channel coefficients: for the batch ``t`` with per-channel
-        ``var, mean`` (:meth:`batch_statistics`, ``samples`` values per channel) and the output gradient
-        ``g`` with per-channel sums ``sum_g = sum g`` and ``sum_gt = sum g t`` (:func:`channel_sums`),
-        returns the input gradient ``g scale + b t + a`` as per-channel ``scale, a, b`` and the parameters'
-        gradients (:class:`NormGradient`). ``a, b`` come from the chain rule through the
-        variance and mean (``d var_c / d t = 2 (t - mean_c) / n``, ``d mean_c / d t = 1 / n``). All in
-        the buffers' precision."""
-        dtype = self.running_var.dtype
-        with torch.enable_grad(), torch.autocast(var.device.type, enabled=False):
-            leaves = var_, mean_, weight_, bias_ = [x.detach().to(dtype).requires_grad_()
-                                                    for x in (var, mean, weight, bias)]
-            scale, shift = self._coefficients(*self._field_statistics(var_, mean_), weight_, bias_)
-            d_var, d_mean, d_weight, d_bias = torch.autograd.grad((scale, shift), leaves, (sum_gt, sum_g))
-        b = 2 * d_var / samples
-        return NormGradient(scale.detach(), d_mean / samples - b * mean, b, d_weight, d_bias)
 
     def evaluate_output_shape(self, input_shape: tuple) -> tuple:
         return input_shape
@@ -150,43 +108,6 @@ class FieldBatchNorm(enn.EquivariantModule):
         return bn.eval().to(self.bias.device)
 
 
-class NormGradient(NamedTuple):
-    """The training-mode backward of :class:`FieldBatchNorm` (:meth:`FieldBatchNorm.input_gradient`):
-    input gradient ``g scale + b t + a`` (per-channel ``(C,)`` each), parameter gradients."""
-
-    scale: torch.Tensor
-    a: torch.Tensor
-    b: torch.Tensor
-    weight: torch.Tensor
-    bias: torch.Tensor
-
-    def input_grad(self, t: torch.Tensor, g: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-        """``g scale + b t + a`` for the layer's input ``t`` and output gradient ``g`` (``(B, C, N, N, N)``),
-        in ``t``'s precision, in two element-wise passes; written into ``out`` if given (``t`` itself is
-        allowed: every element is read before it is written)."""
-        def channel(c: torch.Tensor) -> torch.Tensor:
-            return c.to(t.dtype).view(1, -1, 1, 1, 1)
-
-        return torch.addcmul(channel(self.a), t, channel(self.b), out=out).addcmul_(g, channel(self.scale))
-
-
-def channel_affine(t: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    """``t * scale + shift`` per channel of ``t (B, C, N, N, N)``, in ``t``'s precision: one elementwise pass."""
-    return torch.addcmul(shift.to(t.dtype).view(1, -1, 1, 1, 1), t, scale.to(t.dtype).view(1, -1, 1, 1, 1))
-
-
-def channel_sums(g: torch.Tensor, t: torch.Tensor,
-                 chunk_bytes: int = 32 * 2 ** 20) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(sum g, sum g t)`` per channel of ``g, t (B, C, N, N, N)`` over batch and voxels, in float32,
-    a depth slab of at most ``chunk_bytes`` at a time (no full-size temporary)."""
-    sum_g, sum_gt = g.new_zeros(t.shape[1], dtype=torch.float32), g.new_zeros(t.shape[1], dtype=torch.float32)
-    for depth in depth_slices(t.shape, t.shape[1], chunk_bytes):
-        g_d = g[:, :, depth]
-        sum_g += g_d.sum(dim=(0, 2, 3, 4), dtype=torch.float32)
-        sum_gt += (g_d * t[:, :, depth]).sum(dim=(0, 2, 3, 4), dtype=torch.float32)
-    return sum_g, sum_gt
-
-
 class _FieldNormFunction(torch.autograd.Function):
     r"""Training-mode :class:`FieldBatchNorm` of irrep bands, ``t (B, C, N, N, N) -> t * scale + shift``
     with ``(scale, shift)`` from the batch's per-channel variance and mean, with a fused backward: it
@@ -200,19 +121,21 @@ class _FieldNormFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, t: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
                 layer: "FieldBatchNorm") -> torch.Tensor:
-        var, mean = layer.batch_statistics(t)
+        partition = layer.partition
+        var, mean = batch_moments(t, layer.running_var.dtype)
         with torch.autocast(t.device.type, enabled=False):
-            field_mean, field_var = layer._field_statistics(var, mean)
-            scale, shift = layer._coefficients(field_mean, field_var, weight.to(var.dtype), bias.to(var.dtype))
-        layer._update_running_statistics(field_mean, field_var, t.numel() // t.shape[1])
+            field_mean, field_var = field_moments(var, mean, partition)
+            scale, shift = normalisation(field_mean, field_var, weight.to(var.dtype), bias.to(var.dtype), partition)
+        layer.update_running_statistics(field_mean, field_var, t.numel() // t.shape[1])
         ctx.save_for_backward(t, var, mean, weight, bias)
-        ctx.layer = layer
+        ctx.partition = partition
         return channel_affine(t, scale, shift)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         t, var, mean, weight, bias = ctx.saved_tensors
-        gradient = ctx.layer.input_gradient(var, mean, weight, bias, *channel_sums(grad, t), t.numel() // t.shape[1])
+        gradient = backward_coefficients(var, mean, weight, bias, ctx.partition, *channel_sums(grad, t),
+                                         t.numel() // t.shape[1])
         return gradient.input_grad(t, grad), gradient.weight.to(weight.dtype), gradient.bias.to(bias.dtype), None
 
 

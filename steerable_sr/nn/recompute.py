@@ -1,143 +1,142 @@
-r"""Activation checkpointing of a conv-norm-act-conv-norm block that recomputes it in depth slabs.
+r"""Activation checkpointing of a :class:`~.block.ConvBlock` that recomputes it in depth slabs.
 
-The blocks of the super-resolution nets (``steerable_sr.models``), up to their last nonlinearity, are
+The block up to its last nonlinearity (:mod:`.block`) is
 
-    h = first(x)                                    convolution, or transposed convolution (upsampling)
-    s = second(act(norm1(h)))                       stride-1 convolution
-    pre = x + norm2(s)                  (residual block)
-    pre = norm2(s + trilinear(x))       (upsampling block: ``upsample``)
+    h   = first(x)                          convolution, or transposed convolution (upsampling)
+    s   = second(act1(norm1(h)))            stride-1 convolution
+    pre = norm2(s + skip(x))  or  skip(x) + norm2(s)
 
-with :class:`~.conv.OctahedralConv` convolutions, :class:`~.pointwise.FieldBatchNorm` norms in training
-mode (batch statistics) and a per-voxel nonlinearity ``act`` (:class:`~.pointwise.FourierReLU`).
-:func:`checkpoint_in_slabs` computes ``pre`` keeping only ``x`` for backward, like
-``torch.utils.checkpoint``, but its backward holds, besides ``x`` and the incoming gradient ``g``, at
-most two tensors of the block's output size ``A`` at once (``torch.utils.checkpoint`` replays autograd's
-backward: about five, plus the convolutions' full-size temporaries):
+with :class:`~.conv.OctahedralConv` convolutions, :class:`~.pointwise.FieldBatchNorm` norms in
+training mode (batch statistics) and a per-voxel nonlinearity ``act1``
+(:class:`~.pointwise.FourierReLU`), each behind a :class:`~.tensor_op.TensorOp`
+(:func:`~.checkpointing.recompute_of` says which blocks qualify). :func:`checkpoint_in_slabs` computes
+``pre`` keeping only ``x`` for backward, like ``torch.utils.checkpoint``, but its backward holds,
+besides ``x`` and the incoming gradient ``g``, at most two tensors of the block's output size at once
+(``torch.utils.checkpoint`` replays autograd's backward: about five, plus the convolutions'
+full-size temporaries):
 
 * ``h``, recomputed; at the end, in place, the gradient of ``h``;
-* one buffer that holds ``s``, then in place its gradient, then the gradient of ``norm1``'s output,
-  each step reading and writing it a depth slab at a time (:mod:`.slabs`); freed before the input
-  gradient is allocated.
+* one buffer that holds ``s`` (with the skip, if it joins before ``norm2``), then in place its
+  gradient, then the gradient of ``norm1``'s output, each step reading and writing it a depth slab
+  at a time (:mod:`.slabs`); freed before the input gradient is allocated.
 
 A batch norm's backward needs only its input and two per-channel sums of the output gradient
-(:meth:`~.pointwise.FieldBatchNorm.input_gradient`); the convolutions, the nonlinearity, the trilinear
-skip and the sums run in depth slabs, so no other full-size temporary exists (the CPU convolutions'
-own reorders included). The expanded filters are rebuilt in backward rather than kept with the graph
+(:func:`~.functional.backward_coefficients`); the convolutions, the nonlinearity, the trilinear skip
+and the sums run in depth slabs, so no other full-size temporary exists (the CPU convolutions' own
+reorders included). The expanded filters are rebuilt in backward rather than kept with the graph
 of their expansion. The gradients are those of the block (the same operations, float round-off);
-the running statistics are updated once, by the forward pass, which runs the layers themselves.
+the running statistics are updated once, by the forward pass, which runs the norms themselves.
 Compute: the forward pass once more, as ``torch.utils.checkpoint``, and the filter expansion.
+(A skip that is the input itself and joins before ``norm2`` costs one more copy of the block's
+size: its gradient is read before the buffer is overwritten.)
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 import torch.nn.functional as F
-from escnn import nn as enn
+from torch import nn
 
-from .conv import OctahedralConv
-from .pointwise import FieldBatchNorm, channel_affine, channel_sums
+from .block import ConvBlock
+from .functional import backward_coefficients, batch_moments, channel_affine, channel_sums, training_coefficients
 from .slabs import (conv3d_filter_grad_slab, conv3d_input_grad_slab, conv3d_slab, depth_slices, halo, pad_depth,
                     upsample_trilinear_grad, upsample_trilinear_slab, with_halo)
 
-
-@dataclass(frozen=True)
-class SlabBlock:
-    """The layers of a block (module docstring), escnn modules.
-
-    Attributes:
-        first: the convolution (stride 1) or transposed convolution applied to the input.
-        norm1, act: the norm and nonlinearity between the convolutions.
-        second: the stride-1 convolution after them.
-        norm2: the last norm.
-        upsample: False for a residual block (``x + norm2(s)``); True for an upsampling block
-            (``norm2(s + trilinear(x))``, :func:`~.slabs.upsample_trilinear`).
-    """
-
-    first: OctahedralConv
-    norm1: FieldBatchNorm
-    act: enn.EquivariantModule
-    second: OctahedralConv
-    norm2: FieldBatchNorm
-    upsample: bool = False
-
-    def parameters(self) -> list[torch.Tensor]:
-        """The parameters of ``first``, ``second``, ``norm1`` and ``norm2``, in this order."""
-        return [p for layer in (self.first, self.second, self.norm1, self.norm2) for p in layer.parameters()]
+if TYPE_CHECKING:
+    from .conv import OctahedralConv
 
 
-def checkpoint_in_slabs(x: torch.Tensor, block: SlabBlock, chunk_bytes: int) -> torch.Tensor:
+def checkpoint_in_slabs(x: torch.Tensor, block: ConvBlock, chunk_bytes: int) -> torch.Tensor:
     """The block's ``pre`` (module docstring) ``(B, C, n^3) -> (B, C, N^3)``, keeping only ``x`` for
     backward, which recomputes the block (the expanded filters included) in depth slabs of at most
     ``chunk_bytes`` (float32 values of one activation). Training mode."""
-    return _SlabBlockFunction.apply(x, block, chunk_bytes, *block.parameters())
-
-
-def _on(module: enn.EquivariantModule, t: torch.Tensor) -> torch.Tensor:
-    return module(enn.GeometricTensor(t, module.in_type)).tensor
+    first, norm1, _, second, norm2, _ = block
+    parameters = [p for layer in (first, second, norm1, norm2) for p in layer.parameters()]
+    return _SlabBlockFunction.apply(x, block, chunk_bytes, *parameters)
 
 
 class _SlabBlockFunction(torch.autograd.Function):
     """:func:`checkpoint_in_slabs`. Backward runs under the forward's autocast state."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, block: SlabBlock, chunk_bytes: int, *parameters: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, block: ConvBlock, chunk_bytes: int, *parameters: torch.Tensor) -> torch.Tensor:
         device = x.device.type
         ctx.block, ctx.chunk_bytes = block, chunk_bytes
         ctx.autocast = torch.is_autocast_enabled(device), torch.get_autocast_dtype(device)
         ctx.save_for_backward(x, *parameters)  # the parameters: so that changing them in place is an error
         # The layers themselves (their running statistics are updated here, once).
-        (w1, b1), (w2, b2) = block.first.filter_and_bias(), block.second.filter_and_bias()
-        r = _on(block.act, _on(block.norm1, _first(block.first, x, w1, b1, chunk_bytes)))
+        first, norm1, act1, second, norm2, _ = block
+        (w1, b1), (w2, b2) = first.module.filter_and_bias(), second.module.filter_and_bias()
+        r = act1(norm1(_first(first.module, x, w1, b1, chunk_bytes)))
         s = _conv_in_slabs(lambda depth, p: with_halo(r, depth, p), r.shape, w2, b2, chunk_bytes)
         del r
-        if not block.upsample:
-            return _on(block.norm2, s).add_(x)
-        return _on(block.norm2, _add_upsampled(s, x, chunk_bytes))
+        if block.skip_before_norm:
+            return norm2(_add_skip(s, x, block.upsample_skip, chunk_bytes))
+        return _add_skip(norm2(s), x, block.upsample_skip, chunk_bytes)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         x = ctx.saved_tensors[0]
         block, chunk_bytes = ctx.block, ctx.chunk_bytes
-        n1_weight, n1_bias = block.norm1.weight, block.norm1.bias
-        n2_weight, n2_bias = block.norm2.weight, block.norm2.bias
+        first, norm1, act1, second, norm2, _ = block
+        conv1, conv2, n1, n2 = first.module, second.module, norm1.module, norm2.module
         enabled, dtype = ctx.autocast
         with torch.enable_grad():  # the filters, differentiable in the parameters (for the last step)
-            first, second = block.first.filter_and_bias(), block.second.filter_and_bias()
-        (w1, b1), (w2, b2) = [[None if t is None else t.detach() for t in pair] for pair in (first, second)]
+            filters1, filters2 = conv1.filter_and_bias(), conv2.filter_and_bias()
+        (w1, b1), (w2, b2) = [[None if t is None else t.detach() for t in pair] for pair in (filters1, filters2)]
         with torch.no_grad(), torch.autocast(grad.device.type, dtype=dtype, enabled=enabled):
             # Recompute h and s (s in the buffer that then carries the gradients back to h).
-            h = _first(block.first, x, w1, b1, chunk_bytes)
+            h = _first(conv1, x, w1, b1, chunk_bytes)
             samples = h.numel() // h.shape[1]
-            var1, mean1 = block.norm1.batch_statistics(h)
-            scale1, shift1 = block.norm1.affine_coefficients(var1, mean1, n1_weight, n1_bias)
+            moments1 = batch_moments(h, n1.running_var.dtype)
+            scale1, shift1 = training_coefficients(*moments1, n1.weight, n1.bias, n1.partition)
 
             def norm1_planes(depth: slice) -> torch.Tensor:
                 """``norm1(h)`` on the planes ``depth``."""
                 return channel_affine(h[:, :, depth], scale1, shift1)
 
-            buffer = _conv_in_slabs(_rolling(lambda depth: _on(block.act, norm1_planes(depth)), h),
-                                    h.shape, w2, b2, chunk_bytes)
-            if block.upsample:
-                _add_upsampled(buffer, x, chunk_bytes)
-            # norm2: buffer <- d pre / d s.
-            grad_norm2 = block.norm2.input_gradient(*block.norm2.batch_statistics(buffer), n2_weight, n2_bias,
-                                                    *channel_sums(grad, buffer, chunk_bytes), samples)
+            buffer = _conv_in_slabs(_rolling(lambda depth: act1(norm1_planes(depth)), h), h.shape, w2, b2,
+                                    chunk_bytes)
+            if block.skip_before_norm:
+                _add_skip(buffer, x, block.upsample_skip, chunk_bytes)
+            # norm2: buffer <- the gradient of norm2's input.
+            grad_norm2 = backward_coefficients(*batch_moments(buffer, n2.running_var.dtype), n2.weight, n2.bias,
+                                               n2.partition, *channel_sums(grad, buffer, chunk_bytes), samples)
             grad_norm2.input_grad(buffer, grad, out=buffer)
-            grad_skip = upsample_trilinear_grad(buffer, x.shape) if block.upsample else grad
-            # second and act: buffer <- d pre / d norm1(h).
-            d_w2, d_b2 = _second_backward(buffer, norm1_planes, block.act, w2, b2 is not None, chunk_bytes)
-            # norm1: h <- d pre / d h.
-            grad_norm1 = block.norm1.input_gradient(var1, mean1, n1_weight, n1_bias,
-                                                    *channel_sums(buffer, h, chunk_bytes), samples)
+            grad_skip = _skip_grad(buffer if block.skip_before_norm else grad, x.shape, block.upsample_skip,
+                                   overwritten=block.skip_before_norm)
+            # second and act1: buffer <- the gradient of norm1's output.
+            d_w2, d_b2 = _second_backward(buffer, norm1_planes, act1, w2, b2 is not None, chunk_bytes)
+            # norm1: h <- the gradient of h.
+            grad_norm1 = backward_coefficients(*moments1, n1.weight, n1.bias, n1.partition,
+                                               *channel_sums(buffer, h, chunk_bytes), samples)
             grad_norm1.input_grad(h, buffer, out=h)
             del buffer
-            grad_x, d_w1, d_b1 = _first_backward(block.first, x, h, w1, b1 is not None, grad_skip, chunk_bytes)
-        return (grad_x, None, None, *_parameter_grads(block.first, first, d_w1, d_b1),
-                *_parameter_grads(block.second, second, d_w2, d_b2), grad_norm1.weight.to(n1_weight.dtype),
-                grad_norm1.bias.to(n1_bias.dtype), grad_norm2.weight.to(n2_weight.dtype),
-                grad_norm2.bias.to(n2_bias.dtype))
+            grad_x, d_w1, d_b1 = _first_backward(conv1, x, h, w1, b1 is not None, grad_skip, chunk_bytes)
+        return (grad_x, None, None, *_parameter_grads(conv1, filters1, d_w1, d_b1),
+                *_parameter_grads(conv2, filters2, d_w2, d_b2), grad_norm1.weight.to(n1.weight.dtype),
+                grad_norm1.bias.to(n1.bias.dtype), grad_norm2.weight.to(n2.weight.dtype),
+                grad_norm2.bias.to(n2.bias.dtype))
+
+
+def _add_skip(t: torch.Tensor, x: torch.Tensor, upsample: bool, chunk_bytes: int) -> torch.Tensor:
+    """``t += skip(x)`` in place (``skip``: the trilinear upsampling by 2, or the identity); returns ``t``.
+    The upsampling runs a depth slab at a time, at least 8 output planes per slab: each slab also
+    interpolates 2-4 planes beyond it (:func:`~.slabs.upsample_trilinear_slab`)."""
+    if not upsample:
+        return t.add_(x)
+    for depth in depth_slices(t.shape, t.shape[1], chunk_bytes, min_planes=8):
+        t[:, :, depth] += upsample_trilinear_slab(x, depth)
+    return t
+
+
+def _skip_grad(grad: torch.Tensor, input_shape: torch.Size, upsample: bool, overwritten: bool) -> torch.Tensor:
+    """The gradient of ``x`` through ``skip(x)`` for the gradient ``grad`` of ``skip(x)``: the adjoint
+    upsampling, or ``grad`` itself (a copy if ``grad`` is ``overwritten`` later)."""
+    if upsample:
+        return upsample_trilinear_grad(grad, input_shape)
+    return grad.clone() if overwritten else grad
 
 
 def _parameter_grads(conv: OctahedralConv, filters: tuple[torch.Tensor, torch.Tensor | None], d_weight: torch.Tensor,
@@ -166,14 +165,6 @@ def _rolling(compute: Callable[[slice], torch.Tensor], volume: torch.Tensor) -> 
     return planes
 
 
-def _add_upsampled(s: torch.Tensor, x: torch.Tensor, chunk_bytes: int) -> torch.Tensor:
-    """``s += trilinear(x)`` in place, a depth slab at a time; returns ``s``. At least 8 output planes
-    per slab: each slab also interpolates 2-4 planes beyond it (:func:`~.slabs.upsample_trilinear_slab`)."""
-    for depth in depth_slices(s.shape, s.shape[1], chunk_bytes, min_planes=8):
-        s[:, :, depth] += upsample_trilinear_slab(x, depth)
-    return s
-
-
 def _conv_in_slabs(input_halo: Callable[[slice, int], torch.Tensor], shape: torch.Size, weight: torch.Tensor,
                    bias: torch.Tensor | None, chunk_bytes: int) -> torch.Tensor:
     """A stride-1 convolution ``(B, C_in, N^3) -> (B, C_out, N^3)`` (``shape``: the input's) into a
@@ -196,7 +187,7 @@ def _first(conv: OctahedralConv, x: torch.Tensor, weight: torch.Tensor, bias: to
     return _conv_in_slabs(lambda depth, p: with_halo(x, depth, p), x.shape, weight, bias, chunk_bytes)
 
 
-def _second_backward(buffer: torch.Tensor, act_input: Callable[[slice], torch.Tensor], act: enn.EquivariantModule,
+def _second_backward(buffer: torch.Tensor, act_input: Callable[[slice], torch.Tensor], act: nn.Module,
                      weight: torch.Tensor, bias: bool, chunk_bytes: int) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Backward through ``second(act(t))``, ``t`` given by its planes ``act_input(depth)``: ``buffer`` holds
     the gradient of ``second``'s output and receives, slab by slab, the gradient of ``t``; returns the
@@ -213,7 +204,7 @@ def _second_backward(buffer: torch.Tensor, act_input: Callable[[slice], torch.Te
     def act_on(depth: slice) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.enable_grad():
             t = act_input(depth).requires_grad_()
-            return t, _on(act, t)
+            return t, act(t)
 
     act_before = grad_before = buffer[:, :, :0]  # the last p planes of act(t) and of the gradient before the slab
     following = act_on(slices[0])

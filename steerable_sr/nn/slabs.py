@@ -15,6 +15,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+#: The largest float32 depth slab of one activation that a checkpointed block's backward computes at
+#: once (:func:`~.recompute.checkpoint_in_slabs`; ``SuperResolutionNet.slab_bytes``).
+SLAB_BYTES = 4 * 2 ** 20
+
 
 def depth_slices(shape: torch.Size, channels: int, chunk_bytes: int, min_planes: int = 1) -> list[slice]:
     """Slices of the depth axis of a volume of ``shape`` ``(B, C, D, H, W)`` whose float32 slab with
