@@ -122,7 +122,7 @@ class SuperResolutionNet(nn.Module):
 
     def relaxed_layers(self) -> Iterator[tuple[str, nn.Module]]:
         """``(name, layer)`` for every relaxed convolution, in forward order."""
-        from ..symmetry import relaxed_layers
+        from ..nn.relaxed import relaxed_layers
 
         yield from relaxed_layers(self)
 
