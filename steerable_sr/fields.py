@@ -13,7 +13,7 @@ one field per frame), :func:`regular_type`, :func:`irrep_type` (bands of irreps,
 per field). A ``GeometricTensor`` of such a type is ``(B, type.size, N, N, N)`` and moves by
 :func:`transform`: fibers by the field representations, voxels by :func:`steerable_sr.groups.act`.
 
-escnn computes element look-ups and representation matrices slowly; they are cached on disk
+escnn's element look-ups and representation matrices are slow to compute; they are cached on disk
 (:mod:`steerable_sr.cache`). escnn itself is imported on first use, so that importing this module
 (e.g. to unpickle an exported network holding a :class:`FrameAdapter`) does not need it.
 """
@@ -34,7 +34,18 @@ PUBLIC_TO_ESCNN = np.array([[0.0, 0.0, 1.0], [0.0, -1.0, 0.0], [-1.0, 0.0, 0.0]]
 
 @functools.lru_cache(maxsize=None)
 def gspace(group: str = "Oh"):
-    """The escnn gspace: ``fullOctaOnR3()`` for "Oh", ``octaOnR3()`` for "O" (cached per process)."""
+    """The escnn gspace of ``group`` (cached per process).
+
+    Parameters
+    ----------
+    group : {"Oh", "O"}
+        The full octahedral group or its rotation subgroup.
+
+    Returns
+    -------
+    escnn.gspaces.GSpace3D
+        ``fullOctaOnR3()`` for "Oh", ``octaOnR3()`` for "O".
+    """
     check_group(group)
     from escnn import gspaces
 
@@ -42,9 +53,19 @@ def gspace(group: str = "Oh"):
 
 
 def escnn_element_indices(group: str = "Oh") -> np.ndarray:
-    """``idx[i]``: position in escnn's ``fibergroup.elements`` of our element ``i``, i.e. of the escnn
-    element whose basespace action is ``C R_i C^T``; also the channel of element ``i`` in a regular
-    field (:func:`regular_representation`). Cached on disk (escnn's look-up is slow); read-only."""
+    """Where our elements sit among escnn's.
+
+    Parameters
+    ----------
+    group : {"Oh", "O"}
+
+    Returns
+    -------
+    np.ndarray
+        ``(|G|,)`` int, read-only: ``idx[i]`` is the position in escnn's ``fibergroup.elements`` of
+        the escnn element whose basespace action is ``C R_i C^T`` (our element ``i``); also the
+        channel of element ``i`` in a regular field (:func:`regular_representation`). Cached on disk.
+    """
 
     def compute() -> np.ndarray:
         gs = gspace(group)
@@ -58,21 +79,44 @@ def escnn_element_indices(group: str = "Oh") -> np.ndarray:
 
 
 def escnn_elements(group: str = "Oh") -> tuple:
-    """The escnn group elements, in the order of :func:`group_matrices`."""
+    """The escnn group elements of ``group`` ("Oh" or "O"), in the order of :func:`group_matrices`.
+
+    Returns
+    -------
+    tuple of escnn.group.GroupElement
+        ``|G|`` elements.
+    """
     elements = gspace(group).fibergroup.elements
     return tuple(elements[i] for i in escnn_element_indices(group))
 
 
 def representation_matrices(rep) -> np.ndarray:
-    """Matrices ``(|G|, d, d)`` of an escnn representation, in the order of :func:`group_matrices`
-    (computed once per representation name and cached on disk; read-only)."""
+    """The matrices of an escnn representation on every element.
+
+    Parameters
+    ----------
+    rep : escnn.group.Representation
+        A representation of the fibergroup of :func:`gspace`.
+
+    Returns
+    -------
+    np.ndarray
+        ``(|G|, d, d)`` float64, read-only, in the order of :func:`group_matrices` (computed once per
+        representation name and cached on disk).
+    """
     group = group_name(rep.group)
     return cache.get_or_compute(f"group-{group}", f"rep:{rep.name}",
                                 lambda: np.stack([rep(g) for g in escnn_elements(group)]).astype(np.float64))
 
 
 def group_name(G) -> str:
-    """The name ("Oh" or "O") of an escnn fibergroup of :func:`gspace`."""
+    """The name ("Oh" or "O") of an escnn fibergroup of :func:`gspace`.
+
+    Raises
+    ------
+    ValueError
+        If ``G`` is not the fibergroup of one of these gspaces.
+    """
     for name in GROUPS:
         if gspace(name).fibergroup is G:
             return name
@@ -80,12 +124,24 @@ def group_name(G) -> str:
 
 
 def group_of(field_type) -> str:
-    """The name ("Oh" or "O") of the gspace an escnn field type lives on."""
+    """The name ("Oh" or "O") of the gspace an escnn ``FieldType`` lives on."""
     return group_name(field_type.gspace.fibergroup)
 
 
 def velocity_type(group: str = "Oh", frames: int = 1):
-    """``frames`` velocity (polar vector, escnn basespace action) fields."""
+    """The field type of ``frames`` velocity frames.
+
+    Parameters
+    ----------
+    group : {"Oh", "O"}
+    frames : int
+        Number of velocity fields.
+
+    Returns
+    -------
+    escnn.nn.FieldType
+        ``frames`` polar-vector fields (escnn's basespace action), ``3 frames`` channels.
+    """
     from escnn import nn as enn
 
     gs = gspace(group)
@@ -93,7 +149,19 @@ def velocity_type(group: str = "Oh", frames: int = 1):
 
 
 def regular_type(group: str = "Oh", fields: int = 1):
-    """``fields`` copies of the regular representation (|G| channels each)."""
+    """The field type of ``fields`` regular fields.
+
+    Parameters
+    ----------
+    group : {"Oh", "O"}
+    fields : int
+        Number of copies of the regular representation.
+
+    Returns
+    -------
+    escnn.nn.FieldType
+        ``|G| fields`` channels; a field is a function on the group.
+    """
     from escnn import nn as enn
 
     gs = gspace(group)
@@ -102,12 +170,18 @@ def regular_type(group: str = "Oh", fields: int = 1):
 
 @functools.lru_cache(maxsize=None)
 def regular_representation(group: str = "Oh"):
-    """escnn's regular representation of the group, built from the irreps with exact integer group
-    arithmetic (milliseconds) instead of escnn's element-by-element search (seconds), and installed
-    where escnn looks for it, so ``gspace.regular_repr`` returns the same object.
+    """escnn's regular representation of ``group`` ("Oh" or "O").
 
-    Same construction as ``escnn.group.representation.build_regular_representation``: channel ``i``
-    is ``G.elements[i]``; ``Q[i] = [sqrt(d_psi) psi(g_i)[:, c] for psi, c] / sqrt(|G|)``."""
+    Built from the irreps with exact integer group arithmetic instead of escnn's element-by-element
+    search, and installed where escnn looks for it, so that ``gspace.regular_repr`` returns the same
+    object. Same construction as ``escnn.group.representation.build_regular_representation``:
+    channel ``i`` is ``G.elements[i]``; ``Q[i] = [sqrt(d_psi) psi(g_i)[:, c] for psi, c] / sqrt(|G|)``.
+
+    Returns
+    -------
+    escnn.group.Representation
+        The representation named "regular" of the fibergroup (cached per process).
+    """
     from escnn.group import Representation
 
     G = gspace(group).fibergroup
@@ -125,7 +199,8 @@ def regular_representation(group: str = "Oh"):
 
 
 def irrep_names(group: str = "Oh") -> list[str]:
-    """Human names of the irreps of ``group``, in escnn's order (e.g. "A1g", "T1u")."""
+    """The spectroscopic names of the irreps of ``group`` ("Oh" or "O"), in escnn's order (e.g. "A1g",
+    "T1u"; docs/conventions.md, "Irreps")."""
     return [_IRREP_NAMES[group][irr.id] for irr in gspace(group).fibergroup.irreps()]
 
 
@@ -138,9 +213,29 @@ _IRREP_NAMES = {
 
 
 def irrep_type(group: str = "Oh", fields: int = 1, irreps: Sequence[str] | None = None):
-    """``fields`` copies of a band of irreps (default: every irrep of the group once: 20 channels for
-    O_h, 10 for O). Each field is one escnn representation, the direct sum of the band (no change of
-    basis), so that a field can be read as one function on G (Fourier nonlinearity, relaxed mixing)."""
+    """The field type of ``fields`` bands of irreps.
+
+    Each field is one escnn representation, the direct sum of the band (no change of basis), so that a
+    field can be read as one function on G (Fourier nonlinearity, relaxed mixing).
+
+    Parameters
+    ----------
+    group : {"Oh", "O"}
+    fields : int
+        Number of copies of the band.
+    irreps : sequence of str, optional
+        The band's irreps by name (:func:`irrep_names`); default every irrep once (20 channels per
+        field for O_h, 10 for O).
+
+    Returns
+    -------
+    escnn.nn.FieldType
+
+    Raises
+    ------
+    ValueError
+        For an unknown irrep name or an empty band.
+    """
     from escnn import nn as enn
     from escnn.group import directsum
 
@@ -166,7 +261,13 @@ def is_regular(field_type) -> bool:
 
 
 def check_type(x, field_type) -> None:
-    """``ValueError`` unless ``x`` is an escnn ``GeometricTensor`` of type ``field_type``."""
+    """Check that ``x`` is an escnn ``GeometricTensor`` of type ``field_type``.
+
+    Raises
+    ------
+    ValueError
+        Naming the expected and the given type.
+    """
     from escnn import nn as enn
 
     if not isinstance(x, enn.GeometricTensor) or x.type != field_type:
@@ -175,10 +276,15 @@ def check_type(x, field_type) -> None:
 
 
 class FrameAdapter(torch.nn.Module):
-    """The public <-> escnn map for stacks of velocity frames ``(B, 3 T, ...)``.
+    """The public <-> escnn map for stacks of velocity frames ``(B, 3 T, N1, N2, N3)``.
 
-    ``"to_escnn"``: per frame ``v = C u``, i.e. ``(u_X, u_Y, u_Z) = (u_2, -u_1, -u_0)``;
-    ``"to_public"``: ``u = C^T v``. A signed channel permutation: exact, voxels untouched.
+    A signed channel permutation per frame: exact, voxels untouched, same shape out.
+
+    Parameters
+    ----------
+    direction : {"to_escnn", "to_public"}
+        ``"to_escnn"``: per frame ``v = C u``, i.e. ``(u_X, u_Y, u_Z) = (u_2, -u_1, -u_0)``;
+        ``"to_public"``: ``u = C^T v``.
     """
 
     def __init__(self, direction: str = "to_escnn"):
@@ -194,6 +300,13 @@ class FrameAdapter(torch.nn.Module):
                              persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Map every frame of ``x (B, 3 T, N1, N2, N3)``; same shape.
+
+        Raises
+        ------
+        ValueError
+            Unless ``x`` is a stack of velocity frames.
+        """
         if x.dim() != 5 or x.shape[1] % 3 != 0:
             raise ValueError("expected a stack of velocity frames (B, 3 T, N1, N2, N3)")
         frames = x.reshape(x.shape[0], x.shape[1] // 3, 3, x.shape[2], x.shape[3], x.shape[4])
@@ -204,9 +317,21 @@ class FrameAdapter(torch.nn.Module):
 
 
 def transform(x, element: int):
-    """``x.transform(g)`` for an escnn ``GeometricTensor`` on a voxel grid, ``g`` given by its index in
-    :func:`group_matrices`: fibers by the field representations, voxels by :func:`act`. Exact, and far
-    faster than escnn's generic transform."""
+    """``x.transform(g)`` for an escnn ``GeometricTensor`` on a voxel grid: fibers by the field
+    representations, voxels by :func:`act`. Exact, and cheaper than escnn's generic transform.
+
+    Parameters
+    ----------
+    x : escnn.nn.GeometricTensor
+        ``(B, type.size, N, N, N)``.
+    element : int
+        ``g``, by its index in :func:`group_matrices`.
+
+    Returns
+    -------
+    escnn.nn.GeometricTensor
+        ``g . x``, same type and shape.
+    """
     from escnn import nn as enn
 
     group = group_of(x.type)

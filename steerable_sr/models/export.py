@@ -9,9 +9,20 @@ from ..nn.tensor_op import TensorOp
 
 
 def export_plain(module: nn.Module) -> nn.Module:
-    """A copy of ``module`` whose escnn layers (:class:`~steerable_sr.nn.tensor_op.TensorOp`) are replaced by their
-    plain torch export (``Conv3d``, ``ConvTranspose3d``, ``BatchNorm3d``, ``ReLU``, 1x1 ``Conv3d``);
-    every other module is copied with its parameters and buffers. Same output in eval mode."""
+    """A copy of ``module`` with plain torch leaves.
+
+    Parameters
+    ----------
+    module : nn.Module
+        E.g. a :class:`~.network.SuperResolutionNet`.
+
+    Returns
+    -------
+    nn.Module
+        Its escnn layers (:class:`~steerable_sr.nn.tensor_op.TensorOp`) replaced by their plain torch
+        export (``Conv3d``, ``ConvTranspose3d``, ``BatchNorm3d``, ``ReLU``, 1x1 ``Conv3d``), every other
+        module copied with its parameters and buffers. Same output in eval mode.
+    """
     if isinstance(module, TensorOp):
         return module.export()
     if not list(module.children()):

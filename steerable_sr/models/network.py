@@ -1,4 +1,4 @@
-r"""Super-resolution networks (Wang et al. 2024, Sec. 5.5): one topology, five model kinds.
+r"""The topology of the super-resolution networks (Wang et al. 2024, Sec. 5.5), common to every kind.
 
 Public convention in and out: ``(B, 3 T, n, n, n)`` (``T`` velocity frames) ->
 ``(B, 3, s n, s n, s n)`` (one velocity frame, ``s`` = ``upscale``, a power of two)::
@@ -6,22 +6,19 @@ Public convention in and out: ``(B, 3 T, n, n, n)`` (``T`` velocity frames) ->
     input_map -> lift -> [UpBlock(x2), ResBlock] x log2(s) -> head -> output_map
 
 * ``lift``: conv k=3 (velocity frames -> hidden) + norm + nonlinearity;
-* ``UpBlock``: transposed conv (k=4, s=2, p=1: exact on the grid) + norm + nonlinearity + conv,
-  added to the trilinear upsampling of its input (align_corners=False: exact), then norm + nonlinearity;
-* ``ResBlock``: two convs with a residual;
+* :class:`UpBlock`: ``act(norm(conv(act(norm(up(x)))) + trilinear(x)))``, ``up`` a transposed conv
+  (k=4, s=2, p=1: exact on the grid), ``trilinear`` the upsampling by 2 (align_corners=False: exact);
+* :class:`ResBlock`: ``act(x + norm(conv(act(norm(conv(x))))))``;
 * ``head``: conv k=3, hidden -> one velocity field;
 * ``trilinear_skip`` (default on): the trilinear upsampling of the middle input frame is added to
   the output, so the network learns the correction to the trilinear baseline (exact on the grid).
 
-Kinds (``KIND_SPECS``; docs/conventions.md, "Network topology"): ``cnn`` (plain Conv3d), ``gcnn``
-(regular fields, :class:`~steerable_sr.nn.OctahedralConv`), ``rgcnn`` (regular fields, relaxed),
-``steer`` (bands of irreps with a Fourier ReLU), ``rsteer`` (steer, relaxed). ``separable=True``
-(``gcnn``/``rgcnn`` only) swaps every convolution into the regular hidden fields (lift, blocks) for
-a :class:`~steerable_sr.nn.SeparableGroupConv`; the head stays a full convolution. ``input_map`` /
+The blocks are :class:`~steerable_sr.nn.block.ConvBlock` declarations; what each kind puts at the
+leaves comes from :mod:`.layers` (docs/conventions.md, "Network topology"). ``input_map`` /
 ``output_map`` convert between the public convention and escnn's (:mod:`steerable_sr.fields`).
-Every equivariant kind is exactly equivariant to the whole group in
-eval mode (relaxed kinds: while their relaxed weights are trivial), and :meth:`export` returns the
-same network as plain torch layers.
+Every equivariant kind is exactly equivariant to the whole group in eval mode (relaxed kinds: while
+their relaxed weights are trivial), and :meth:`SuperResolutionNet.export` returns the same network
+as plain torch layers.
 """
 from __future__ import annotations
 
@@ -45,8 +42,16 @@ HEAD_INIT_SCALE = 0.01  # with the trilinear skip, the head's initial filters ar
 
 
 class UpBlock(ConvBlock):
-    """``x (B, C, n^3) -> act(norm(conv(act(norm(up(x)))) + trilinear(x))) (B, C, (2n)^3)``: the skip
-    joins before the last norm."""
+    """``x (B, C, n, n, n) -> act(norm(conv(act(norm(up(x)))) + trilinear(x))) (B, C, 2n, 2n, 2n)``:
+    the trilinear skip joins before the last norm.
+
+    Parameters
+    ----------
+    layers : PlainLayers or EquivariantLayers
+        The kind's layer factory.
+    t : int or escnn.nn.FieldType
+        The hidden channels or field type.
+    """
 
     def __init__(self, layers: PlainLayers | EquivariantLayers, t):
         super().__init__(layers.up(t), layers.norm(t), layers.act(t), layers.conv(t, t), layers.norm(t), layers.act(t),
@@ -54,7 +59,16 @@ class UpBlock(ConvBlock):
 
 
 class ResBlock(ConvBlock):
-    """``x -> act(x + norm(conv(act(norm(conv(x))))))``, shapes unchanged: the skip joins after the last norm."""
+    """``x (B, C, n, n, n) -> act(x + norm(conv(act(norm(conv(x))))))``, same shape: the skip joins
+    after the last norm.
+
+    Parameters
+    ----------
+    layers : PlainLayers or EquivariantLayers
+        The kind's layer factory.
+    t : int or escnn.nn.FieldType
+        The hidden channels or field type.
+    """
 
     def __init__(self, layers: PlainLayers | EquivariantLayers, t):
         super().__init__(layers.conv(t, t), layers.norm(t), layers.act(t), layers.conv(t, t), layers.norm(t),
@@ -62,7 +76,27 @@ class ResBlock(ConvBlock):
 
 
 class SuperResolutionNet(nn.Module):
-    """``(B, 3 T, n, n, n) -> (B, 3, s n, s n, s n)`` in the public convention (see module docstring)."""
+    """``(B, 3 T, n, n, n) -> (B, 3, s n, s n, s n)`` in the public convention (module docstring).
+
+    Equivariance (equivariant kinds, eval mode): ``net(g . x) == g . net(x)`` for every element ``g``
+    of the group, ``g`` acting on voxels and vectors (:func:`steerable_sr.groups.act`); relaxed kinds
+    while their relaxed weights are trivial, to the stabilizer of the weights otherwise.
+
+    Parameters
+    ----------
+    config : ModelConfig
+
+    Attributes
+    ----------
+    lift : nn.Sequential
+        Convolution, norm, nonlinearity.
+    stages : nn.Sequential
+        ``[UpBlock, ResBlock] x log2(s)``.
+    head : nn.Module
+        Convolution to one velocity field.
+    skip_frame : int or None
+        First channel of the middle input frame (``None``: no trilinear skip).
+    """
 
     #: With ``checkpoint_blocks``: the largest float32 depth slab of one activation that a block's
     #: backward computes at once (:func:`~steerable_sr.nn.checkpointing.checkpoint_chain`).
@@ -94,6 +128,17 @@ class SuperResolutionNet(nn.Module):
                         p.mul_(HEAD_INIT_SCALE)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Super-resolve ``x (B, 3 T, n, n, n)`` to ``(B, 3, s n, s n, s n)``.
+
+        With ``checkpoint_blocks``, in training mode with autograd on, the lift and every block keep
+        only their input for backward (:func:`~steerable_sr.nn.checkpointing.checkpoint_chain`): same
+        output, gradients and running statistics.
+
+        Raises
+        ------
+        ValueError
+            For an input that is not ``(B, 3 T, n, n, n)`` with ``n >= 2``.
+        """
         if x.dim() != 5 or x.shape[1] != self.in_channels:
             raise ValueError(f"expected input (B, {self.in_channels}, n, n, n), got {list(x.shape)}")
         if x.shape[2] != x.shape[3] or x.shape[2] != x.shape[4] or x.shape[2] < 2:
@@ -121,27 +166,47 @@ class SuperResolutionNet(nn.Module):
     # ---- relaxed layers -----------------------------------------------------------------------
 
     def relaxed_layers(self) -> Iterator[tuple[str, nn.Module]]:
-        """``(name, layer)`` for every relaxed convolution, in forward order."""
+        """Every relaxed convolution, in forward order.
+
+        Yields
+        ------
+        tuple of (str, nn.Module)
+            ``(name, layer)``.
+        """
         from ..nn.relaxed import relaxed_layers
 
         yield from relaxed_layers(self)
 
     def equivariance_penalty(self) -> torch.Tensor:
-        """Sum over relaxed layers of the non-trivial irrep norms of their relaxed weights."""
+        """Sum over relaxed layers of the non-trivial irrep norms of their relaxed weights.
+
+        Returns
+        -------
+        torch.Tensor
+            A scalar, zero iff every relaxed layer's weights are invariant (and for exact kinds).
+        """
         penalties = [layer.equivariance_penalty() for _, layer in self.relaxed_layers()]
         return torch.stack(penalties).sum() if penalties else next(self.parameters()).new_zeros(())
 
     # ---- summaries and export ------------------------------------------------------------------
 
     def num_parameters(self) -> int:
+        """The number of parameters."""
         return sum(p.numel() for p in self.parameters())
 
     def layer_table(self, input_size: int | None = None) -> str:
-        """A Markdown table: every leaf layer, its shape summary and parameter count; with
-        ``input_size`` n also its output shape (:func:`~.table.layer_table`)."""
+        """The layer table in Markdown (:func:`~.table.layer_table`): every leaf layer, its parameter
+        count and, with ``input_size`` ``n``, its output shape on a ``(1, 3 T, n, n, n)`` input."""
         return layer_table(self, input_size)
 
     def export(self) -> nn.Module:
-        """The same network with plain torch leaves (Conv3d, ConvTranspose3d, BatchNorm3d, ReLU,
-        1x1 Conv3d): no escnn object inside; ``torch.jit.script`` accepts it. Same output in eval mode."""
+        """The same network with plain torch leaves.
+
+        Returns
+        -------
+        nn.Module
+            In eval mode, with ``Conv3d``, ``ConvTranspose3d``, ``BatchNorm3d``, ``ReLU`` and 1x1
+            ``Conv3d`` leaves: no escnn object inside; ``torch.jit.script`` accepts it. Same output
+            as this network in eval mode.
+        """
         return export_plain(self).eval()

@@ -1,6 +1,12 @@
-"""The model kinds, their configuration and the size presets: what ``build_model`` builds.
+"""The model kinds, their configuration and the size presets: what :func:`build_model` builds.
 
-Every other list of kinds (CLI choices, studies, benchmarks) derives from :data:`KIND_SPECS`.
+Kinds (:data:`KIND_SPECS`; docs/conventions.md, "Network topology"): ``cnn`` (plain ``Conv3d``),
+``gcnn`` (regular fields, :class:`~steerable_sr.nn.conv.OctahedralConv`), ``rgcnn`` (regular fields,
+relaxed), ``steer`` (bands of irreps with a Fourier ReLU), ``rsteer`` (steer, relaxed).
+``separable=True`` (``gcnn``/``rgcnn`` only) swaps every convolution into the regular hidden fields
+(lift, blocks) for a :class:`~steerable_sr.nn.separable.SeparableGroupConv`; the head stays a full
+convolution. Every other list of kinds (CLI choices, studies, benchmarks) derives from
+:data:`KIND_SPECS`.
 """
 from __future__ import annotations
 
@@ -15,11 +21,15 @@ from .network import SuperResolutionNet
 class KindSpec:
     """What a model kind puts in the common topology.
 
-    Attributes:
-        field_family: hidden field family: ``"plain"`` (channels of a Conv3d, no symmetry),
-            ``"regular"`` (regular fields of the group) or ``"irreps"`` (bands of all irreps, Fourier ReLU).
-        relaxed: relaxed convolutions (filter banks and relaxed weights) instead of exact ones.
-        separable: whether ``separable=True`` is allowed (regular hidden fields only).
+    Attributes
+    ----------
+    field_family : {"plain", "regular", "irreps"}
+        The hidden fields: channels of a ``Conv3d`` (no symmetry), regular fields of the group, or
+        bands of all irreps (with a Fourier ReLU).
+    relaxed : bool
+        Relaxed convolutions (filter banks and relaxed weights) instead of exact ones.
+    separable : bool
+        Whether ``separable=True`` is allowed (regular hidden fields only).
     """
 
     field_family: str
@@ -44,7 +54,35 @@ PRESETS = importlib.resources.files("steerable_sr") / "presets"
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Everything needed to rebuild a model (saved in checkpoints and exports)."""
+    """Everything needed to rebuild a model (saved in checkpoints and exports).
+
+    Attributes
+    ----------
+    kind : str
+        A key of :data:`KIND_SPECS`.
+    group : {"Oh", "O"}
+        The symmetry group of the equivariant kinds.
+    frames : int
+        ``T``, the velocity frames of the input.
+    upscale : int
+        ``s``, a power of two >= 2.
+    hidden : int
+        Hidden width: channels (cnn) or fields (the equivariant kinds).
+    num_filter_banks : int
+        Filter banks of the relaxed kinds.
+    separable : bool
+        Separable group convolutions into the hidden fields (:data:`SEPARABLE_KINDS`).
+    trilinear_skip : bool
+        Add the trilinear upsampling of the middle input frame to the output.
+    checkpoint_blocks : bool
+        Activation checkpointing in training: the lift and every block keep only their input for
+        backward and run their forward again there (same loss, gradients and running statistics).
+
+    Raises
+    ------
+    ValueError
+        For a value out of range, naming the field.
+    """
 
     kind: str = "rgcnn"
     group: str = "Oh"
@@ -54,8 +92,6 @@ class ModelConfig:
     num_filter_banks: int = 2
     separable: bool = False
     trilinear_skip: bool = True
-    #: Activation checkpointing in training: the lift and every block keep only their input for
-    #: backward and run their forward again there (same loss, gradients and running statistics).
     checkpoint_blocks: bool = False
 
     def __post_init__(self) -> None:
@@ -79,15 +115,35 @@ class ModelConfig:
 
     @property
     def spec(self) -> KindSpec:
+        """The kind's :class:`KindSpec`."""
         return KIND_SPECS[self.kind]
 
     @property
     def relaxed(self) -> bool:
+        """Whether the kind's convolutions are relaxed."""
         return self.spec.relaxed
 
 
 def load_preset(preset: str, kind: str) -> dict:
-    """The widths of ``kind`` in the preset file ``steerable_sr/presets/<preset>.yaml``."""
+    """The widths of a kind in a preset file.
+
+    Parameters
+    ----------
+    preset : str
+        The file ``steerable_sr/presets/<preset>.yaml`` (package data).
+    kind : str
+        An entry of the file: a kind, or ``<kind>_separable``.
+
+    Returns
+    -------
+    dict
+        ``ModelConfig`` fields, e.g. ``{"hidden": 2, "num_filter_banks": 2}``.
+
+    Raises
+    ------
+    ValueError
+        For an unknown preset, a file that is not valid YAML, or a missing entry.
+    """
     import yaml
 
     path = PRESETS / f"{preset}.yaml"
@@ -109,9 +165,32 @@ MODEL_OPTIONS = ("hidden", "num_filter_banks", "separable", "trilinear_skip", "c
 
 def build_model(kind: str = "rgcnn", group: str = "Oh", frames: int = 3, upscale: int = 4, preset: str = "small",
                 **overrides) -> SuperResolutionNet:
-    """Build a model of ``kind`` with the widths of ``preset`` (``overrides`` win: ``hidden``,
-    ``num_filter_banks``, ``separable``, ``trilinear_skip``, ``checkpoint_blocks``; a separable model takes
-    the preset's ``<kind>_separable`` widths)."""
+    """Build a model of ``kind`` with the widths of ``preset``.
+
+    Parameters
+    ----------
+    kind : str
+        A key of :data:`KIND_SPECS`.
+    group : {"Oh", "O"}
+    frames : int
+        ``T``, the velocity frames of the input.
+    upscale : int
+        ``s``, a power of two >= 2.
+    preset : str
+        Widths (:func:`load_preset`); a separable model takes the preset's ``<kind>_separable`` entry.
+    **overrides
+        :data:`MODEL_OPTIONS` that win over the preset.
+
+    Returns
+    -------
+    SuperResolutionNet
+        ``(B, 3 T, n, n, n) -> (B, 3, s n, s n, s n)``, in training mode.
+
+    Raises
+    ------
+    ValueError
+        For an unknown kind, option, preset, or a value out of range.
+    """
     if kind not in KINDS:
         raise ValueError(f"unknown model kind {kind!r}; allowed values: {', '.join(KINDS)}")
     unknown = set(overrides) - set(MODEL_OPTIONS)

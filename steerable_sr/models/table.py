@@ -9,9 +9,20 @@ from ..nn.tensor_op import TensorOp
 
 
 def layer_table(model: nn.Module, input_size: int | None = None) -> str:
-    """A Markdown table of ``model`` (a :class:`~.network.SuperResolutionNet`): every leaf layer, its
-    shape summary and parameter count; with ``input_size`` n also its output shape ``C x N x N x N`` on
-    a ``(1, 3 T, n, n, n)`` input."""
+    """The layer table of a model.
+
+    Parameters
+    ----------
+    model : SuperResolutionNet
+    input_size : int, optional
+        ``n``: also list every layer's output shape ``C x N x N x N`` on a ``(1, 3 T, n, n, n)`` input
+        (one eval-mode forward pass; the training mode is restored).
+
+    Returns
+    -------
+    str
+        Markdown: every leaf layer, its shape summary and parameter count, and the total.
+    """
     leaves = []
     for name, module in model.named_modules():
         inside_op = ".module" in name

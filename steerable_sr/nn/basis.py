@@ -11,8 +11,8 @@ over the orbits of G on the grid: on the orbit of a point ``t0`` with stabilizer
 by its value ``M = K(t0)``, which must satisfy ``M = rho_out(s) M rho_in(s)^T`` for ``s`` in ``S``. The
 basis is therefore: for every orbit, an orthonormal basis of that small fixed space, transported
 to the orbit by (*). This is exact (float64 eigendecomposition of projectors of size at most
-``d_out d_in``, done for irreps, so at most 9 x 9) and takes milliseconds, unlike escnn's
-band-limited harmonic bases; it spans the *full* space of equivariant grid kernels.
+``d_out d_in``, done for irreps, so at most 9 x 9), and unlike escnn's band-limited harmonic
+bases it spans the *full* space of equivariant grid kernels.
 """
 from __future__ import annotations
 
@@ -29,8 +29,18 @@ from ..groups import grid_permutation, group_matrices
 def grid_orbits(group: str, size: int) -> tuple[np.ndarray, tuple[tuple[int, np.ndarray, np.ndarray], ...]]:
     """Orbits of ``group`` on the ``size^3`` grid.
 
-    Returns ``(image, orbits)``: ``image[g, p]`` is the flat index of ``R_g p``; each orbit is
-    ``(representative, stabilizer indices, points)``.
+    Parameters
+    ----------
+    group : {"Oh", "O"}
+    size : int
+        The grid's edge ``k``.
+
+    Returns
+    -------
+    image : np.ndarray
+        ``(|G|, k^3)`` int: ``image[g, p]`` is the flat index of ``R_g p``.
+    orbits : tuple
+        One ``(representative, stabilizer indices, points)`` per orbit.
     """
     mats = group_matrices(group)
     # grid_permutation(R)[q] = index of R^-1 q, so image[g] is its inverse permutation.
@@ -49,14 +59,22 @@ def grid_orbits(group: str, size: int) -> tuple[np.ndarray, tuple[tuple[int, np.
 def equivariant_kernel_basis(rho_out: np.ndarray, rho_in: np.ndarray, group: str, size: int) -> np.ndarray:
     """Orthonormal basis of the equivariant kernels (*) between two orthogonal representations.
 
-    Args:
-        rho_out: ``(|G|, d_out, d_out)`` matrices, in the order of ``group_matrices(group)``.
-        rho_in: ``(|G|, d_in, d_in)``.
-        group: "Oh" or "O" (fixes the grid action ``R_g``).
-        size: kernel size ``k``.
+    Parameters
+    ----------
+    rho_out : np.ndarray
+        ``(|G|, d_out, d_out)`` matrices, in the order of ``group_matrices(group)``.
+    rho_in : np.ndarray
+        ``(|G|, d_in, d_in)``.
+    group : {"Oh", "O"}
+        Fixes the grid action ``R_g``.
+    size : int
+        Kernel size ``k``.
 
-    Returns:
-        float64 array ``(n_basis, d_out, d_in, k^3)``; rows are orthonormal in the Frobenius inner product.
+    Returns
+    -------
+    np.ndarray
+        float64 ``(n_basis, d_out, d_in, k^3)``; rows are orthonormal in the Frobenius inner product,
+        and every kernel in their span satisfies (*).
     """
     d_out, d_in = rho_out.shape[1], rho_in.shape[1]
     image, orbits = grid_orbits(group, size)
@@ -77,8 +95,21 @@ def equivariant_kernel_basis(rho_out: np.ndarray, rho_in: np.ndarray, group: str
 
 
 def irrep_pair_basis(group: str, out_irrep: str, in_irrep: str, size: int) -> np.ndarray:
-    """:func:`equivariant_kernel_basis` between two irreps of ``group``, named by escnn irrep name
-    (cached in memory and on disk with the group's data; read-only)."""
+    """:func:`equivariant_kernel_basis` between two irreps of ``group``.
+
+    Parameters
+    ----------
+    group : {"Oh", "O"}
+    out_irrep, in_irrep : str
+        escnn irrep names.
+    size : int
+        Kernel size ``k``.
+
+    Returns
+    -------
+    np.ndarray
+        ``(n_basis, d_out, d_in, k^3)``, read-only (cached in memory and on disk with the group's data).
+    """
     G = gspace(group).fibergroup
     return cache.get_or_compute(f"group-{group}", f"basis:{out_irrep}:{in_irrep}:{size}",
                                 lambda: equivariant_kernel_basis(
@@ -92,7 +123,18 @@ def _irrep_index(G, name: str) -> int:
 
 
 def invariant_subspace(rho: np.ndarray) -> np.ndarray:
-    """Orthonormal basis ``(n, d)`` of the vectors fixed by every ``rho(g)`` (where a bias may live)."""
+    """The vectors fixed by a representation (where a bias may live).
+
+    Parameters
+    ----------
+    rho : np.ndarray
+        ``(|G|, d, d)`` orthogonal matrices.
+
+    Returns
+    -------
+    np.ndarray
+        ``(n, d)``, an orthonormal basis of ``{v : rho(g) v = v for every g}``.
+    """
     proj = rho.mean(axis=0)
     vals, vecs = np.linalg.eigh((proj + proj.T) / 2)
     return vecs[:, vals > 0.5].T

@@ -51,6 +51,7 @@ class ConvBlock(nn.Sequential):
         self.skip_before_norm = skip_before_norm
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``act2(pre(x))``: ``(B, C, n, n, n) -> (B, C, N, N, N)``, ``N = 2n`` with ``upsample_skip``."""
         return self[5](self.pre_activation(x))
 
     def pre_activation(self, x: torch.Tensor) -> torch.Tensor:

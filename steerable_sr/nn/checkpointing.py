@@ -54,7 +54,22 @@ class Recompute(enum.Enum):
 
 
 def recompute_of(block: nn.Module) -> Recompute:
-    """The recomputation of ``block`` (module docstring); ``TypeError`` for a block or layer not listed."""
+    """How ``block`` is recomputed when checkpointed (module docstring).
+
+    Parameters
+    ----------
+    block : nn.Module
+        A :class:`~.block.ConvBlock` or an ``nn.Sequential`` chain.
+
+    Returns
+    -------
+    Recompute
+
+    Raises
+    ------
+    TypeError
+        For another block, or a layer in neither :data:`SLAB_LAYERS` nor :data:`AUTOGRAD_LAYERS`.
+    """
     if isinstance(block, ConvBlock):
         layers = [layer.module if isinstance(layer, TensorOp) else layer for layer in block]
         if all(isinstance(layer, kind) for layer, kind in zip(layers, SLAB_LAYERS)):
@@ -72,9 +87,23 @@ def recompute_of(block: nn.Module) -> Recompute:
 
 
 def checkpoint_chain(blocks: Iterable[nn.Module], h: torch.Tensor, slab_bytes: int) -> torch.Tensor:
-    """``h`` through ``blocks`` in order, each checkpointed up to its last nonlinearity (module
-    docstring); slab recomputations in depth slabs of at most ``slab_bytes`` (float32 values of one
-    activation). Training mode."""
+    """Run ``blocks`` in order, each checkpointed up to its last nonlinearity (module docstring).
+    Training mode.
+
+    Parameters
+    ----------
+    blocks : iterable of nn.Module
+        Each a :class:`~.block.ConvBlock` or an ``nn.Sequential`` chain ending in its nonlinearity.
+    h : torch.Tensor
+        ``(B, C, N, N, N)``, the first block's input.
+    slab_bytes : int
+        Bound on the float32 depth slab of one activation that a slab recomputation computes at once.
+
+    Returns
+    -------
+    torch.Tensor
+        The last block's output, equal to running the blocks unchecked (float round-off).
+    """
     for block in blocks:
         pre_activation, activation = _split_activation(block)
         if recompute_of(block) is Recompute.SLABS:
@@ -85,7 +114,7 @@ def checkpoint_chain(blocks: Iterable[nn.Module], h: torch.Tensor, slab_bytes: i
 
 
 def _split_activation(block: nn.Sequential) -> tuple[Callable[[torch.Tensor], torch.Tensor], nn.Module]:
-    """``(pre_activation, activation)`` with ``block(x) == activation(pre_activation(x))``: a
+    """``(pre_activation, activation)`` with ``block(x) == activation(pre_activation(x))``, for a
     :class:`~.block.ConvBlock` or a chain ending in its nonlinearity."""
     if isinstance(block, ConvBlock):
         return block.pre_activation, block[-1]
@@ -94,11 +123,27 @@ def _split_activation(block: nn.Sequential) -> tuple[Callable[[torch.Tensor], to
 
 def checkpoint_with_autograd(function: Callable[[torch.Tensor], torch.Tensor], block: nn.Module,
                              x: torch.Tensor) -> torch.Tensor:
-    """``function(x)``, a part of ``block``, keeping only ``x`` for backward (``torch.utils.checkpoint``,
-    non-reentrant): backward runs ``function`` again. That second run computes the same tensors (in
-    training mode the norms use batch statistics, not running ones) but would update the running
-    statistics a second time, so it runs with ``block``'s restored to their values before it: the
-    result is exactly the step without checkpointing."""
+    """``function(x)`` keeping only ``x`` for backward (``torch.utils.checkpoint``, non-reentrant).
+
+    Backward runs ``function`` again. That second run computes the same tensors (in training mode the
+    norms use batch statistics, not running ones) but would update the running statistics a second
+    time, so it runs with ``block``'s restored to their values before it: the result is exactly the
+    step without checkpointing.
+
+    Parameters
+    ----------
+    function : callable
+        A part of ``block``, ``(B, C, N, N, N) -> (B, C', N', N', N')``.
+    block : nn.Module
+        Holds the running statistics (:data:`RUNNING_STATISTICS`) that ``function`` updates.
+    x : torch.Tensor
+        The input.
+
+    Returns
+    -------
+    torch.Tensor
+        ``function(x)``.
+    """
     first = True
 
     def run(x: torch.Tensor) -> torch.Tensor:

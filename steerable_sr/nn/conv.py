@@ -29,7 +29,12 @@ from .grid import GridConv, eval_cached
 
 class FieldLayout:
     """Where the fields of an escnn ``FieldType`` sit: channel indices per distinct representation and,
-    in the irrep basis, the channel offset of every irrep copy."""
+    in the irrep basis, the channel offset of every irrep copy.
+
+    Parameters
+    ----------
+    field_type : escnn.nn.FieldType
+    """
 
     def __init__(self, field_type: enn.FieldType):
         self.reps: "OrderedDict[str, object]" = OrderedDict()
@@ -55,7 +60,7 @@ class FieldLayout:
         self.sorted_position = np.argsort(sorted_channels)
 
     def irrep_channels(self, irrep: str) -> np.ndarray:
-        """Channels (in the irrep basis) of every copy of ``irrep``, flattened copy-major."""
+        """Channels (in the irrep basis) of every copy of ``irrep`` (a name), flattened copy-major."""
         offsets = np.array(self.irrep_offsets[irrep])
         return (offsets[:, None] + np.arange(self.irrep_dims[irrep])).reshape(-1)
 
@@ -78,14 +83,23 @@ class FieldLayout:
 
 
 class OctahedralConv(GridConv):
-    r"""Convolution between any field types over O_h or O with the exact voxel-grid kernel basis
-    (arguments, shapes and equivariance as :class:`~.grid.GridConv`).
+    r"""Convolution between any field types over O_h or O with the exact voxel-grid kernel basis.
 
-    Args:
-        bias: learn a bias in the invariant subspace of every output field.
+    Shapes and equivariance as :class:`~.grid.GridConv`.
 
-    Attributes:
-        weights: Parameter ``(L, num_basis)``, the coefficients of every bank in the kernel basis.
+    Parameters
+    ----------
+    in_type, out_type, kernel_size, stride, transposed, num_filter_banks
+        As :class:`~.grid.GridConv`.
+    bias : bool
+        Learn a bias in the invariant subspace of every output field.
+
+    Attributes
+    ----------
+    weights : torch.nn.Parameter
+        ``(L, num_basis)``, the coefficients of every bank in the kernel basis.
+    bias : torch.nn.Parameter or None
+        The coefficients of the bias in the invariant subspaces of the output fields.
     """
 
     def __init__(self, in_type: enn.FieldType, out_type: enn.FieldType, kernel_size: int, *, stride: int = 1,
@@ -142,6 +156,8 @@ class OctahedralConv(GridConv):
                                  persistent=False)
 
     def _build_bias(self, bias: bool) -> None:
+        """The bias parameter (``None`` without bias or invariant subspace) and, per output
+        representation group, the basis of its invariant subspace."""
         self.bias = None
         if not bias:
             return
@@ -161,7 +177,7 @@ class OctahedralConv(GridConv):
     @torch.no_grad()
     def reset_parameters(self) -> None:
         """He initialisation of the expanded filter: each entry has variance ``2 / (C_in k^3)``
-        (``/ L`` for ``L`` banks, whose relaxed weights start at 1)."""
+        (``/ L`` for ``L`` banks, whose relaxed weights start at 1); zero bias."""
         banks = self.weights.shape[0]
         fan_in = self.in_type.size * self.kernel_size ** 3
         k3 = self.kernel_size ** 3
@@ -177,8 +193,13 @@ class OctahedralConv(GridConv):
     # ---- the filter ---------------------------------------------------------------------------
 
     def _expand_banks(self) -> torch.Tensor:
-        """``(L, C_out, C_in, k^3)``: every bank's filter in the irrep bases, rows and columns in the
-        irrep-sorted orders (one matrix product per irrep pair, blocks concatenated)."""
+        """Every bank's filter in the irrep bases (one matrix product per irrep pair, blocks concatenated).
+
+        Returns
+        -------
+        torch.Tensor
+            ``(L, C_out, C_in, k^3)``, rows and columns in the irrep-sorted orders.
+        """
         banks, k3 = self.weights.shape[0], self.kernel_size ** 3
         rows = []
         for row in self._pairs:
@@ -194,7 +215,8 @@ class OctahedralConv(GridConv):
         return torch.cat(rows, dim=1)
 
     def _output_maps(self, n: int) -> torch.Tensor | None:
-        """``(L, d, d)``: ``M_out(w_l) Q_out`` for output representation group ``n`` (None: identity)."""
+        """``M_out(w_l) Q_out`` for the output representation group ``n``: ``(L, d, d)``, or ``None`` for
+        the identity."""
         Q = getattr(self, f"out_cob_{n}", None)
         if self.relaxed is None:
             return None if Q is None else Q.unsqueeze(0)
@@ -202,8 +224,13 @@ class OctahedralConv(GridConv):
         return mixing if Q is None else mixing @ Q
 
     def filter(self) -> torch.Tensor:
-        """The combined filter ``(C_out, C_in, k, k, k)`` in the field types' bases (conv3d layout):
-        ``sum_l M_out(w_l) Q_out K_l Q_in^-1``."""
+        """The combined filter ``sum_l M_out(w_l) Q_out K_l Q_in^-1`` in the field types' bases.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(C_out, C_in, k, k, k)`` (conv3d layout), differentiable in the parameters.
+        """
         banks = self._expand_banks()
         L, _, c_in, k3 = banks.shape
         pieces = []
@@ -236,7 +263,8 @@ class OctahedralConv(GridConv):
         return x if permutation is None else x.index_select(dim, permutation)
 
     def expanded_bias(self) -> torch.Tensor | None:
-        """``(C_out,)``: the bias, non-zero only on invariant components of the output fields."""
+        """The bias per channel, ``(C_out,)``, non-zero only on invariant components of the output
+        fields; ``None`` without bias."""
         if self.bias is None:
             return None
         out = self.bias.new_zeros(self._out_layout.size)
@@ -247,8 +275,14 @@ class OctahedralConv(GridConv):
         return out
 
     def filter_and_bias(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``(filter(), expanded_bias())``, what the forward pass convolves with: expanded in every
-        training step (differentiable in the parameters), cached in eval mode until a parameter changes."""
+        """What the forward pass convolves with.
+
+        Returns
+        -------
+        tuple of torch.Tensor
+            ``(filter(), expanded_bias())``: expanded in every training step (differentiable in the
+            parameters), cached in eval mode until a parameter changes (:func:`~.grid.eval_cached`).
+        """
         return eval_cached(self, lambda: (self.filter(), self.expanded_bias()))
 
     # ---- forward / export ---------------------------------------------------------------------
@@ -261,7 +295,13 @@ class OctahedralConv(GridConv):
 
     @torch.no_grad()
     def export(self) -> torch.nn.Module:
-        """A plain ``torch.nn.Conv3d`` / ``ConvTranspose3d`` computing the same output."""
+        """The layer as plain torch.
+
+        Returns
+        -------
+        torch.nn.Conv3d or torch.nn.ConvTranspose3d
+            Computes the same output.
+        """
         weight, bias = self.filter(), self.expanded_bias()
         cls = torch.nn.ConvTranspose3d if self.transposed else torch.nn.Conv3d
         conv = cls(self.in_type.size, self.out_type.size, self.kernel_size, stride=self.stride,

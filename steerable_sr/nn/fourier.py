@@ -22,8 +22,16 @@ from ..fields import escnn_element_indices, group_name, gspace, irrep_names, rep
 
 @functools.lru_cache(maxsize=None)
 def peter_weyl_basis(group: str) -> tuple[np.ndarray, tuple[tuple[str, slice], ...]]:
-    """``(Phi, blocks)``: ``Phi`` is an orthogonal ``(|G|, |G|)`` float64 matrix whose row ``k`` is the
-    basis function ``phi_k`` sampled on the elements; ``blocks`` names the rows of each irrep."""
+    """The Peter-Weyl basis of functions on ``group`` ("Oh" or "O").
+
+    Returns
+    -------
+    phi : np.ndarray
+        Orthogonal ``(|G|, |G|)`` float64, read-only: row ``k`` is the basis function ``phi_k``
+        sampled on the elements.
+    blocks : tuple of (str, slice)
+        The rows of each irrep, by irrep name.
+    """
     G = gspace(group).fibergroup
     rows, blocks, start = [], [], 0
     for name, irrep in zip(irrep_names(group), G.irreps()):
@@ -40,8 +48,25 @@ def peter_weyl_basis(group: str) -> tuple[np.ndarray, tuple[tuple[str, slice], .
 
 
 def fourier_embedding(rep) -> np.ndarray:
-    """Isometric intertwiner ``F`` ``(|G|, d)`` from the escnn representation ``rep`` to functions on G:
-    ``F rho(k) = lambda(k) F`` with ``(lambda(k) f)(g) = f(k^-1 g)``, and ``F^T F = I``."""
+    """The field read as a function on the group (module docstring).
+
+    Parameters
+    ----------
+    rep : escnn.group.Representation
+        A field representation ``rho`` (dimension ``d``) holding each irrep at most as often as its
+        dimension.
+
+    Returns
+    -------
+    np.ndarray
+        ``F``, ``(|G|, d)`` float64, read-only: ``F rho(k) = lambda(k) F`` with
+        ``(lambda(k) f)(g) = f(k^-1 g)``, and ``F^T F = I``.
+
+    Raises
+    ------
+    ValueError
+        If an irrep occurs more often than its dimension.
+    """
     key = (group_name(rep.group), rep.name)
     if key not in _EMBEDDINGS:
         _EMBEDDINGS[key] = _fourier_embedding(rep, *key)

@@ -28,11 +28,16 @@ from .slabs import depth_slices
 class FieldPartition(NamedTuple):
     """The fields of a field type, as a field batch norm needs them.
 
-    Attributes:
-        projector: ``(C, C)`` block-diagonal projector onto the invariant subspace of every field.
-        field_of: ``(C,)`` int64, the field of every channel.
-        field_size: ``(F,)``, the number of channels of every field (float).
-        eps: added to the per-field variance.
+    Attributes
+    ----------
+    projector : torch.Tensor
+        ``(C, C)``, block-diagonal projector onto the invariant subspace of every field.
+    field_of : torch.Tensor
+        ``(C,)`` int64, the field of every channel.
+    field_size : torch.Tensor
+        ``(F,)`` float, the number of channels of every field.
+    eps : float
+        Added to the per-field variance.
     """
 
     projector: torch.Tensor
@@ -42,17 +47,42 @@ class FieldPartition(NamedTuple):
 
 
 def batch_moments(t: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(var, mean)`` of ``t (B, C, N, N, N)`` per channel over batch and voxels (biased), in ``dtype``
-    (autocast off)."""
+    """Per-channel moments of a batch.
+
+    Parameters
+    ----------
+    t : torch.Tensor
+        ``(B, C, N, N, N)``.
+    dtype : torch.dtype
+        Of the statistics (the running statistics' precision; autocast off).
+
+    Returns
+    -------
+    var, mean : torch.Tensor
+        ``(C,)`` each, over batch and voxels; the variance biased.
+    """
     with torch.autocast(t.device.type, enabled=False):
         return torch.var_mean(t.to(dtype), dim=(0, 2, 3, 4), unbiased=False)
 
 
 def field_moments(var: torch.Tensor, mean: torch.Tensor,
                   fields: FieldPartition) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(field_mean, field_var)`` from the per-channel variance and mean of a batch (``(C,)`` each): the
-    invariant mean ``P mean`` (per channel) and the per-field variance ``E||v - P mean||^2 / d``, the
-    field's average of ``var + (mean - P mean)^2`` (``(F,)``)."""
+    """Per-field statistics from the per-channel ones.
+
+    Parameters
+    ----------
+    var, mean : torch.Tensor
+        ``(C,)`` each, a batch's per-channel variance (biased) and mean (:func:`batch_moments`).
+    fields : FieldPartition
+
+    Returns
+    -------
+    field_mean : torch.Tensor
+        ``(C,)``, the invariant mean ``P mean``.
+    field_var : torch.Tensor
+        ``(F,)``, the per-field variance ``E||v - P mean||^2 / d``: the field's average of
+        ``var + (mean - P mean)^2``.
+    """
     field_mean = fields.projector @ mean
     per_channel = var + (mean - field_mean).square()
     field_var = per_channel.new_zeros(len(fields.field_size)).index_add(0, fields.field_of, per_channel)
@@ -61,24 +91,60 @@ def field_moments(var: torch.Tensor, mean: torch.Tensor,
 
 def normalisation(field_mean: torch.Tensor, field_var: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
                   fields: FieldPartition) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel ``(scale, shift)`` of the map ``t -> t scale + shift`` that normalises fields of mean
-    ``field_mean (C,)`` and variance ``field_var (F,)`` (batch statistics in training, running ones in
-    eval mode), with the per-field ``weight (F,)`` and the invariant part of ``bias (C,)``."""
+    """The per-channel affine map ``t -> t scale + shift`` that normalises the fields.
+
+    Parameters
+    ----------
+    field_mean : torch.Tensor
+        ``(C,)``, the fields' invariant mean (the batch's in training, the running one in eval mode).
+    field_var : torch.Tensor
+        ``(F,)``, the fields' variance.
+    weight : torch.Tensor
+        ``(F,)``, the scale of every field.
+    bias : torch.Tensor
+        ``(C,)``, of which the invariant part ``P bias`` is the shift.
+    fields : FieldPartition
+
+    Returns
+    -------
+    scale, shift : torch.Tensor
+        ``(C,)`` each.
+    """
     scale = (weight / torch.sqrt(field_var + fields.eps))[fields.field_of]
     return scale, fields.projector @ bias - field_mean * scale
 
 
 def training_coefficients(var: torch.Tensor, mean: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
                           fields: FieldPartition) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel ``(scale, shift)`` of the training-mode map of a batch with per-channel ``var, mean``
-    (:func:`batch_moments`), in their precision (autocast off)."""
+    """The training-mode map of a batch: :func:`normalisation` of its field statistics.
+
+    Parameters
+    ----------
+    var, mean : torch.Tensor
+        ``(C,)`` each, the batch's per-channel moments (:func:`batch_moments`).
+    weight, bias : torch.Tensor
+        The layer's parameters, ``(F,)`` and ``(C,)``.
+    fields : FieldPartition
+
+    Returns
+    -------
+    scale, shift : torch.Tensor
+        ``(C,)`` each, in ``var``'s precision (autocast off).
+    """
     with torch.autocast(var.device.type, enabled=False):
         return normalisation(*field_moments(var, mean, fields), weight.to(var.dtype), bias.to(var.dtype), fields)
 
 
 class NormGradient(NamedTuple):
-    """The training-mode backward of a field batch norm (:func:`backward_coefficients`): the input
-    gradient ``g scale + b t + a`` (per-channel ``(C,)`` each) and the parameters' gradients."""
+    """The training-mode backward of a field batch norm (:func:`backward_coefficients`).
+
+    Attributes
+    ----------
+    scale, a, b : torch.Tensor
+        ``(C,)`` each: the input gradient is ``g scale + b t + a``.
+    weight, bias : torch.Tensor
+        The parameters' gradients, ``(F,)`` and ``(C,)``.
+    """
 
     scale: torch.Tensor
     a: torch.Tensor
@@ -87,9 +153,22 @@ class NormGradient(NamedTuple):
     bias: torch.Tensor
 
     def input_grad(self, t: torch.Tensor, g: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-        """``g scale + b t + a`` for the layer's input ``t`` and output gradient ``g`` (``(B, C, N, N, N)``),
-        in ``t``'s precision, in two element-wise passes; written into ``out`` if given (``t`` itself is
-        allowed: every element is read before it is written)."""
+        """The input gradient ``g scale + b t + a``, in two element-wise passes.
+
+        Parameters
+        ----------
+        t : torch.Tensor
+            ``(B, C, N, N, N)``, the layer's input.
+        g : torch.Tensor
+            ``(B, C, N, N, N)``, the gradient of its output.
+        out : torch.Tensor, optional
+            Written into (``t`` itself is allowed: every element is read before it is written).
+
+        Returns
+        -------
+        torch.Tensor
+            ``(B, C, N, N, N)``, in ``t``'s precision.
+        """
         def channel(c: torch.Tensor) -> torch.Tensor:
             return c.to(t.dtype).view(1, -1, 1, 1, 1)
 
@@ -99,9 +178,26 @@ class NormGradient(NamedTuple):
 def backward_coefficients(var: torch.Tensor, mean: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
                           fields: FieldPartition, sum_g: torch.Tensor, sum_gt: torch.Tensor,
                           samples: int) -> NormGradient:
-    """The training-mode backward for the batch ``t`` with per-channel ``var, mean`` (:func:`batch_moments`,
-    ``samples`` values per channel) and the output gradient ``g`` with per-channel sums ``sum_g = sum g``
-    and ``sum_gt = sum g t`` (:func:`channel_sums`), in the statistics' precision (module docstring)."""
+    """The training-mode backward of a field batch norm, as per-channel coefficients (module docstring).
+
+    Parameters
+    ----------
+    var, mean : torch.Tensor
+        ``(C,)`` each, the batch ``t``'s per-channel moments (:func:`batch_moments`).
+    weight, bias : torch.Tensor
+        The layer's parameters, ``(F,)`` and ``(C,)``.
+    fields : FieldPartition
+    sum_g, sum_gt : torch.Tensor
+        ``(C,)`` each, the per-channel sums of the output gradient ``g`` and of ``g t``
+        (:func:`channel_sums`).
+    samples : int
+        Values per channel (batch x voxels).
+
+    Returns
+    -------
+    NormGradient
+        In the statistics' precision.
+    """
     dtype = var.dtype
     with torch.enable_grad(), torch.autocast(var.device.type, enabled=False):
         leaves = var_, mean_, weight_, bias_ = [x.detach().to(dtype).requires_grad_()
@@ -113,14 +209,27 @@ def backward_coefficients(var: torch.Tensor, mean: torch.Tensor, weight: torch.T
 
 
 def channel_affine(t: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    """``t * scale + shift`` per channel of ``t (B, C, N, N, N)``, in ``t``'s precision: one elementwise pass."""
+    """``t * scale + shift`` per channel of ``t (B, C, N, N, N)`` (``scale, shift``: ``(C,)``), in ``t``'s
+    precision: one element-wise pass."""
     return torch.addcmul(shift.to(t.dtype).view(1, -1, 1, 1, 1), t, scale.to(t.dtype).view(1, -1, 1, 1, 1))
 
 
 def channel_sums(g: torch.Tensor, t: torch.Tensor,
                  chunk_bytes: int = 32 * 2 ** 20) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(sum g, sum g t)`` per channel of ``g, t (B, C, N, N, N)`` over batch and voxels, in float32,
-    a depth slab of at most ``chunk_bytes`` at a time (no full-size temporary)."""
+    """The per-channel sums a batch norm's backward needs, a depth slab at a time (no full-size temporary).
+
+    Parameters
+    ----------
+    g, t : torch.Tensor
+        ``(B, C, N, N, N)`` each: the output gradient and the input.
+    chunk_bytes : int
+        Bound on a slab (:func:`~.slabs.depth_slices`).
+
+    Returns
+    -------
+    sum_g, sum_gt : torch.Tensor
+        ``(C,)`` each, float32: ``sum g`` and ``sum g t`` over batch and voxels.
+    """
     sum_g, sum_gt = g.new_zeros(t.shape[1], dtype=torch.float32), g.new_zeros(t.shape[1], dtype=torch.float32)
     for depth in depth_slices(t.shape, t.shape[1], chunk_bytes):
         g_d = g[:, :, depth]

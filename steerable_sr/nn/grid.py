@@ -22,8 +22,28 @@ T = TypeVar("T")
 
 def exact_padding(kernel_size: int, stride: int, transposed: bool) -> int:
     """The padding of the only exact choices on the voxel grid (docs/conventions.md, "Exact padding on
-    the voxel grid"): ``(k - 1) / 2`` for a stride-1 convolution with an odd kernel, ``(k - s) / 2`` for
-    a transposed one with ``k - s`` even."""
+    the voxel grid").
+
+    Parameters
+    ----------
+    kernel_size : int
+        ``k``.
+    stride : int
+        ``s``: 1 for a convolution, the upsampling factor for a transposed one.
+    transposed : bool
+        ``conv_transpose3d`` instead of ``conv3d``.
+
+    Returns
+    -------
+    int
+        ``(k - 1) / 2`` for a stride-1 convolution with an odd kernel, ``(k - s) / 2`` for a
+        transposed one with ``k - s`` even and non-negative.
+
+    Raises
+    ------
+    ValueError
+        For any other geometry (it would break equivariance on the grid).
+    """
     k, s = kernel_size, stride
     if k < 1 or s < 1:
         raise ValueError(f"kernel_size and stride must be >= 1, got {k} and {s}")
@@ -39,9 +59,22 @@ def exact_padding(kernel_size: int, stride: int, transposed: bool) -> int:
 
 
 def eval_cached(module: torch.nn.Module, compute: Callable[[], T]) -> T:
-    """``compute()`` in training mode; in eval mode its result, cached on ``module._cache`` until a
-    parameter of ``module`` changes (in place, replaced or moved). Always computed in the parameters'
-    precision (autocast off): under mixed precision the convolution casts the filter itself."""
+    """A module's filters, cached in eval mode.
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+        Owner of the cache (``module._cache``) and of the parameters it depends on.
+    compute : callable
+        Computes the filters from the parameters.
+
+    Returns
+    -------
+    object
+        ``compute()`` in training mode (differentiable); in eval mode its result, cached until a
+        parameter of ``module`` changes (in place, replaced or moved). Always computed in the
+        parameters' precision (autocast off): under mixed precision the convolution casts the filter.
+    """
     device = next(module.parameters()).device.type
     if module.training:
         module._cache = None
@@ -57,18 +90,29 @@ def eval_cached(module: torch.nn.Module, compute: Callable[[], T]) -> T:
 class GridConv(RelaxedLayerMixin, enn.EquivariantModule):
     r"""A convolution between escnn field types over O_h or O on the voxel grid, exact or relaxed.
 
-    Args:
-        in_type, out_type: escnn field types on the same gspace (``steerable_sr.fields.gspace``).
-        kernel_size: ``k``.
-        stride: 1 for a convolution; the upsampling factor ``s`` for a transposed one.
-        transposed: ``conv_transpose3d`` instead of ``conv3d``.
-        num_filter_banks: ``None`` for an exactly equivariant layer; ``L >= 1`` for a relaxed layer
-            with ``L`` filter banks and relaxed weights on the output element (``self.relaxed``).
-
     Subclasses build their filters and implement :meth:`_conv` on plain tensors; :meth:`forward`
-    checks the input type and wraps the result. Equivariance:
+    checks the input type and wraps the result. Shapes: module docstring. Equivariance:
     ``layer(x.transform(g)) == layer(x).transform(g)`` for every ``g`` in G (exact layer) or every
     ``g`` in the stabilizer of the relaxed weights (relaxed layer), to float round-off.
+
+    Parameters
+    ----------
+    in_type, out_type : escnn.nn.FieldType
+        Field types on the same gspace (``steerable_sr.fields.gspace``).
+    kernel_size : int
+        ``k``.
+    stride : int
+        1 for a convolution; the upsampling factor ``s`` for a transposed one.
+    transposed : bool
+        ``conv_transpose3d`` instead of ``conv3d``.
+    num_filter_banks : int, optional
+        ``None`` for an exactly equivariant layer; ``L >= 1`` for a relaxed layer with ``L`` filter
+        banks and relaxed weights on the output element (``self.relaxed``).
+
+    Raises
+    ------
+    ValueError
+        For types on different gspaces or a geometry that is not exact (:func:`exact_padding`).
     """
 
     def __init__(self, in_type: enn.FieldType, out_type: enn.FieldType, kernel_size: int, *, stride: int = 1,
@@ -89,6 +133,7 @@ class GridConv(RelaxedLayerMixin, enn.EquivariantModule):
         return 1 if self.relaxed is None else self.relaxed.num_filter_banks
 
     def forward(self, x: enn.GeometricTensor) -> enn.GeometricTensor:
+        """The convolution of ``x (B, in_type.size, N, N, N)``: ``(B, out_type.size, M, M, M)``."""
         check_type(x, self.in_type)
         if x.tensor.dim() != 5:
             raise ValueError(f"expected a tensor (B, {self.in_type.size}, N, N, N), got shape {tuple(x.tensor.shape)}")
@@ -96,7 +141,7 @@ class GridConv(RelaxedLayerMixin, enn.EquivariantModule):
 
     @abstractmethod
     def _conv(self, x: torch.Tensor) -> torch.Tensor:
-        """The layer on plain tensors ``(B, in_type.size, N, N, N) -> (B, out_type.size, M, M, M)``."""
+        """The layer on plain tensors: ``(B, in_type.size, N, N, N) -> (B, out_type.size, M, M, M)``."""
 
     def evaluate_output_shape(self, input_shape: tuple) -> tuple:
         b, c, *spatial = input_shape

@@ -23,10 +23,30 @@ class FieldBatchNorm(enn.EquivariantModule):
 
     Per field ``v`` (``d`` channels): the mean is taken in the field's invariant subspace only
     (``P_inv E[v]``), the variance is one scalar per field (``E||v - mu||^2 / d``), the scale is one
-    scalar per field and the shift lives in the invariant subspace. On regular fields this is escnn's
-    ``InnerBatchNorm``. In eval mode it is a per-channel affine map: exported as ``BatchNorm3d``.
+    scalar per field and the shift lives in the invariant subspace (formulas: :mod:`.functional`).
+    On regular fields this is escnn's ``InnerBatchNorm``. In eval mode it is a per-channel affine map,
+    exported as ``BatchNorm3d``. Shapes: ``(B, C, N, N, N) -> (B, C, N, N, N)``. Equivariance:
+    ``norm(x.transform(g)) == norm(x).transform(g)`` for every ``g``, in training and eval mode.
 
-    Shapes: ``(B, C, N, N, N) -> (B, C, N, N, N)``.
+    Parameters
+    ----------
+    field_type : escnn.nn.FieldType
+        ``C`` channels in ``F`` fields.
+    eps : float
+        Added to the per-field variance.
+    momentum : float
+        Of the running statistics' update.
+
+    Attributes
+    ----------
+    weight : torch.nn.Parameter
+        ``(F,)``, the scale of every field.
+    bias : torch.nn.Parameter
+        ``(C,)``, of which the invariant part ``P bias`` is the shift.
+    running_mean : torch.Tensor
+        ``(C,)``, the running invariant mean (buffer).
+    running_var : torch.Tensor
+        ``(F,)``, the running per-field variance (buffer, unbiased).
     """
 
     def __init__(self, field_type: enn.FieldType, eps: float = 1e-5, momentum: float = 0.1):
@@ -53,6 +73,8 @@ class FieldBatchNorm(enn.EquivariantModule):
         self.register_buffer("running_var", torch.ones(n_fields))
 
     def forward(self, x: enn.GeometricTensor) -> enn.GeometricTensor:
+        """Normalise ``x (B, C, N, N, N)`` with the batch's statistics (training mode; updates the
+        running ones) or with the running statistics (eval mode)."""
         check_type(x, self.in_type)
         t = x.tensor
         if self.regular:
@@ -88,8 +110,17 @@ class FieldBatchNorm(enn.EquivariantModule):
 
     @torch.no_grad()
     def update_running_statistics(self, field_mean: torch.Tensor, field_var: torch.Tensor, samples: int) -> None:
-        """Momentum update from a batch's field statistics (:func:`~.functional.field_moments`);
-        ``samples`` values per channel (batch x voxels), so ``d samples`` per field for the unbiased variance."""
+        """Momentum update of the running statistics from a batch's.
+
+        Parameters
+        ----------
+        field_mean : torch.Tensor
+            ``(C,)``, the batch's invariant mean (:func:`~.functional.field_moments`).
+        field_var : torch.Tensor
+            ``(F,)``, the batch's biased per-field variance.
+        samples : int
+            Values per channel (batch x voxels): ``d samples`` per field for the unbiased variance.
+        """
         count = self.field_size * samples
         self.running_mean.lerp_(field_mean, self.momentum)
         self.running_var.lerp_(field_var * count / (count - 1).clamp(min=1), self.momentum)
@@ -99,7 +130,13 @@ class FieldBatchNorm(enn.EquivariantModule):
 
     @torch.no_grad()
     def export(self) -> torch.nn.BatchNorm3d:
-        """The eval-mode map as a ``BatchNorm3d``."""
+        """The eval-mode map as plain torch.
+
+        Returns
+        -------
+        torch.nn.BatchNorm3d
+            In eval mode, the same per-channel affine map.
+        """
         bn = torch.nn.BatchNorm3d(self.in_type.size, eps=self.eps, momentum=self.momentum)
         bn.running_mean.copy_(self.running_mean)
         bn.running_var.copy_(self.running_var[self.field_of])
@@ -110,13 +147,11 @@ class FieldBatchNorm(enn.EquivariantModule):
 
 class _FieldNormFunction(torch.autograd.Function):
     r"""Training-mode :class:`FieldBatchNorm` of irrep bands, ``t (B, C, N, N, N) -> t * scale + shift``
-    with ``(scale, shift)`` from the batch's per-channel variance and mean, with a fused backward: it
-    keeps only ``t`` (shared with the layer before) and reads it twice, once for the per-channel sums
-    ``sum g`` and ``sum g t`` and once to write the input gradient ``g scale + b t + a`` (per-channel
-    ``a, b`` from the chain rule through the variance and mean, ``d var_c / d t = 2 (t - mean_c) / n``,
-    ``d mean_c / d t = 1 / n``), instead of autograd's separate element-wise kernels and temporaries.
-    Statistics, coefficients and sums in float32 (the buffers' precision), element-wise passes in
-    ``t``'s precision. Updates the running statistics (once per forward)."""
+    (:func:`~.functional.training_coefficients`), with a fused backward: it keeps only ``t`` (shared
+    with the layer before) and reads it twice, once for the per-channel sums ``sum g`` and ``sum g t``
+    and once to write the input gradient (:func:`~.functional.backward_coefficients`), instead of
+    autograd's separate element-wise kernels and temporaries. Updates the running statistics (once
+    per forward)."""
 
     @staticmethod
     def forward(ctx, t: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
@@ -144,13 +179,18 @@ class FourierReLU(enn.EquivariantModule):
     pointwise, projected back. Exactly equivariant because ``F`` intertwines the field's
     representation with the regular one and ``relu`` commutes with permutations of the elements.
     On regular fields ``F`` is a channel relabelling and this is a plain ReLU.
-
-    Memory: the grid ``F v`` (``|G| fields`` channels, 2.4x the input for 7-dimensional bands) is
-    computed in slices of the volume along depth, each at most ``chunk_bytes`` of float32 grid values,
-    in forward and in backward; the full-size grid never exists, only its 1-byte sign mask (kept for
-    backward). Output and gradients are those of the unsliced computation (same operations per voxel).
-
     Shapes: ``(B, C, N, N, N) -> (B, C, N, N, N)``.
+
+    Memory: the grid ``F v`` (``|G|`` channels per field: 2.4 times the input on bands of every
+    irrep, 48 / 20 for O_h, 24 / 10 for O) is computed in slices of the volume along depth, each at most ``chunk_bytes`` of
+    float32 grid values, in forward and in backward; the full-size grid never exists, only its 1-byte
+    sign mask (kept for backward). Output and gradients are those of the unsliced computation (same
+    operations per voxel).
+
+    Parameters
+    ----------
+    field_type : escnn.nn.FieldType
+        Fields with a Fourier embedding (:func:`~.fourier.fourier_embedding`).
     """
 
     chunk_bytes = 64 * 2 ** 20  # largest float32 grid slice computed at once
@@ -171,6 +211,7 @@ class FourierReLU(enn.EquivariantModule):
             self.register_buffer("embedding", torch.tensor(F_full, dtype=torch.float32), persistent=False)
 
     def forward(self, x: enn.GeometricTensor) -> enn.GeometricTensor:
+        """The nonlinearity on every voxel of ``x (B, C, N, N, N)``."""
         check_type(x, self.in_type)
         if self.pointwise:
             return enn.GeometricTensor(F.relu(x.tensor), self.out_type)
@@ -182,7 +223,13 @@ class FourierReLU(enn.EquivariantModule):
 
     @torch.no_grad()
     def export(self) -> torch.nn.Module:
-        """``ReLU`` on regular fields, else ``Conv3d(1x1, F) -> ReLU -> Conv3d(1x1, F^T)``."""
+        """The layer as plain torch.
+
+        Returns
+        -------
+        torch.nn.Module
+            ``ReLU`` on regular fields, else ``Sequential(Conv3d(1x1, F), ReLU, Conv3d(1x1, F^T))``.
+        """
         if self.pointwise:
             return torch.nn.ReLU()
         size, order = self.in_type.size, self.embedding.shape[0]

@@ -48,9 +48,25 @@ if TYPE_CHECKING:
 
 
 def checkpoint_in_slabs(x: torch.Tensor, block: ConvBlock, chunk_bytes: int) -> torch.Tensor:
-    """The block's ``pre`` (module docstring) ``(B, C, n^3) -> (B, C, N^3)``, keeping only ``x`` for
-    backward, which recomputes the block (the expanded filters included) in depth slabs of at most
-    ``chunk_bytes`` (float32 values of one activation). Training mode."""
+    """The block's ``pre`` (module docstring), keeping only ``x`` for backward, which recomputes the
+    block (the expanded filters included) in depth slabs. Training mode.
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        ``(B, C, n, n, n)``, the block's input.
+    block : ConvBlock
+        Of the layers the module docstring names (:func:`~.checkpointing.recompute_of` is
+        :attr:`~.checkpointing.Recompute.SLABS`).
+    chunk_bytes : int
+        Bound on the float32 slab of one activation computed at once (:func:`~.slabs.depth_slices`).
+
+    Returns
+    -------
+    torch.Tensor
+        ``block.pre_activation(x)``, ``(B, C, N, N, N)`` (``N = 2n`` with an upsampling skip, else
+        ``n``), to float round-off; the norms' running statistics are updated once.
+    """
     first, norm1, _, second, norm2, _ = block
     parameters = [p for layer in (first, second, norm1, norm2) for p in layer.parameters()]
     return _SlabBlockFunction.apply(x, block, chunk_bytes, *parameters)
@@ -121,9 +137,16 @@ class _SlabBlockFunction(torch.autograd.Function):
 
 
 def _add_skip(t: torch.Tensor, x: torch.Tensor, upsample: bool, chunk_bytes: int) -> torch.Tensor:
-    """``t += skip(x)`` in place (``skip``: the trilinear upsampling by 2, or the identity); returns ``t``.
-    The upsampling runs a depth slab at a time, at least 8 output planes per slab: each slab also
-    interpolates 2-4 planes beyond it (:func:`~.slabs.upsample_trilinear_slab`)."""
+    """``t += skip(x)`` in place, ``skip`` the trilinear upsampling by 2 (``upsample``) or the identity.
+
+    The upsampling runs a depth slab of at most ``chunk_bytes`` at a time, at least 8 output planes per
+    slab: each slab also interpolates 2-4 planes beyond it (:func:`~.slabs.upsample_trilinear_slab`).
+
+    Returns
+    -------
+    torch.Tensor
+        ``t``.
+    """
     if not upsample:
         return t.add_(x)
     for depth in depth_slices(t.shape, t.shape[1], chunk_bytes, min_planes=8):
@@ -132,8 +155,24 @@ def _add_skip(t: torch.Tensor, x: torch.Tensor, upsample: bool, chunk_bytes: int
 
 
 def _skip_grad(grad: torch.Tensor, input_shape: torch.Size, upsample: bool, overwritten: bool) -> torch.Tensor:
-    """The gradient of ``x`` through ``skip(x)`` for the gradient ``grad`` of ``skip(x)``: the adjoint
-    upsampling, or ``grad`` itself (a copy if ``grad`` is ``overwritten`` later)."""
+    """The gradient of ``x`` through ``skip(x)``.
+
+    Parameters
+    ----------
+    grad : torch.Tensor
+        The gradient of ``skip(x)``.
+    input_shape : torch.Size
+        ``x``'s.
+    upsample : bool
+        ``skip`` is the trilinear upsampling by 2 (else the identity).
+    overwritten : bool
+        ``grad`` is overwritten later (a buffer): the identity's gradient is then a copy.
+
+    Returns
+    -------
+    torch.Tensor
+        Shaped like ``x``.
+    """
     if upsample:
         return upsample_trilinear_grad(grad, input_shape)
     return grad.clone() if overwritten else grad
@@ -141,17 +180,43 @@ def _skip_grad(grad: torch.Tensor, input_shape: torch.Size, upsample: bool, over
 
 def _parameter_grads(conv: OctahedralConv, filters: tuple[torch.Tensor, torch.Tensor | None], d_weight: torch.Tensor,
                      d_bias: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
-    """The gradients of ``conv``'s parameters from those of its expanded filter and bias (``filters``, built
-    with autograd on), through the expansion."""
+    """The gradients of ``conv``'s parameters through the filter expansion.
+
+    Parameters
+    ----------
+    conv : OctahedralConv
+    filters : tuple of torch.Tensor
+        ``conv.filter_and_bias()``, built with autograd on.
+    d_weight, d_bias : torch.Tensor
+        The gradients of the expanded filter and bias (``d_bias`` ``None`` without bias).
+
+    Returns
+    -------
+    tuple of torch.Tensor
+        One gradient per parameter of ``conv``, in order (``None`` for an unused one).
+    """
     outputs = [(t, g) for t, g in zip(filters, (d_weight, d_bias)) if t is not None]
     return torch.autograd.grad([t for t, _ in outputs], list(conv.parameters()), [g.to(t.dtype) for t, g in outputs],
                                allow_unused=True)
 
 
 def _rolling(compute: Callable[[slice], torch.Tensor], volume: torch.Tensor) -> Callable[[slice, int], torch.Tensor]:
-    """``input_halo`` for :func:`_conv_in_slabs` from a per-voxel map ``compute(depth)`` (its planes
-    ``depth`` of a volume of ``volume``'s depth): each plane is computed once as the slabs advance,
-    and only the planes the current slab's halo reads are kept."""
+    """``input_halo`` for :func:`_conv_in_slabs` from a per-voxel map, each plane computed once.
+
+    Parameters
+    ----------
+    compute : callable
+        ``compute(depth)``: the map's planes ``depth`` of a volume shaped like ``volume``.
+    volume : torch.Tensor
+        ``(B, C, D, H, W)``, the map's input (for its shape and depth).
+
+    Returns
+    -------
+    callable
+        ``planes(depth, p)``: the map's planes of ``depth`` with their halo of ``p`` (zeros outside
+        the volume), for slabs that advance in order; only the planes the current slab's halo reads
+        are kept.
+    """
     kept, start = volume[:, :, :0], 0
 
     def planes(depth: slice, p: int) -> torch.Tensor:
@@ -167,9 +232,27 @@ def _rolling(compute: Callable[[slice], torch.Tensor], volume: torch.Tensor) -> 
 
 def _conv_in_slabs(input_halo: Callable[[slice, int], torch.Tensor], shape: torch.Size, weight: torch.Tensor,
                    bias: torch.Tensor | None, chunk_bytes: int) -> torch.Tensor:
-    """A stride-1 convolution ``(B, C_in, N^3) -> (B, C_out, N^3)`` (``shape``: the input's) into a
-    preallocated output, a depth slab at a time; ``input_halo(depth, p)`` gives the input planes of ``depth``
-    with their halo of ``p`` (zeros outside the volume)."""
+    """A stride-1 convolution into a preallocated output, a depth slab at a time.
+
+    Parameters
+    ----------
+    input_halo : callable
+        ``input_halo(depth, p)``: the input planes of ``depth`` with their halo of ``p`` (zeros
+        outside the volume).
+    shape : torch.Size
+        The input's, ``(B, C_in, N, N, N)``.
+    weight : torch.Tensor
+        ``(C_out, C_in, k, k, k)``.
+    bias : torch.Tensor or None
+        ``(C_out,)``.
+    chunk_bytes : int
+        Slab bound (:func:`~.slabs.depth_slices`).
+
+    Returns
+    -------
+    torch.Tensor
+        ``(B, C_out, N, N, N)``, in the convolution's (autocast) precision.
+    """
     p, out = (weight.shape[-1] - 1) // 2, None
     for depth in depth_slices(shape, max(shape[1], weight.shape[0]), chunk_bytes):
         part = conv3d_slab(input_halo(depth, p), weight, bias)
@@ -181,7 +264,8 @@ def _conv_in_slabs(input_halo: Callable[[slice, int], torch.Tensor], shape: torc
 
 def _first(conv: OctahedralConv, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
            chunk_bytes: int) -> torch.Tensor:
-    """``conv(x)`` with the given expanded filter: in depth slabs (stride 1) or whole (transposed)."""
+    """``conv(x)`` with its expanded filter ``weight (C_out, C_in, k, k, k)`` and ``bias``: in depth slabs
+    of at most ``chunk_bytes`` (stride 1) or whole (transposed)."""
     if conv.transposed:
         return F.conv_transpose3d(x, weight.transpose(0, 1), bias, stride=conv.stride, padding=conv.padding)
     return _conv_in_slabs(lambda depth, p: with_halo(x, depth, p), x.shape, weight, bias, chunk_bytes)
@@ -189,13 +273,36 @@ def _first(conv: OctahedralConv, x: torch.Tensor, weight: torch.Tensor, bias: to
 
 def _second_backward(buffer: torch.Tensor, act_input: Callable[[slice], torch.Tensor], act: nn.Module,
                      weight: torch.Tensor, bias: bool, chunk_bytes: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Backward through ``second(act(t))``, ``t`` given by its planes ``act_input(depth)``: ``buffer`` holds
-    the gradient of ``second``'s output and receives, slab by slab, the gradient of ``t``; returns the
-    filter and bias gradients. ``act(t)`` is computed once per plane, with autograd, one slab ahead.
-    A slab's filter gradient reads ``act(t)`` on the slab and ``p`` planes on either side (the previous
-    slab's last planes, the next slab's first); its input gradient reads ``p`` planes of output gradient
-    on either side (the previous slab's last ones saved before that slab was overwritten); then
-    ``act``'s backward on the slab gives the slab of the gradient of ``t``."""
+    """Backward through ``second(act(t))``, in place, a depth slab at a time.
+
+    ``act(t)`` is computed once per plane, with autograd, one slab ahead. A slab's filter gradient
+    reads ``act(t)`` on the slab and ``p`` planes on either side (the previous slab's last planes, the
+    next slab's first); its input gradient reads ``p`` planes of output gradient on either side (the
+    previous slab's last ones, saved before that slab was overwritten); then ``act``'s backward on
+    the slab gives the slab of the gradient of ``t``.
+
+    Parameters
+    ----------
+    buffer : torch.Tensor
+        ``(B, C, N, N, N)``: the gradient of ``second``'s output; receives the gradient of ``t``.
+    act_input : callable
+        ``act_input(depth)``: the planes ``depth`` of ``t``.
+    act : nn.Module
+        The per-voxel nonlinearity, on plain tensors.
+    weight : torch.Tensor
+        ``second``'s expanded filter ``(C, C, k, k, k)``.
+    bias : bool
+        Whether ``second`` has a bias.
+    chunk_bytes : int
+        Slab bound (:func:`~.slabs.depth_slices`).
+
+    Returns
+    -------
+    d_weight : torch.Tensor
+        ``(C, C, k, k, k)``, float32.
+    d_bias : torch.Tensor or None
+        ``(C,)``, float32.
+    """
     p = (weight.shape[-1] - 1) // 2
     d_weight = torch.zeros_like(weight, dtype=torch.float32)
     d_bias = weight.new_zeros(weight.shape[0], dtype=torch.float32) if bias else None
@@ -230,9 +337,34 @@ def _second_backward(buffer: torch.Tensor, act_input: Callable[[slice], torch.Te
 def _first_backward(conv: OctahedralConv, x: torch.Tensor, grad_h: torch.Tensor, weight: torch.Tensor, bias: bool,
                     grad_skip: torch.Tensor,
                     chunk_bytes: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """``(grad_x, d_weight, d_bias)`` of ``conv(x)`` for the output gradient ``grad_h``, ``grad_skip``
-    (the skip path's gradient of ``x``) added; filter gradients in float32. ``x`` is cast to ``grad_h``'s
-    precision (autocast) a slab at a time."""
+    """Backward through ``conv(x)``, plus the skip path's gradient of ``x``.
+
+    Parameters
+    ----------
+    conv : OctahedralConv
+        The first convolution (stride 1, in depth slabs; or transposed, whole).
+    x : torch.Tensor
+        ``(B, C, n, n, n)``, its input; cast to ``grad_h``'s precision (autocast) a slab at a time.
+    grad_h : torch.Tensor
+        ``(B, C, N, N, N)``, the gradient of its output.
+    weight : torch.Tensor
+        Its expanded filter ``(C_out, C_in, k, k, k)``.
+    bias : bool
+        Whether it has a bias.
+    grad_skip : torch.Tensor
+        ``(B, C, n, n, n)``, the gradient of ``x`` through the skip.
+    chunk_bytes : int
+        Slab bound (:func:`~.slabs.depth_slices`).
+
+    Returns
+    -------
+    grad_x : torch.Tensor
+        ``(B, C, n, n, n)``, in ``grad_h``'s precision.
+    d_weight : torch.Tensor
+        float32.
+    d_bias : torch.Tensor or None
+        float32.
+    """
     if conv.transposed:
         grad_x, d_weight, d_bias = torch.ops.aten.convolution_backward(
             grad_h, x.to(grad_h.dtype), weight.transpose(0, 1).to(grad_h.dtype), [weight.shape[0]] if bias else None,

@@ -74,22 +74,41 @@ from .grid import GridConv, eval_cached
 
 
 class SeparableGroupConv(GridConv):
-    r"""Separable group convolution into regular fields over O_h or O (see the module docstring;
-    arguments, shapes and equivariance as :class:`~.grid.GridConv`).
+    r"""Separable group convolution into regular fields over O_h or O (module docstring).
 
-    Args:
-        in_type: regular fields (group convolution) or any field type, e.g. velocity (lifting).
-        out_type: regular fields (same gspace).
-        kernel_size: ``k`` of the depthwise spatial part (``stride``, ``transposed``: of the spatial part).
-        num_filter_banks: ``None`` for an exactly equivariant layer; ``L >= 1`` for ``L`` banks of the
-            spatial part with relaxed weights on the output element.
-        bias: one bias per output field (constant over the group), added after the spatial part.
+    Shapes and equivariance as :class:`~.grid.GridConv`.
 
-    Attributes:
-        group_kernel: ``psi`` ``(C_out, C_in, |G|)`` (regular input; elements in the order of
-            ``group_matrices``), or ``None``.
-        pointwise: exact 1x1 :class:`~.conv.OctahedralConv` (non-regular input), or ``None``.
-        spatial_kernel: ``kappa`` ``(L, C_out, k, k, k)`` (``L = 1`` for an exact layer).
+    Parameters
+    ----------
+    in_type : escnn.nn.FieldType
+        Regular fields (group convolution) or any field type, e.g. velocity (lifting).
+    out_type : escnn.nn.FieldType
+        Regular fields (same gspace).
+    kernel_size : int
+        ``k`` of the depthwise spatial part.
+    stride : int
+        Of the spatial part (the upsampling factor of a transposed layer).
+    transposed : bool
+        The spatial part is a ``conv_transpose3d``.
+    num_filter_banks : int, optional
+        ``None`` for an exactly equivariant layer; ``L >= 1`` for ``L`` banks of the spatial part with
+        relaxed weights on the output element.
+    bias : bool
+        One bias per output field (constant over the group), added after the spatial part.
+
+    Attributes
+    ----------
+    group_kernel : torch.nn.Parameter or None
+        ``psi``, ``(C_out, C_in, |G|)`` (regular input; elements in the order of ``group_matrices``).
+    pointwise : OctahedralConv or None
+        The exact 1x1 lifting part (non-regular input).
+    spatial_kernel : torch.nn.Parameter
+        ``kappa``, ``(L, C_out, k, k, k)`` (``L = 1`` for an exact layer).
+
+    Raises
+    ------
+    ValueError
+        If ``out_type`` is not regular.
     """
 
     def __init__(self, in_type: enn.FieldType, out_type: enn.FieldType, kernel_size: int, *, stride: int = 1,
@@ -141,7 +160,13 @@ class SeparableGroupConv(GridConv):
     # ---- the filters --------------------------------------------------------------------------
 
     def pointwise_filter(self) -> torch.Tensor:
-        """The 1x1 part, ``(C_out |G|, C_in_channels, 1, 1, 1)`` (conv3d layout, escnn channel order)."""
+        """The 1x1 part.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(C_out |G|, C_in_channels, 1, 1, 1)`` (conv3d layout, escnn channel order).
+        """
         if self.pointwise is not None:
             return self.pointwise.filter()
         c_out, c_in, order = self.group_kernel.shape
@@ -149,8 +174,14 @@ class SeparableGroupConv(GridConv):
         return W.permute(0, 2, 1, 3).reshape(c_out * order, c_in * order, 1, 1, 1)
 
     def depthwise_filter(self) -> torch.Tensor:
-        """The spatial part, ``(C_out |G|, 1, k, k, k)``: channel ``(o, c)`` holds
-        ``sum_l w_l(e[c]) kappa_{l,o}(R_{e[c]}^-1 t)`` (``w = 1`` for an exact layer)."""
+        """The depthwise spatial part.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(C_out |G|, 1, k, k, k)``: channel ``(o, c)`` holds
+            ``sum_l w_l(e[c]) kappa_{l,o}(R_{e[c]}^-1 t)`` (``w = 1`` for an exact layer).
+        """
         banks, fields, k = self.spatial_kernel.shape[:3]
         moved = self.spatial_kernel.reshape(banks, fields, k ** 3)[:, :, self.grid_index]  # (L, C, |G|, k^3)
         if self.relaxed is None:
@@ -161,19 +192,26 @@ class SeparableGroupConv(GridConv):
         return kernel.reshape(-1, 1, k, k, k)
 
     def expanded_bias(self) -> torch.Tensor | None:
-        """``(C_out |G|,)``: ``b_o`` on every channel of field ``o``."""
+        """The bias per channel, ``(C_out |G|,)``: ``b_o`` on every channel of field ``o``; ``None``
+        without bias."""
         if self.bias is None:
             return None
         return self.bias.repeat_interleave(self.out_type.size // self.fields_out)
 
     def filter(self) -> torch.Tensor:
-        """The composite filter ``(C_out, C_in, k, k, k)`` (conv3d layout, as ``OctahedralConv.filter``):
-        ``K[(o,g), (i,h)](t) = D_{o,g}(t) W[(o,g), (i,h)]``. For inspection and tests; the forward pass
-        never builds it."""
+        """The composite filter ``K[(o,g), (i,h)](t) = D_{o,g}(t) W[(o,g), (i,h)]``, for inspection and
+        tests (the forward pass never builds it).
+
+        Returns
+        -------
+        torch.Tensor
+            ``(C_out, C_in, k, k, k)`` (conv3d layout, as :meth:`OctahedralConv.filter`).
+        """
         depthwise = self.depthwise_filter()
         return depthwise * self.pointwise_filter().view(depthwise.shape[0], -1, 1, 1, 1)
 
     def _filters(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """``(pointwise_filter(), depthwise_filter(), expanded_bias())``, cached in eval mode."""
         return eval_cached(self, lambda: (self.pointwise_filter(), self.depthwise_filter(), self.expanded_bias()))
 
     # ---- forward / export ---------------------------------------------------------------------
@@ -187,7 +225,13 @@ class SeparableGroupConv(GridConv):
 
     @torch.no_grad()
     def export(self) -> torch.nn.Sequential:
-        """``Sequential(Conv3d 1x1, Conv3d / ConvTranspose3d with groups = C_out |G|)``: same output."""
+        """The layer as plain torch.
+
+        Returns
+        -------
+        torch.nn.Sequential
+            ``Conv3d`` 1x1, then ``Conv3d`` / ``ConvTranspose3d`` with ``groups = C_out |G|``; same output.
+        """
         pointwise, depthwise, bias = self.pointwise_filter(), self.depthwise_filter(), self.expanded_bias()
         channels = depthwise.shape[0]
         first = torch.nn.Conv3d(self.in_type.size, channels, 1, bias=False)

@@ -20,9 +20,11 @@ class TensorOp(nn.Module):
         self.module = module
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``module`` on ``x (B, in_type.size, ...)``, as a plain tensor."""
         from escnn.nn import GeometricTensor
 
         return self.module(GeometricTensor(x, self.module.in_type)).tensor
 
     def export(self) -> nn.Module:
+        """The wrapped layer's plain torch export."""
         return self.module.export()
