@@ -113,6 +113,26 @@ def element_index(R: torch.Tensor | np.ndarray, group: str = "Oh") -> int:
     return int(hits[0])
 
 
+def element_label(k: int, group: str = "Oh") -> str:
+    """An element in words: the image ``R (x, y, z)`` of the coordinates.
+
+    Parameters
+    ----------
+    k : int
+        Index into :func:`group_matrices`.
+    group : {"Oh", "O"}
+
+    Returns
+    -------
+    str
+        E.g. ``"(x, y, z)"`` for the identity, ``"(x, z, y)"`` for the exchange of y and z,
+        ``"(-x, -y, -z)"`` for the inversion.
+    """
+    R = _matrices_np(group)[k]
+    return "(" + ", ".join(("-" if R[i].sum() < 0 else "") + AXES[int(np.argmax(np.abs(R[i])))]
+                           for i in range(3)) + ")"
+
+
 def _perm_signs(R: torch.Tensor | np.ndarray) -> tuple[list[int], list[int]]:
     R = np.asarray(R.detach().cpu() if isinstance(R, torch.Tensor) else R, dtype=np.float64)
     element_index(R, "Oh")

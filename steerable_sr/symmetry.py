@@ -1,63 +1,83 @@
-r"""Reading the learned symmetry breaking off relaxed layers.
+r"""Reading the learned symmetry breaking off relaxed layers, with a statistical basis.
 
 A relaxed layer with weights ``w_l : G -> R`` is equivariant exactly to the stabilizer
 
     H = { k in G : w_l(k^-1 g) = w_l(g) for every g and every bank l }
 
-(``docs/conventions.md``, "Relaxed group convolution"). :func:`stabilizer` computes H over every
-relaxed layer of a module (indices into ``steerable_sr.groups.group_matrices``);
-:func:`subgroup_name` names the well-known subgroups of O_h (e.g. "D4h, axis x", "D3d, diagonal
-(1,1,1)"); :func:`symmetry_report` gathers, per layer, the per-irrep energies ``||w_l(psi)||`` and
-the stabilizer.
+(``docs/conventions.md``, "Relaxed group convolution"). Trained weights are never exactly
+invariant: the optimiser moves every Fourier block a little, whatever the data. So each element
+``k`` is decided from how much the weights break it *and* from how much of that the weights' own
+noise could explain (the criterion, with its reasoning, is in ``docs/conventions.md``, "Reading the
+kept symmetry"):
 
-**Robust criterion (the default).** Learned relaxed weights are never exactly invariant: Adam moves
-every Fourier block a little, whatever the data (measured with penalty weight 1e-3, lr 2e-3,
-``docs/results.md``: block significance ``s`` below 2e-4 after 240 steps on O_h-symmetrised data,
-up to 1.4e-3 in blocks unrelated to the data's breaking; without a penalty the noise random-walks
-to ``s ~ 1e-2`` in 240 steps, and no threshold separates it: the criterion is for penalised
-training). So the read-out
+1. **Coefficients.** Per layer, the weights' Fourier coefficients in the Peter-Weyl basis
+   (:func:`steerable_sr.nn.fourier.peter_weyl_basis`), divided by the norm ``||m||`` of the
+   trivial (``A1g``) coefficients of all banks: ``x = c / ||m||``.
+2. **Noise.** Per layer, the per-entry noise ``sigma`` of the non-trivial coefficients
+   (:func:`noise_level`): most blocks carry no breaking, so the median over the layer's blocks and
+   banks of ``||x_psi||^2 / median(chi^2_{d_psi^2})`` estimates ``sigma^2`` robustly; it is at most
+   :data:`BLOCK_TOL` relative to the trivial coefficient (a block larger than the optimiser's noise
+   under the penalty is never noise).
+3. **Significant blocks** (:func:`significant_blocks`): an irrep block of a bank is symmetry breaking
+   when its *significance* ``s = ||w_l(psi)|| / (d_psi |w_l(A1g)|)`` (per-entry rms relative to the
+   trivial coefficient, :func:`block_significance`) exceeds :data:`BLOCK_TOL` *and* it stands out of
+   the layer's noise: ``||x_psi||^2 / sigma^2`` above the ``1 - alpha / n`` quantile of
+   ``chi^2_{d_psi^2}`` (``n``: the layer's blocks). Other blocks are set to zero. A model without
+   any significant block is equivariant to the whole group.
+4. **Defects.** Per element, the *invariance defect* of the significant part, pooled over layers
+   (``x_S``; ``T_k``: the left translation ``w -> w(k^-1 .)`` in coefficient space, orthogonal and
+   block diagonal): ``d_k^2 = N_k / (2 E)`` with ``N_k = sum_l ||x_S (T_k - 1)||^2`` and
+   ``E = sum_l ||x_S||^2``: 0 for a symmetry of the weights, about 1 for an element they do not
+   respect.
+5. **Uncertainty.** Were ``k`` a symmetry of the weights up to their noise, ``N_k`` would be
+   ``||n (T_k - 1)||^2`` for white noise ``n`` of per-entry variance ``sigma_l^2`` on the
+   significant blocks: a quadratic form of Gaussians with mean ``sum sigma_l^2 tr(M)`` and variance
+   ``2 sum sigma_l^4 tr(M^2)``, ``M = (T_k - 1)(T_k - 1)^T`` per block, approximated by a scaled
+   chi-square of the same two moments (exact for involutions). ``r_k = sqrt(q_k / (2 E))``, with
+   ``q_k`` its ``1 - alpha`` quantile (:data:`ALPHA`), is the defect that noise alone reaches with
+   probability ``alpha``.
+6. **Decision.** ``k`` is *broken* when ``d_k > r_k`` (and above round-off, :data:`ROUNDOFF`): its
+   breaking stands out of the noise; *kept* when not broken and ``d_k + r_k <= defect_tol``
+   (:data:`DEFECT_TOL`): whatever breaking the noise may hide is small; *undecided* otherwise (the
+   noise is too large to tell). The read-out names the largest subgroup of the kept elements
+   (*kept with confidence*, the stabilizer) and the largest subgroup without a broken element (*at
+   most*): the symmetry of the weights lies between the two.
 
-1. computes, per layer and bank ``l``, each irrep block's *significance*
-   ``s_l(psi) = ||w_l(psi)|| / (d_psi |w_l(A1g)|)`` (per-entry rms of the block relative to the
-   trivial coefficient: white noise gives the same ``s`` in every block, whatever ``d_psi``), and
-   keeps only the blocks with ``s > block_tol`` (``BLOCK_TOL``) as the layer's symmetry breaking
-   ``v_l``; a model without any significant block is exactly equivariant (the whole group);
-2. measures, per element ``k``, the *invariance defect* of what is left, pooled over layers after
-   normalising each by its trivial part ``||m_l||`` (``r_l = v_l / ||m_l||``):
-   ``d_k^2 = sum_l ||r_l(k^-1 .) - r_l||^2 / (2 sum_l ||r_l||^2)``: 0 for a symmetry of the
-   weights, about 1 for an element that they do not respect (random ``v``: ``E d_k^2 = 1``; a
-   quadrupole along x turned onto y: ``d_k = sqrt(3/2)``); ``k`` is kept when
-   ``d_k <= defect_tol`` (``DEFECT_TOL = 0.5``, halfway between the two). If the kept elements do
-   not form a group, the largest named subgroup inside them is reported. For a breaking in one
-   irrep the defect is geometric: an ``Eg`` vector at angle ``theta`` from the x quadrupole
-   ``3x^2 - r^2`` (towards ``y^2 - z^2``) has ``d = sqrt(2) sin(theta)`` for the elements of D4h
-   that swap y and z, so the threshold reads "D4h about x" up to ``theta = 21`` degrees.
+Every layer is read alike, so pooling many layers sharpens the read-out and a layer of pure noise,
+however large its blocks, adds none of its noise to the decisions. The report also gives each
+layer's *breaking ratio* ``||v|| / ||m||`` over all its non-trivial blocks (``m`` the group mean,
+``v = w - m``), significant or not.
 
-The report also gives each layer's *breaking ratio* ``||v|| / ||m||`` over all its non-trivial
-blocks (``m`` the group mean, ``v = w - m``), significant or not.
-
-``tol`` (the former criterion, kept for compatibility): when given, ``k`` is kept iff
-``max |w_l(k^-1 g) - w_l(g)| <= tol * max |w|`` — right for weights that were *set* invariant, far
-too strict for trained ones.
+With ``tol`` (the strict criterion), ``k`` is kept iff ``max |w_l(k^-1 g) - w_l(g)| <= tol * max |w|``
+in every layer: right for weights that were *set* invariant, too strict for trained ones.
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
+from scipy import stats
 
-from .groups import cayley_table, group_order, inverses, largest_subgroup_in, subgroup_name
+from .groups import cayley_table, element_label, group_order, inverses, largest_subgroup_in, subgroup_name
+from .nn.fourier import peter_weyl_basis
 from .nn.relaxed import relaxed_layers
 
-
-#: Significance ``||w_l(psi)|| / (d_psi |w_l(A1g)|)`` above which an irrep block counts as symmetry breaking.
+#: Significance ``||w_l(psi)|| / (d_psi |w_l(A1g)|)`` a block needs to count as symmetry breaking, and
+#: the largest per-entry noise of the coefficients relative to the trivial one.
 BLOCK_TOL = 3e-3
-#: Relative invariance defect ``d_k`` up to which an element counts as a symmetry of the weights:
+#: The largest invariance defect an element may keep, with its uncertainty, to count as kept:
 #: halfway between an exact symmetry (0) and an unrelated element (about 1).
 DEFECT_TOL = 0.5
+#: Probability that noise alone makes a block significant or an element broken.
+ALPHA = 1e-3
+#: Defects below this are round-off (relaxed weights are stored in float32).
+ROUNDOFF = 1e-6
+#: The decisions on an element.
+DECISIONS = ("kept", "broken", "undecided")
 
 
 def _weights_np(weights) -> np.ndarray:
@@ -65,23 +85,56 @@ def _weights_np(weights) -> np.ndarray:
     return w[None] if w.ndim == 1 else w
 
 
-def _split_weights(w: np.ndarray) -> tuple[np.ndarray, float, float]:
-    """``(v, ||m||, ||v||)``: the non-trivial part and the norms of the trivial and non-trivial parts."""
-    m = w.mean(axis=1, keepdims=True)
-    v = w - m
-    return v, float(np.sqrt((m ** 2).sum() * w.shape[1])), float(np.linalg.norm(v))
+def _normalised_coefficients(w: np.ndarray, group: str) -> np.ndarray:
+    """``x = c / ||m||``, ``(L, |G|)``: the Fourier coefficients of the banks over the norm of their
+    trivial coefficients."""
+    phi, blocks = peter_weyl_basis(group)
+    c = w @ phi.T
+    return c / max(float(np.linalg.norm(c[:, blocks[0][1]])), 1e-30)
 
 
-def _defect_sq(v: np.ndarray, group: str) -> np.ndarray:
-    """``||v(k^-1 .) - v||^2`` for every element ``k`` (shape ``(|G|,)``)."""
+@functools.lru_cache(maxsize=None)
+def _translations(group: str) -> np.ndarray:
+    """``T[k]``, ``(|G|, |G|, |G|)``: the left translation ``w -> w(k^-1 .)`` on coefficients,
+    ``x -> x @ T[k]``."""
+    phi, _ = peter_weyl_basis(group)
     table, inv = cayley_table(group), inverses(group)
-    return np.array([((v[:, table[inv[k]]] - v) ** 2).sum() for k in range(table.shape[0])])
+    out = np.stack([phi[:, table[inv[k]]] @ phi.T for k in range(len(phi))])
+    out.setflags(write=False)
+    return out
+
+
+@functools.lru_cache(maxsize=None)
+def _odd_traces(group: str) -> tuple[np.ndarray, np.ndarray]:
+    """``tr(M)`` and ``tr(M^2)`` of ``M = (T_k - 1)(T_k - 1)^T`` on each block, ``(|G|, blocks)`` each:
+    the mean and half the variance of ``||n (T_k - 1)||^2`` on a block of unit white noise."""
+    _, blocks = peter_weyl_basis(group)
+    T = _translations(group)
+    t1, t2 = np.zeros((len(T), len(blocks))), np.zeros((len(T), len(blocks)))
+    for j, (_, sl) in enumerate(blocks):
+        for k in range(len(T)):
+            A = T[k][sl, sl] - np.eye(sl.stop - sl.start)
+            M = A @ A.T
+            t1[k, j], t2[k, j] = np.trace(M), np.trace(M @ M)
+    return t1, t2
 
 
 def block_significance(weights, group: str = "Oh") -> dict[str, np.ndarray]:
-    """Per non-trivial irrep: ``s_l(psi) = ||w_l(psi)|| / (d_psi |w_l(A1g)|)`` for each bank, ``(L,)``."""
-    from .nn.fourier import peter_weyl_basis
+    """The significance of each non-trivial irrep block of each bank.
 
+    Parameters
+    ----------
+    weights : array_like
+        ``(L, |G|)`` relaxed weights on the elements (or ``(|G|,)``).
+    group : {"Oh", "O"}
+
+    Returns
+    -------
+    dict of str to numpy.ndarray
+        Per non-trivial irrep ``psi``, ``(L,)``: ``s_l(psi) = ||w_l(psi)|| / (d_psi |w_l(A1g)|)``,
+        the per-entry rms of the block relative to the trivial coefficient (white noise gives the
+        same ``s`` in every block, whatever ``d_psi``). Invariant under the group's action on ``w``.
+    """
     phi, blocks = peter_weyl_basis(group)
     c = _weights_np(weights) @ phi.T
     trivial = np.abs(c[:, blocks[0][1]]).max(axis=1).clip(min=1e-30)
@@ -89,66 +142,187 @@ def block_significance(weights, group: str = "Oh") -> dict[str, np.ndarray]:
             for name, sl in blocks[1:]}
 
 
-def significant_part(weights, group: str = "Oh", block_tol: float | None = None) -> np.ndarray:
-    """``v``: the non-trivial blocks with significance above ``block_tol`` (others zeroed), on G."""
-    from .nn.fourier import peter_weyl_basis
+def noise_level(weights, group: str = "Oh") -> float:
+    """The per-entry noise ``sigma`` of a layer's non-trivial coefficients ``x = c / ||m||``.
 
+    Parameters
+    ----------
+    weights : array_like
+        ``(L, |G|)`` relaxed weights of one layer.
+    group : {"Oh", "O"}
+
+    Returns
+    -------
+    float
+        ``sqrt(median ||x_psi||^2 / median(chi^2_{d_psi^2}))`` over the non-trivial blocks and banks
+        (module docstring, step 2), at most ``BLOCK_TOL / sqrt(L)`` (:data:`BLOCK_TOL` relative to
+        each bank's trivial coefficient).
+    """
+    w = _weights_np(weights)
+    _, blocks = peter_weyl_basis(group)
+    x = _normalised_coefficients(w, group)
+    scaled = [(x[:, sl] ** 2).sum(axis=1) / stats.chi2.median(sl.stop - sl.start) for _, sl in blocks[1:]]
+    return min(math.sqrt(float(np.median(np.concatenate(scaled)))), BLOCK_TOL / math.sqrt(len(w)))
+
+
+def significant_blocks(weights, group: str = "Oh", block_tol: float | None = None,
+                       alpha: float | None = None) -> np.ndarray:
+    """Which irrep blocks of a layer break the symmetry (module docstring, step 3).
+
+    Parameters
+    ----------
+    weights : array_like
+        ``(L, |G|)`` relaxed weights of one layer.
+    group : {"Oh", "O"}
+    block_tol : float, optional
+        Least significance (default :data:`BLOCK_TOL`).
+    alpha : float, optional
+        Probability that a block of pure noise passes, over all the layer's blocks (default
+        :data:`ALPHA`).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(L, number of irreps)`` bool, in the order of the Peter-Weyl blocks; the trivial block is
+        never significant.
+    """
     block_tol = BLOCK_TOL if block_tol is None else block_tol
-    phi, blocks = peter_weyl_basis(group)
-    c = _weights_np(weights) @ phi.T
-    trivial = np.abs(c[:, blocks[0][1]]).max(axis=1).clip(min=1e-30)
-    keep = np.zeros_like(c)
-    for _, sl in blocks[1:]:
-        sig = np.linalg.norm(c[:, sl], axis=1) / (math.isqrt(sl.stop - sl.start) * trivial)
-        keep[sig > block_tol, sl] = c[sig > block_tol, sl]
-    return keep @ phi
+    alpha = ALPHA if alpha is None else alpha
+    w = _weights_np(weights)
+    _, blocks = peter_weyl_basis(group)
+    x = _normalised_coefficients(w, group)
+    sigma2 = noise_level(w, group) ** 2
+    significance = block_significance(w, group)
+    tests = w.shape[0] * (len(blocks) - 1)
+    out = np.zeros((w.shape[0], len(blocks)), dtype=bool)
+    for j, (name, sl) in enumerate(blocks[1:], start=1):
+        above_noise = (x[:, sl] ** 2).sum(axis=1) > sigma2 * stats.chi2.ppf(1 - alpha / tests, sl.stop - sl.start)
+        out[:, j] = (significance[name] > block_tol) & above_noise
+    return out
 
 
 @dataclass
 class BreakingMeasure:
-    """The robust read-out of a set of relaxed weights (one layer or a pooled model)."""
+    """The read-out of a set of relaxed weights: one layer, or several pooled (module docstring).
 
-    ratio: float  # ||v|| / ||m||: non-trivial over trivial energy, every block
-    significance: float  # the largest block significance s_l(psi)
-    defects: list[float]  # d_k per element k, of the significant blocks (0 if there are none)
+    Attributes
+    ----------
+    group : str
+    ratio : float
+        ``||v|| / ||m||``: non-trivial over trivial energy, every block, rms over layers.
+    significance : float
+        The largest block significance.
+    defects : list of float
+        ``d_k`` per element (0 if no block is significant).
+    uncertainty : list of float
+        ``r_k`` per element: the defect that noise alone reaches with probability ``alpha``.
+    noise : list of float
+        ``sigma`` per layer (:func:`noise_level`).
+    decisions : list of str
+        Per element, one of :data:`DECISIONS`.
+    """
+
+    group: str
+    ratio: float
+    significance: float
+    defects: list[float]
+    uncertainty: list[float]
+    noise: list[float]
+    decisions: list[str]
+
+    def kept_subgroup(self) -> list[int]:
+        """The largest subgroup of the kept elements: the symmetry kept with confidence."""
+        return largest_subgroup_in({k for k, d in enumerate(self.decisions) if d == "kept"}, self.group)
+
+    def unbroken_subgroup(self) -> list[int]:
+        """The largest subgroup without a broken element: the most the weights may keep."""
+        return largest_subgroup_in({k for k, d in enumerate(self.decisions) if d != "broken"}, self.group)
 
 
-def breaking_measure(weights_list, group: str = "Oh", block_tol: float | None = None) -> BreakingMeasure:
-    """Breaking ratio, largest block significance and per-element invariance defects of one layer's
-    weights ``(L, |G|)`` or of several layers' (a list), pooled as in the module docstring."""
+def breaking_measure(weights_list, group: str = "Oh", block_tol: float | None = None,
+                     defect_tol: float | None = None, alpha: float | None = None) -> BreakingMeasure:
+    """The read-out of one layer's relaxed weights or of several layers' pooled (module docstring).
+
+    Parameters
+    ----------
+    weights_list : array_like or list of array_like
+        ``(L, |G|)`` weights of one layer, or a list of them (banks may differ between layers).
+    group : {"Oh", "O"}
+    block_tol : float, optional
+        Least block significance (default :data:`BLOCK_TOL`).
+    defect_tol : float, optional
+        Largest defect with uncertainty of a kept element (default :data:`DEFECT_TOL`).
+    alpha : float, optional
+        Probability that noise alone makes a block significant or an element broken (default
+        :data:`ALPHA`).
+
+    Returns
+    -------
+    BreakingMeasure
+        The decisions are invariant under conjugation: weights moved by an element ``g``,
+        ``w(g^-1 .)``, give each ``g k g^-1`` the decision of ``k``.
+    """
+    defect_tol = DEFECT_TOL if defect_tol is None else defect_tol
+    alpha = ALPHA if alpha is None else alpha
     if not isinstance(weights_list, (list, tuple)):
         weights_list = [weights_list]
+    _, blocks = peter_weyl_basis(group)
+    T, (t1, t2) = _translations(group), _odd_traces(group)
     order = group_order(group)
-    num, den, ratios, sig = np.zeros(order), 0.0, [], 0.0
+    odd, energy, mean, var = np.zeros(order), 0.0, np.zeros(order), np.zeros(order)
+    ratios, significance, noise = [], 0.0, []
     for weights in weights_list:
         w = _weights_np(weights)
-        _, m_norm, v_norm = _split_weights(w)
-        scale = max(m_norm, 1e-30)
-        ratios.append((v_norm / scale) ** 2)
-        sig = max(sig, max(float(s.max()) for s in block_significance(w, group).values()))
-        v = significant_part(w, group, block_tol)
-        num += _defect_sq(v, group) / scale ** 2
-        den += 2 * (v ** 2).sum() / scale ** 2
-    ratio = float(np.sqrt(np.mean(ratios))) if ratios else 0.0
-    defects = np.sqrt(num / den) if den > 0 else np.zeros(order)
-    return BreakingMeasure(ratio, sig, [float(d) for d in defects])
+        x = _normalised_coefficients(w, group)
+        ratios.append(float((x[:, blocks[0][1].stop:] ** 2).sum()))
+        significance = max(significance, max(float(s.max()) for s in block_significance(w, group).values()))
+        sigma = noise_level(w, group)
+        noise.append(sigma)
+        mask = significant_blocks(w, group, block_tol, alpha)
+        xs = np.zeros_like(x)
+        for j, (_, sl) in enumerate(blocks):
+            xs[mask[:, j], sl] = x[mask[:, j], sl]
+        odd += ((np.einsum("li,kij->klj", xs, T) - xs) ** 2).sum(axis=(1, 2))
+        energy += float((xs ** 2).sum())
+        counts = mask.sum(axis=0)
+        mean += sigma ** 2 * t1 @ counts
+        var += 2 * sigma ** 4 * t2 @ counts
+    ratio = math.sqrt(float(np.mean(ratios))) if ratios else 0.0
+    if energy == 0:
+        return BreakingMeasure(group, ratio, significance, [0.0] * order, [0.0] * order, noise, ["kept"] * order)
+    quantile = np.zeros(order)
+    noisy = mean > 0
+    scale, dof = var[noisy] / (2 * mean[noisy]), 2 * mean[noisy] ** 2 / var[noisy]
+    quantile[noisy] = scale * stats.chi2.ppf(1 - alpha, dof)
+    defects, uncertainty = np.sqrt(odd / (2 * energy)), np.sqrt(quantile / (2 * energy))
+    broken = defects > np.maximum(uncertainty, ROUNDOFF)
+    kept = ~broken & (defects + uncertainty <= defect_tol)
+    decisions = np.where(broken, "broken", np.where(kept, "kept", "undecided")).tolist()
+    return BreakingMeasure(group, ratio, significance, defects.tolist(), uncertainty.tolist(), noise, decisions)
 
 
 def robust_stabilizer(weights_list, group: str = "Oh", block_tol: float | None = None,
-                      defect_tol: float | None = None) -> list[int]:
-    """The stabilizer by the robust criterion (module docstring) of one layer's weights or a list."""
-    block_tol = BLOCK_TOL if block_tol is None else block_tol
-    defect_tol = DEFECT_TOL if defect_tol is None else defect_tol
-    measure = breaking_measure(weights_list, group, block_tol)
-    if measure.significance <= block_tol:
-        return list(range(len(measure.defects)))
-    return largest_subgroup_in({k for k, d in enumerate(measure.defects) if d <= defect_tol}, group)
+                      defect_tol: float | None = None, alpha: float | None = None) -> list[int]:
+    """The symmetry kept with confidence by one layer's weights or a list (:func:`breaking_measure`):
+    element indices, the whole group when no block is significant."""
+    return breaking_measure(weights_list, group, block_tol, defect_tol, alpha).kept_subgroup()
 
 
 def consensus_stabilizer(stabilizers, group: str = "Oh") -> list[int]:
-    """The symmetry kept by most of several runs (e.g. seeds): the elements that more than half of
-    the ``stabilizers`` (lists of element indices) contain; if these do not form a group, the
-    largest named subgroup inside them (as in the robust criterion)."""
+    """The symmetry kept by most of several runs (e.g. seeds).
+
+    Parameters
+    ----------
+    stabilizers : iterable of iterable of int
+        Element indices kept by each run.
+    group : {"Oh", "O"}
+
+    Returns
+    -------
+    list of int
+        The elements that more than half of the runs keep if they form a group, else the largest
+        named subgroup inside them.
+    """
     stabilizers = [set(int(k) for k in stab) for stab in stabilizers]
     if not stabilizers:
         raise ValueError("consensus_stabilizer needs at least one stabilizer")
@@ -160,8 +334,23 @@ def consensus_stabilizer(stabilizers, group: str = "Oh") -> list[int]:
 
 def weight_stabilizer(weights: torch.Tensor | np.ndarray, group: str = "Oh", tol: float | None = None,
                       block_tol: float | None = None, defect_tol: float | None = None) -> list[int]:
-    """Stabilizer of weights ``(L, |G|)``: the robust criterion, or with ``tol`` the strict one
-    (``max_{l,g} |w_l(k^-1 g) - w_l(g)| <= tol * max |w|``)."""
+    """The stabilizer of one layer's weights ``(L, |G|)``.
+
+    Parameters
+    ----------
+    weights : torch.Tensor or numpy.ndarray
+    group : {"Oh", "O"}
+    tol : float, optional
+        The strict criterion: ``k`` is kept iff ``max_{l,g} |w_l(k^-1 g) - w_l(g)| <= tol * max |w|``.
+        Default: the robust one, kept with confidence (:func:`robust_stabilizer`).
+    block_tol, defect_tol : float, optional
+        Of the robust criterion.
+
+    Returns
+    -------
+    list of int
+        Element indices.
+    """
     if tol is None:
         return robust_stabilizer(weights, group, block_tol, defect_tol)
     w = _weights_np(weights)
@@ -172,11 +361,22 @@ def weight_stabilizer(weights: torch.Tensor | np.ndarray, group: str = "Oh", tol
 
 def stabilizer(module: torch.nn.Module, tol: float | None = None, block_tol: float | None = None,
                defect_tol: float | None = None) -> list[int]:
-    """Elements (indices into ``group_matrices``) that the relaxed weights of ``module`` keep.
+    """The elements that the relaxed weights of a module keep.
 
-    Default: the robust criterion over all relaxed layers pooled (module docstring). With ``tol``:
-    the strict criterion, per layer, intersected. A module without relaxed layers is exactly
-    equivariant: the whole group."""
+    Parameters
+    ----------
+    module : torch.nn.Module
+        A network or a layer.
+    tol, block_tol, defect_tol : float, optional
+        As in :func:`weight_stabilizer`: the robust criterion over all relaxed layers pooled, or with
+        ``tol`` the strict one per layer, intersected.
+
+    Returns
+    -------
+    list of int
+        Indices into ``group_matrices``; the whole group for a module without relaxed layers
+        (exactly equivariant).
+    """
     layers = relaxed_layers(module)
     if not layers:
         group = getattr(getattr(module, "config", None), "group", "Oh")
@@ -195,30 +395,66 @@ def stabilizer(module: torch.nn.Module, tol: float | None = None, block_tol: flo
 
 @dataclass
 class LayerSymmetry:
+    """One relaxed layer in a :class:`SymmetryReport`.
+
+    Attributes
+    ----------
+    layer : str
+        Its name in the model.
+    irrep_energies : dict of str to list of float
+        ``||w_l(psi)||`` per irrep and bank.
+    stabilizer_order, stabilizer_name
+        The symmetry this layer alone keeps.
+    breaking_ratio, significance, noise : float
+        Of this layer (:class:`BreakingMeasure`).
+    """
+
     layer: str
     irrep_energies: dict[str, list[float]]
     stabilizer_order: int
     stabilizer_name: str
-    breaking_ratio: float = float("nan")  # ||v|| / ||m|| of this layer (robust criterion)
-    significance: float = float("nan")  # largest block significance s_l(psi) of this layer
+    breaking_ratio: float
+    significance: float
+    noise: float
 
 
 @dataclass
 class SymmetryReport:
-    """Per relaxed layer: irrep energies ``||w_l(psi)||`` per bank, the layer's stabilizer; and the
-    stabilizer of the whole model (the symmetry the model kept)."""
+    """The symmetry a model's relaxed weights keep, per element and per layer.
+
+    Attributes
+    ----------
+    group : str
+    layers : list of LayerSymmetry
+    stabilizer, stabilizer_name
+        The symmetry kept with confidence (element indices and name).
+    at_most, at_most_name
+        The largest subgroup without a broken element.
+    criterion : str
+        The criterion in words.
+    breaking_ratio, significance : float
+        Pooled over layers.
+    defects, uncertainty : list of float
+        ``d_k`` and ``r_k`` per element, pooled over layers.
+    decisions : list of str
+        Per element: kept, broken or undecided.
+    """
 
     group: str
     layers: list[LayerSymmetry] = field(default_factory=list)
     stabilizer: list[int] = field(default_factory=list)
     stabilizer_name: str = ""
+    at_most: list[int] = field(default_factory=list)
+    at_most_name: str = ""
     criterion: str = ""
-    breaking_ratio: float = float("nan")  # pooled over layers
-    significance: float = float("nan")  # largest block significance over layers
-    defects: list[float] = field(default_factory=list)  # pooled d_k per element
-    gap: dict[str, float] = field(default_factory=dict)  # max d_k inside, min d_k outside the stabilizer
+    breaking_ratio: float = float("nan")
+    significance: float = float("nan")
+    defects: list[float] = field(default_factory=list)
+    uncertainty: list[float] = field(default_factory=list)
+    decisions: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
+        """The report as plain values (JSON)."""
         return asdict(self)
 
     @classmethod
@@ -227,36 +463,74 @@ class SymmetryReport:
         return cls(**{**data, "layers": [LayerSymmetry(**layer) for layer in data.get("layers", [])]})
 
     def to_json(self) -> str:
+        """:meth:`to_dict` as JSON text."""
         return json.dumps(self.to_dict(), indent=2)
 
     def to_markdown(self) -> str:
+        """The report as Markdown: the kept symmetry, the criterion, a table of the decisions (every
+        undecided element on its own row) and a table of the layers."""
+        lines = [f"Kept symmetry: **{self.stabilizer_name}** (order {len(self.stabilizer)} of {self.group}), kept "
+                 f"with confidence; at most **{self.at_most_name}** (order {len(self.at_most)}).", "",
+                 f"Criterion: {self.criterion}; largest block significance {self.significance:.3g}, pooled breaking "
+                 f"ratio ||v||/||m|| = {self.breaking_ratio:.3g}.", ""]
+        if self.decisions:
+            lines += ["| decision | elements | invariance defect d_k | noise quantile r_k |",
+                      "| --- | --- | --- | --- |"]
+            for decision in DECISIONS:
+                members = [k for k, d in enumerate(self.decisions) if d == decision]
+                if not members:
+                    continue
+                name = subgroup_name(members, self.group)
+                named = "" if name.startswith("order ") else f" ({name})"
+                lines.append(f"| {decision} | {len(members)}{named} | {_span(self.defects, members)} "
+                             f"| {_span(self.uncertainty, members)} |")
+            undecided = [k for k, d in enumerate(self.decisions) if d == "undecided"]
+            if undecided:
+                lines += ["", "| element R(x, y, z) | decision | d_k | r_k |", "| --- | --- | ---: | ---: |"]
+                lines += [f"| {element_label(k, self.group)} | undecided | {self.defects[k]:.3g} "
+                          f"| {self.uncertainty[k]:.3g} |" for k in undecided]
+            lines.append("")
         irreps = list(self.layers[0].irrep_energies) if self.layers else []
-        lines = [f"Kept symmetry: **{self.stabilizer_name}** (order {len(self.stabilizer)} of {self.group})", ""]
-        if self.criterion:
-            line = (f"Criterion: {self.criterion}; largest block significance {self.significance:.3g}, pooled "
-                    f"breaking ratio ||v||/||m|| = {self.breaking_ratio:.3g}")
-            if self.gap:
-                line += (f"; invariance defect d_k: max {self.gap['inside']:.3g} inside the stabilizer, "
-                         f"min {self.gap['outside']:.3g} outside" if self.gap.get("outside") is not None else
-                         f"; invariance defect d_k: max {self.gap['inside']:.3g}")
-            lines += [line + ".", ""]
-        lines += ["| layer | " + " | ".join(irreps) + " | ratio | max s | stabilizer |",
-                  "| --- |" + " ---: |" * (len(irreps) + 2) + " --- |"]
+        lines += ["| layer | " + " | ".join(irreps) + " | ratio | max s | noise | stabilizer |",
+                  "| --- |" + " ---: |" * (len(irreps) + 3) + " --- |"]
         for layer in self.layers:
             cells = [" / ".join(f"{v:.3g}" for v in layer.irrep_energies[name]) for name in irreps]
-            lines.append(f"| {layer.layer} | " + " | ".join(cells) + f" | {layer.breaking_ratio:.3g} | {layer.significance:.3g} | "
-                         f"{layer.stabilizer_name} ({layer.stabilizer_order}) |")
+            lines.append(f"| {layer.layer} | " + " | ".join(cells) + f" | {layer.breaking_ratio:.3g} "
+                         f"| {layer.significance:.3g} | {layer.noise:.2g} "
+                         f"| {layer.stabilizer_name} ({layer.stabilizer_order}) |")
         return "\n".join(lines)
 
 
+def _span(values: list[float], members: list[int]) -> str:
+    low, high = min(values[k] for k in members), max(values[k] for k in members)
+    return f"{low:.3g}" if f"{low:.3g}" == f"{high:.3g}" else f"{low:.3g} - {high:.3g}"
+
+
 def symmetry_report(model: torch.nn.Module, tol: float | None = None, block_tol: float | None = None,
-                    defect_tol: float | None = None) -> SymmetryReport:
-    """The symmetry read-out of ``model``'s relaxed layers (see :class:`SymmetryReport`); the robust
-    criterion by default, the strict one with ``tol`` (module docstring)."""
+                    defect_tol: float | None = None, alpha: float | None = None) -> SymmetryReport:
+    """The symmetry read-out of a model's relaxed layers.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        A network or a single layer with relaxed weights.
+    tol : float, optional
+        The strict criterion (module docstring); default: the robust one.
+    block_tol, defect_tol, alpha : float, optional
+        Of the robust criterion (:func:`breaking_measure`).
+
+    Returns
+    -------
+    SymmetryReport
+        ``ValueError`` for a model without relaxed layers (exactly equivariant by construction).
+    """
     layers = relaxed_layers(model)
     if not layers:
         raise ValueError(f"{type(model).__name__} has no relaxed layers: it is exactly equivariant by construction")
     group = layers[0][1].group
+    block_tol = BLOCK_TOL if block_tol is None else block_tol
+    defect_tol = DEFECT_TOL if defect_tol is None else defect_tol
+    alpha = ALPHA if alpha is None else alpha
     report = SymmetryReport(group=group)
     weights = []
     with torch.no_grad():
@@ -265,23 +539,23 @@ def symmetry_report(model: torch.nn.Module, tol: float | None = None, block_tol:
             weights.append(w)
             stab = weight_stabilizer(w, group, tol, block_tol, defect_tol)
             energies = {k: [round(float(v), 6) for v in e] for k, e in layer.irrep_energies().items()}
-            measure = breaking_measure(w, group, block_tol)
+            measure = breaking_measure(w, group, block_tol, defect_tol, alpha)
             report.layers.append(LayerSymmetry(name, energies, len(stab), subgroup_name(stab, group), measure.ratio,
-                                               measure.significance))
-    report.stabilizer = stabilizer(model, tol, block_tol, defect_tol)
-    report.stabilizer_name = subgroup_name(report.stabilizer, group)
-    pooled = breaking_measure(weights, group, block_tol)
-    report.breaking_ratio = pooled.ratio
-    report.significance = pooled.significance
-    report.defects = pooled.defects
-    inside = [d for k, d in enumerate(pooled.defects) if k in set(report.stabilizer)]
-    outside = [d for k, d in enumerate(pooled.defects) if k not in set(report.stabilizer)]
-    report.gap = {"inside": max(inside) if inside else 0.0, "outside": min(outside) if outside else None}
+                                               measure.significance, measure.noise[0]))
+    pooled = breaking_measure(weights, group, block_tol, defect_tol, alpha)
+    report.breaking_ratio, report.significance = pooled.ratio, pooled.significance
+    report.defects, report.uncertainty = pooled.defects, pooled.uncertainty
     if tol is None:
-        e = BLOCK_TOL if block_tol is None else block_tol
-        d = DEFECT_TOL if defect_tol is None else defect_tol
-        report.criterion = (f"robust (irrep blocks with significance s > {e:g} break the symmetry; keep k with "
-                            f"d_k <= {d:g})")
+        report.decisions = pooled.decisions
+        report.stabilizer, report.at_most = pooled.kept_subgroup(), pooled.unbroken_subgroup()
+        report.criterion = (f"robust (irrep blocks with significance s > {block_tol:g} that stand out of their layer's "
+                            f"noise break the symmetry; an element k is broken when its invariance defect d_k exceeds "
+                            f"r_k, the defect that noise alone reaches with probability {alpha:g}, kept when "
+                            f"d_k <= r_k and d_k + r_k <= {defect_tol:g}, undecided otherwise)")
     else:
+        report.stabilizer = report.at_most = stabilizer(model, tol)
+        report.decisions = ["kept" if k in set(report.stabilizer) else "broken" for k in range(group_order(group))]
         report.criterion = f"strict (max |w(k^-1 g) - w(g)| <= {tol:g} max |w|)"
+    report.stabilizer_name = subgroup_name(report.stabilizer, group)
+    report.at_most_name = subgroup_name(report.at_most, group)
     return report

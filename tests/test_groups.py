@@ -109,6 +109,18 @@ def test_subgroup_names_and_elements_are_inverse():
         groups.subgroup_elements("D5h")
 
 
+def test_an_element_label_is_the_image_of_the_coordinates():
+    mats = groups.group_matrices("Oh")
+    labels = [groups.element_label(k) for k in range(48)]
+    assert len(set(labels)) == 48 and labels[0] == "(x, y, z)"
+    assert groups.element_label(groups.element_index(-np.eye(3))) == "(-x, -y, -z)"
+    for k in range(0, 48, 7):  # the label read back as a matrix is the element
+        R = np.zeros((3, 3))
+        for i, entry in enumerate(labels[k].strip("()").split(", ")):
+            R[i, "xyz".index(entry[-1])] = -1.0 if entry.startswith("-") else 1.0
+        assert np.array_equal(R, mats[k].numpy())
+
+
 def test_generated_subgroup_is_the_closure_of_its_generators():
     quarter_x = np.array([[1.0, 0, 0], [0, 0, -1], [0, 1, 0]])
     assert groups.generated_subgroup([]) == frozenset({0})

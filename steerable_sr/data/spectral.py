@@ -189,9 +189,16 @@ def default_viscosity(n: int, power: float = 0.1, kmax_eta: float = 1.0) -> floa
 class _Wavenumbers:
     """Integer wavevectors of the half spectrum of an ``n^3`` grid (``rfftn`` layout).
 
-    Attributes: ``k`` ``(3, n, n, n//2+1)``, ``k2 = |k|^2`` ``(n, n, n//2+1)``, ``weight`` (1 on the
-    planes ``k_2 = 0`` and ``k_2 = n/2`` that the half spectrum stores once, 2 elsewhere) and
-    ``dealias`` (2/3 rule, mean mode excluded).
+    Attributes
+    ----------
+    k : torch.Tensor
+        ``(3, n, n, n//2+1)``.
+    k2 : torch.Tensor
+        ``|k|^2``, ``(n, n, n//2+1)``.
+    weight : torch.Tensor
+        1 on the planes ``k_2 = 0`` and ``k_2 = n/2`` that the half spectrum stores once, 2 elsewhere.
+    dealias : torch.Tensor
+        The modes the 2/3 rule keeps, the mean mode excluded (bool).
     """
 
     def __init__(self, n: int, device: torch.device | str, dtype: torch.dtype) -> None:

@@ -58,6 +58,7 @@ class RelaxedWeights(torch.nn.Module):
 
     @property
     def num_filter_banks(self) -> int:
+        """``L``."""
         return self.coefficients.shape[0]
 
     def on_group(self) -> torch.Tensor:
@@ -109,6 +110,7 @@ class RelaxedLayerMixin:
         return self._relaxed().on_group()
 
     def set_relaxed_weights_on_group(self, weights: torch.Tensor) -> None:
+        """Set ``w_l(g)`` from ``(L, |G|)`` values (see :meth:`RelaxedWeights.set_on_group`)."""
         self._relaxed().set_on_group(weights)
 
     def irrep_energies(self) -> dict[str, torch.Tensor]:

@@ -77,11 +77,11 @@ def run_markdown(entry: dict[str, Any]) -> list[str]:
     if stats:
         md += [statistics_line(stats, entry.get("forcing_keeps")), ""]
     md += [SymmetryReport.from_dict(entry["report"]).to_markdown(), ""]
-    along = [f"{row['epoch'] + 1}: {row['symmetry']} (s = {row['significance']:.2g}, {row['largest_block']})"
-             for row in entry["curve"] if "symmetry" in row]
+    along = [f"{row['epoch'] + 1}: {_kept(row['symmetry'], row['at_most'])} (s = {row['significance']:.2g}, "
+             f"{row['largest_block']})" for row in entry["curve"] if "symmetry" in row]
     if along:
-        md += ["Read-out after each epoch (epoch: kept symmetry, largest significance, its block): "
-               + "; ".join(along) + ".", ""]
+        md += ["Read-out after each epoch (epoch: symmetry kept with confidence, at most; largest significance, "
+               "its block): " + "; ".join(along) + ".", ""]
     return md + [f"Test MAE {entry['test'].get('mae', float('nan')):.4f}, equivariance error "
                  f"{entry['test'].get('equiv_err', float('nan')):.2e}.", ""]
 
@@ -100,16 +100,23 @@ def summary_markdown(summary: Sequence[dict]) -> list[str]:
         A heading and one table row per dataset, training and kind.
     """
     lines = ["## Summary", "",
-             "| data | training | kind | kept symmetry per seed (largest significance s) | consensus over seeds "
-             "| sample keeps | forcing keeps |",
+             "| data | training | kind | kept symmetry per seed (at most; largest significance s) "
+             "| consensus over seeds | sample keeps | forcing keeps |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for row in summary:
         training = f"batches symmetrised by random {row['augment']} elements" if row["augment"] else "plain"
-        seeds = "; ".join(f"{seed}: {name} ({s:.2g})"
-                          for seed, name, s in zip(row["seeds"], row["per_seed"], row["significance"]))
+        seeds = "; ".join(f"{seed}: {_kept(name, at_most)} (s = {s:.2g})" for seed, name, at_most, s
+                          in zip(row["seeds"], row["per_seed"], row["per_seed_at_most"], row["significance"]))
         lines.append(f"| `{row['data']}` ({row['forcing_label']}) | {training} | {row['kind']} | {seeds} "
-                     f"| **{row['consensus']}** | {row.get('sample_keeps') or '-'} | {row.get('forcing_keeps') or '-'} |")
+                     f"| {_kept(row['consensus'], row['consensus_at_most'], bold=True)} "
+                     f"| {row.get('sample_keeps') or '-'} | {row.get('forcing_keeps') or '-'} |")
     return lines + [""]
+
+
+def _kept(name: str, at_most: str, bold: bool = False) -> str:
+    """A read-out in words: the symmetry kept with confidence, and the most it may be if that is more."""
+    kept = f"**{name}**" if bold else name
+    return kept if at_most == name else f"{kept}, at most {at_most}"
 
 
 def discovery_markdown(result: dict[str, Any]) -> str:

@@ -129,7 +129,8 @@ def run_discover(datasets: Sequence[str], cfg: StudyConfig, kinds: Sequence[str]
                                 "penalty_weight": penalty_weight, "steps": r["steps"], "fit_s": r["fit_s"],
                                 "test": r["test"], "curve": r["curve"], "report": report.to_dict()})
                 log(f"[discover] {spec} on {data}{' (' + job.augment + '-symmetrised)' if job.augment else ''} "
-                    f"seed {seed}: kept {report.stabilizer_name} (order {len(report.stabilizer)})")
+                    f"seed {seed}: kept {report.stabilizer_name} (order {len(report.stabilizer)}), "
+                    f"at most {report.at_most_name}")
                 write_discovery(staging, {"config": asdict(cfg), "results": results})
     with output.publish(staging) as tmp:
         for weights in staging.glob("*.pt"):
@@ -137,7 +138,7 @@ def run_discover(datasets: Sequence[str], cfg: StudyConfig, kinds: Sequence[str]
         result = write_discovery(tmp, {"config": asdict(cfg), "results": results})
     for row in result["summary"]:
         log(f"[discover] {row['kind']} on {row['data']}{' (' + row['augment'] + '-symmetrised)' if row['augment'] else ''}: "
-            f"kept {', '.join(row['per_seed'])}; consensus {row['consensus']}")
+            f"kept {'; '.join(row['per_seed'])}; consensus {row['consensus']} (at most {row['consensus_at_most']})")
     return result
 
 
@@ -221,6 +222,9 @@ def render_discovery_from_json(paths: Sequence[str | os.PathLike], out: str | os
             raise ValueError(f"{path} is not valid JSON ({exc})") from None
         if not isinstance(data, dict) or not {"config", "results"} <= data.keys():
             raise ValueError(f"{path} is not a discover.json of `steerable-sr discover` (no config and results)")
+        if not all(isinstance(entry, dict) and "decisions" in entry.get("report", {}) for entry in data["results"]):
+            raise ValueError(f"{path} was written by an earlier `steerable-sr discover` (its reports have no "
+                             "per-element decisions): run the discovery again")
         saved.append(data)
     output.check(overwrite, partial=False)
     with output.publish() as tmp:
@@ -231,8 +235,9 @@ def render_discovery_from_json(paths: Sequence[str | os.PathLike], out: str | os
 
 
 def discovery_summary(results: Sequence[dict]) -> list[dict[str, Any]]:
-    """Per dataset, training (plain or symmetrised) and kind: the symmetry each seed kept and the
-    consensus over seeds (:func:`steerable_sr.symmetry.consensus_stabilizer`).
+    """Per dataset, training (plain or symmetrised) and kind: the symmetry each seed kept with
+    confidence and at most, and the consensus over seeds of both
+    (:func:`steerable_sr.symmetry.consensus_stabilizer`).
 
     Parameters
     ----------
@@ -251,6 +256,7 @@ def discovery_summary(results: Sequence[dict]) -> list[dict[str, Any]]:
     for (data, augment, kind), rows in runs.items():
         group = rows[0]["report"]["group"]
         consensus = consensus_stabilizer([r["report"]["stabilizer"] for r in rows], group)
+        at_most = consensus_stabilizer([r["report"]["at_most"] for r in rows], group)
         first = rows[0]
         summary.append({"data": data, "augment": augment, "kind": kind, "forcing": first["forcing"],
                         "axis": first["axis"], "forcing_label": first["forcing_label"],
@@ -258,6 +264,8 @@ def discovery_summary(results: Sequence[dict]) -> list[dict[str, Any]]:
                         "sample_keeps": (first["data_statistics"] or {}).get("sample_keeps"),
                         "seeds": [r["seed"] for r in rows],
                         "per_seed": [r["report"]["stabilizer_name"] for r in rows],
+                        "per_seed_at_most": [r["report"]["at_most_name"] for r in rows],
                         "significance": [r["report"]["significance"] for r in rows],
-                        "consensus": subgroup_name(consensus, group), "consensus_stabilizer": consensus})
+                        "consensus": subgroup_name(consensus, group), "consensus_stabilizer": consensus,
+                        "consensus_at_most": subgroup_name(at_most, group)})
     return summary

@@ -76,7 +76,8 @@ class Recorder(pl.Callback):
         Seconds per training step.
     curve : list of dict
         Per validation epoch: epoch, step, the ``val/`` metrics and training losses; for relaxed
-        models also the symmetry read-out (``symmetry``: the kept subgroup, ``significance``: the
+        models also the symmetry read-out (``symmetry``: the subgroup kept with confidence,
+        ``at_most``: the largest without a broken element, ``significance``: the
         largest block significance, ``largest_block``: its layer, irrep and bank).
     """
 
@@ -101,7 +102,7 @@ class Recorder(pl.Callback):
         model = pl_module.model
         if model.config.relaxed:
             report = symmetry_report(model)
-            row["symmetry"] = report.stabilizer_name
+            row["symmetry"], row["at_most"] = report.stabilizer_name, report.at_most_name
             row["significance"] = report.significance
             best = max(((name, irrep, int(s.argmax()), float(s.max())) for name, layer in relaxed_layers(model)
                         for irrep, s in block_significance(layer.relaxed_weights_on_group().detach(),
