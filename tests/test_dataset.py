@@ -1,5 +1,6 @@
 """Super-resolution samples, splits, normalization, the data module and dataset generation."""
 import math
+import re
 
 import h5py
 import numpy as np
@@ -307,13 +308,24 @@ def test_data_module_errors(tmp_path):
         TurbulenceDataModule(str(tmp_path / "corrupt.h5")).setup("fit")
 
 
-def test_generated_file_with_nan_is_refused_naming_the_frame(generated, tmp_path):
+def test_nan_in_a_generated_file_is_refused_naming_file_frame_and_crop_origin(generated, tmp_path):
     (tmp_path / "nan.h5").write_bytes(generated.read_bytes())
     with h5py.File(tmp_path / "nan.h5", "r+") as handle:
-        handle["velocity"][5, 1, 2, 3, 4] = np.nan
+        handle["velocity"][5, 1, 2, 3, 4] = np.nan  # frame 5: the first val frame
     with pytest.raises(ValueError, match=r"nan.h5:velocity\[5\]: 1 NaN or Inf value\(s\) \(the first at index "
                                          r"\(1, 2, 3, 4\)\); velocities must be finite"):
-        TurbulenceDataModule(str(tmp_path / "nan.h5")).setup("fit")
+        load_generated(tmp_path / "nan.h5")
+    dm = TurbulenceDataModule(str(tmp_path / "nan.h5"), crop=8)
+    dm.setup("fit")  # opens the file, reads no frame (the scale is the stored attribute)
+    dm.datasets["train"][0]  # the training frames 0-2 are clean
+    with pytest.raises(ValueError) as info:
+        dm.datasets["val"][0]  # window (5, 6, 7): a whole-volume crop always holds the NaN
+    found = re.fullmatch(r".*nan.h5:velocity\[5\], crop at \((\d), (\d), (\d)\): 1 NaN or Inf value\(s\) \(the first "
+                         r"at index \(1, (\d), (\d), (\d)\)\); velocities must be finite", str(info.value))
+    assert found, str(info.value)
+    origin, index = [int(v) for v in found.groups()[:3]], [int(v) for v in found.groups()[3:]]
+    # the index into the crop of the voxel (2, 3, 4), the crop wrapping around from its origin
+    assert index == [(p - o) % 8 for p, o in zip((2, 3, 4), origin)]
 
 
 def test_truncated_generated_file_is_named(generated, tmp_path):

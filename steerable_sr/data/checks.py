@@ -7,6 +7,7 @@ as one ``steerable-sr: error: ...`` line.
 from __future__ import annotations
 
 import os
+from typing import Sequence
 
 import h5py
 import numpy as np
@@ -15,18 +16,31 @@ import torch
 __all__ = ["check_finite", "open_hdf5"]
 
 
-def check_finite(values: np.ndarray | torch.Tensor, what: str) -> None:
+def check_finite(values: np.ndarray | torch.Tensor, what: str, origin: Sequence[int] | None = None) -> None:
     """Refuse NaN or Inf in ``values``; ``what`` names them in the message (``file:dataset``, ...).
 
-    Call it on each frame as it is read, so a large file is not traversed a second time.
+    Call it on each frame, crop or slab as it is read, so a large file is not traversed a second time.
+
+    Parameters
+    ----------
+    values : np.ndarray or torch.Tensor
+        Any shape.
+    what : str
+        Where the values come from, the start of the message.
+    origin : sequence of int, optional
+        Index of ``values[0, ..., 0]`` in the array that ``what`` names (a slab of a frame): the
+        message gives the first bad value's index in that array. Default: indices into ``values``.
     """
     finite = torch.isfinite(values) if isinstance(values, torch.Tensor) else np.isfinite(values)
     if bool(finite.all()):
         return
     bad = ~finite
     count = int(bad.sum())
-    first = tuple(int(i) for i in (torch.nonzero(bad)[0] if isinstance(bad, torch.Tensor) else np.argwhere(bad)[0]))
-    raise ValueError(f"{what}: {count} NaN or Inf value(s) (the first at index {first}); velocities must be finite")
+    first = [int(i) for i in (torch.nonzero(bad)[0] if isinstance(bad, torch.Tensor) else np.argwhere(bad)[0])]
+    if origin is not None:
+        first = [i + int(o) for i, o in zip(first, origin)]
+    raise ValueError(f"{what}: {count} NaN or Inf value(s) (the first at index {tuple(first)}); "
+                     f"velocities must be finite")
 
 
 def open_hdf5(path: str | os.PathLike) -> h5py.File:
