@@ -206,3 +206,42 @@ def test_tensor_frames_and_files_give_the_same_samples(random_file):
         a, b = from_file[i], in_memory[i]
         assert torch.equal(a["low_res"], b["low_res"]) and torch.equal(a["high_res"], b["high_res"])
 
+
+# ------------------------------------------------------------------------------ stored dtypes
+
+
+@pytest.mark.parametrize("dtype", ["int32", "int16", "uint8", "bool"])
+def test_velocity_stored_as_integers_is_refused_naming_file_and_dtype(tmp_path, dtype):
+    # e.g. velocity x 100 stored as int32 would otherwise give predictions 100x too large
+    velocity = (100 * torch.randn(13, 3, 8, 8, 8)).to(getattr(torch, dtype))
+    path = write_generated_layout(tmp_path / "int.h5", velocity)
+    message = rf"int.h5:velocity: velocity stored as {dtype}; velocities must be floating point"
+    with pytest.raises(ValueError, match=message):
+        TurbulenceDataModule(str(path)).setup("fit")
+    with h5py.File(tmp_path / "cut.h5", "w") as handle:
+        handle["Velocity_0001"] = velocity[0].numpy().transpose(3, 2, 1, 0)
+    with pytest.raises(ValueError, match=rf"cut.h5:Velocity_0001: velocity stored as {dtype}; velocities must be "
+                                         rf"floating point"):
+        read_jhtdb(tmp_path / "cut.h5")
+    with pytest.raises(ValueError, match=rf"velocity stored as {dtype}; velocities must be floating point"):
+        SuperResolutionDataset(velocity, range(13))
+
+
+def test_float16_velocity_is_read_as_float32(tmp_path):
+    velocity = torch.randn(13, 3, 8, 8, 8).half()
+    exact = velocity.float()  # every float16 value is a float32 value
+    frames = open_frames(write_generated_layout(tmp_path / "half.h5", velocity))
+    assert frames.dtype == np.float32
+    torch.testing.assert_close(torch.from_numpy(frames.crop(4, (6, 1, 7), (4, 4, 4))),
+                               _rolled(exact[4], (6, 1, 7), 4), rtol=0, atol=0)
+    save_jhtdb(tmp_path / "cut.h5", exact)
+    with h5py.File(tmp_path / "cut.h5", "r+") as handle:  # one time step stored as float16 (same values)
+        data = handle["Velocity_0003"][()].astype(np.float16)
+        del handle["Velocity_0003"]
+        handle["Velocity_0003"] = data
+    cut = read_jhtdb(tmp_path / "cut.h5")
+    assert cut.velocity.dtype == torch.float32
+    torch.testing.assert_close(cut.velocity, exact, rtol=0, atol=0)
+    sample = SuperResolutionDataset(velocity, range(13))[0]
+    assert sample["high_res"].dtype == torch.float32
+    torch.testing.assert_close(sample["high_res"], exact[1], rtol=0, atol=0)

@@ -1,7 +1,8 @@
 """The checks every velocity input passes where it enters the package (generated datasets, JHTDB
-cutouts, tensors given to ``predict``): the file opens as HDF5, and the values are finite.
+cutouts, tensors given to ``predict``): the file opens as HDF5, the values are floating point and
+finite.
 
-Both raise ``ValueError`` naming the file (and dataset or frame), so the command line reports them
+All raise ``ValueError`` naming the file (and dataset or frame), so the command line reports them
 as one ``steerable-sr: error: ...`` line.
 """
 from __future__ import annotations
@@ -13,7 +14,7 @@ import h5py
 import numpy as np
 import torch
 
-__all__ = ["check_finite", "open_hdf5"]
+__all__ = ["check_finite", "open_hdf5", "velocity_dtype"]
 
 
 def check_finite(values: np.ndarray | torch.Tensor, what: str, origin: Sequence[int] | None = None) -> None:
@@ -41,6 +42,32 @@ def check_finite(values: np.ndarray | torch.Tensor, what: str, origin: Sequence[
         first = [i + int(o) for i, o in zip(first, origin)]
     raise ValueError(f"{what}: {count} NaN or Inf value(s) (the first at index {tuple(first)}); "
                      f"velocities must be finite")
+
+
+def velocity_dtype(stored: np.dtype | type | str, what: str) -> np.dtype:
+    """The dtype in which velocities stored as ``stored`` are read: float32 and float64 as they are,
+    float16 as float32.
+
+    Parameters
+    ----------
+    stored : numpy dtype
+        The dtype of the file's dataset (or of a tensor).
+    what : str
+        Where the values are stored (``file:dataset``), the start of the message.
+
+    Raises
+    ------
+    ValueError
+        Any other dtype, integers above all: a velocity scaled to integers (``int(100 u)``) would be
+        read as ``100 u`` and give predictions 100 times too large.
+    """
+    stored = np.dtype(stored)
+    if stored in (np.float32, np.float64):
+        return stored
+    if stored == np.float16:
+        return np.dtype(np.float32)
+    raise ValueError(f"{what}: velocity stored as {stored}; velocities must be floating point (float32 or float64; "
+                     f"float16 is read as float32)")
 
 
 def open_hdf5(path: str | os.PathLike) -> h5py.File:

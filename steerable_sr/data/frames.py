@@ -33,7 +33,7 @@ import h5py
 import numpy as np
 import torch
 
-from .checks import check_finite, open_hdf5
+from .checks import check_finite, open_hdf5, velocity_dtype
 
 __all__ = ["GeneratedFrames", "OpenFiles", "SLAB_BYTES", "TensorFrames", "VelocityFrames"]
 
@@ -215,14 +215,16 @@ class TensorFrames(VelocityFrames):
     Parameters
     ----------
     velocity : torch.Tensor
-        ``(T, 3, X, Y, Z)`` on the CPU.
+        ``(T, 3, X, Y, Z)`` on the CPU, floating point (float16 and bfloat16 are read as float32).
     """
 
     def __init__(self, velocity: torch.Tensor) -> None:
         if velocity.dim() != 5 or velocity.shape[1] != 3:
             raise ValueError(f"expected velocity of shape (T, 3, X, Y, Z), got {tuple(velocity.shape)}")
+        if velocity.dtype == torch.bfloat16:  # no numpy counterpart
+            velocity = velocity.float()
         self._array = velocity.detach().cpu().numpy()
-        self.shape, self.dtype = tuple(self._array.shape), self._array.dtype
+        self.shape, self.dtype = tuple(self._array.shape), velocity_dtype(self._array.dtype, "tensor")
 
     def where(self, t: int) -> str:
         return f"velocity[{t}]"
@@ -233,6 +235,8 @@ class TensorFrames(VelocityFrames):
 
 class GeneratedFrames(VelocityFrames):
     """The ``velocity`` dataset ``(T, 3, n, n, n)`` of a file from ``generate_dataset``, opened lazily.
+
+    Read as stored (float32 or float64), float16 as float32; integer velocities are refused.
 
     Parameters
     ----------
@@ -251,7 +255,8 @@ class GeneratedFrames(VelocityFrames):
     Raises
     ------
     ValueError
-        Not a readable HDF5 file, or no dataset ``velocity`` of shape ``(T, 3, X, Y, Z)``.
+        Not a readable HDF5 file, no dataset ``velocity`` of shape ``(T, 3, X, Y, Z)``, or not floating
+        point (:func:`~steerable_sr.data.checks.velocity_dtype`).
     """
 
     def __init__(self, path: str | os.PathLike) -> None:
@@ -261,7 +266,7 @@ class GeneratedFrames(VelocityFrames):
             if not isinstance(node, h5py.Dataset) or node.ndim != 5 or node.shape[1] != 3:
                 found = f"shape {node.shape}" if isinstance(node, h5py.Dataset) else "none"
                 raise ValueError(f"{self.path}: expected a dataset 'velocity' of shape (T, 3, X, Y, Z), found {found}")
-            self.shape, self.dtype = tuple(node.shape), np.dtype(node.dtype)
+            self.shape, self.dtype = tuple(node.shape), velocity_dtype(node.dtype, f"{self.path}:velocity")
             splits = handle["splits"].items() if "splits" in handle else ()
             self.splits = {name: np.asarray(split[()], dtype=np.int64) for name, split in splits}
             self.attrs = dict(handle.attrs)

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from ..io import atomic_output
-from .checks import open_hdf5
+from .checks import open_hdf5, velocity_dtype
 from .frames import OpenFiles, VelocityFrames
 
 __all__ = ["JHTDBCutout", "JHTDBFrames", "load_jhtdb", "read_jhtdb", "resolve_paths", "save_jhtdb"]
@@ -102,6 +102,7 @@ def _index_file(path: Path) -> tuple[list[tuple[int, str, str, tuple[int, ...]]]
                 raise ValueError(f"{where}: expected a dataset, found a group")
             if node.ndim != 4 or node.shape[-1] != 3:
                 raise ValueError(f"{where}: expected shape (nz, ny, nx, 3), got {node.shape}")
+            velocity_dtype(node.dtype, where)
             entries.append((int(match.group(1)), str(path), name, tuple(node.shape)))
         if not entries:
             raise ValueError(f"{path}: no velocity datasets (names like Velocity_0001) among {sorted(handle.keys())}")
@@ -126,7 +127,8 @@ class JHTDBFrames(VelocityFrames):
     Attributes
     ----------
     shape : tuple of int
-        ``(T, 3, nx, ny, nz)``; frames are read as float32.
+        ``(T, 3, nx, ny, nz)``; frames are read as float32 (stored as float16, float32 or float64;
+        integer velocities are refused).
     times : list[int]
         ``(T,)`` database time indices (the number in ``Velocity_0001``).
     coords : tuple of np.ndarray or None
@@ -139,8 +141,8 @@ class JHTDBFrames(VelocityFrames):
     FileNotFoundError
         Missing file or directory.
     ValueError
-        Not an HDF5 file; no velocity datasets; a dataset not of shape ``(nz, ny, nx, 3)``; shapes,
-        coordinates or time indices inconsistent across datasets.
+        Not an HDF5 file; no velocity datasets; a dataset not of shape ``(nz, ny, nx, 3)`` or not
+        floating point; shapes, coordinates or time indices inconsistent across datasets.
     """
 
     #: ``z``, the slowest storage axis of ``(nz, ny, nx, 3)``.
