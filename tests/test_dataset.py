@@ -1,5 +1,6 @@
 """Super-resolution samples, splits, normalization, the data module and dataset generation."""
 import math
+import os
 import re
 
 import h5py
@@ -15,6 +16,7 @@ from steerable_sr.data.dataset import (
     rms_velocity,
     split_frames,
 )
+from steerable_sr.data import generate as generate_module
 from steerable_sr.data.generate import generate_dataset, main
 from steerable_sr.data.jhtdb import save_jhtdb
 from steerable_sr.data.spectral import SpectralSolver
@@ -232,6 +234,47 @@ def test_bad_generation_arguments_fail_before_any_work(tmp_path):
     with pytest.raises(ValueError, match="unknown forcing 'shear'"):
         generate_dataset(tmp_path / "x.h5", forcing="shear", **SMALL)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_velocity_is_chunked_for_crop_reads_and_the_chunks_change_no_value(generated, tmp_path, monkeypatch):
+    assert generate_module.velocity_chunks(64) == (1, 3, 32, 32, 32)  # 384 KiB, not a 3 MiB frame
+    assert generate_module.velocity_chunks(8) == (1, 3, 8, 8, 8)
+    with h5py.File(generated, "r") as handle:
+        assert handle["velocity"].chunks == (1, 3, 8, 8, 8)
+    monkeypatch.setattr(generate_module, "CHUNK_EDGE", 4)
+    small_chunks = generate_dataset(tmp_path / "chunks4.h5", **SMALL)
+    with h5py.File(small_chunks, "r") as handle:
+        assert handle["velocity"].chunks == (1, 3, 4, 4, 4)
+    # the same run written in 8 chunks a frame: the same values, bit for bit
+    assert torch.equal(load_generated(small_chunks)["velocity"], load_generated(generated)["velocity"])
+
+
+def test_generation_that_does_not_fit_in_memory_is_refused_before_any_allocation(tmp_path, monkeypatch):
+    need = generate_module.solver_memory(8, torch.float64)
+    assert need == 36 * 3 * 8 ** 3 * 8  # SOLVER_FIELDS real (3, n, n, n) float64 fields
+    monkeypatch.setattr(generate_module, "available_memory", lambda device: (need - 1, "a test's MemAvailable"))
+
+    def no_solver(*args, **kwargs):
+        raise AssertionError("the solver was built")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(SpectralSolver, "__init__", no_solver)
+        with pytest.raises(ValueError, match=r"^generating at n = 8 needs about 0.0 GiB of cpu memory for the solver "
+                                             r"\(float64\), 0.0 GiB available \(a test's MemAvailable\); choose a "
+                                             r"smaller n \(--n\), float32 \(--dtype float32\) or a GPU "
+                                             r"\(--device cuda\)$"):
+            generate_dataset(tmp_path / "big.h5", **SMALL)
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.setattr(generate_module, "available_memory", lambda device: (need, "a test's MemAvailable"))
+    generate_dataset(tmp_path / "fits.h5", **SMALL)  # exactly enough
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/meminfo"), reason="Linux only")
+def test_available_host_memory_is_memavailable():
+    free, source = generate_module.available_memory(torch.device("cpu"))
+    with open("/proc/meminfo") as meminfo:
+        total = next(int(line.split()[1]) for line in meminfo if line.startswith("MemTotal:")) * 1024
+    assert source == "MemAvailable in /proc/meminfo" and 0 < free <= total
 
 
 def test_command_line(tmp_path, capsys):
