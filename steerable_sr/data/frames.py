@@ -178,16 +178,17 @@ class VelocityFrames:
         check_finite(out, f"{self.where(t)}, crop at {origin}")
         return out
 
-    def slabs(self, t: int, max_bytes: int = SLAB_BYTES) -> Iterator[tuple[tuple[int, int, int], np.ndarray]]:
-        """Frame ``t`` in consecutive slabs along :attr:`slab_axis`, each checked for NaN / Inf.
+    def slabs(self, t: int, max_bytes: int | None = None) -> Iterator[tuple[tuple[int, int, int], np.ndarray]]:
+        """Frame ``t`` in consecutive slabs along :attr:`slab_axis` of at most ``max_bytes`` (default
+        :data:`SLAB_BYTES`), each checked for NaN / Inf.
 
         Yields
         ------
         origin : tuple of three int
             Position of the slab's first voxel in the frame.
         slab : np.ndarray
-            ``(3, ...)``: the whole frame along the two other axes, at most ``max_bytes`` (at least one
-            plane) along :attr:`slab_axis`.
+            ``(3, ...)``: the whole frame along the two other axes; along :attr:`slab_axis` as many
+            planes as ``max_bytes`` holds (at least one).
 
         Raises
         ------
@@ -198,7 +199,7 @@ class VelocityFrames:
         axis = self.slab_axis
         spatial = self.spatial
         plane = 3 * math.prod(spatial) // spatial[axis] * self.dtype.itemsize
-        step = max(1, max_bytes // plane)
+        step = max(1, (SLAB_BYTES if max_bytes is None else max_bytes) // plane)
         for start in range(0, spatial[axis], step):
             box = [slice(None)] * 3
             box[axis] = slice(start, min(start + step, spatial[axis]))
