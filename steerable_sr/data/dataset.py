@@ -215,18 +215,18 @@ class SuperResolutionDataset(Dataset):
         crops_per_window: int = 1,
     ) -> None:
         self.frames = velocity if isinstance(velocity, VelocityFrames) else TensorFrames(velocity)
-        frames = np.unique(np.asarray(frame_indices, dtype=np.int64))
-        if frames.size and (frames[0] < 0 or frames[-1] >= len(self.frames)):
-            raise ValueError(f"frame indices must lie in [0, {len(self.frames)}), got {frames[0]}..{frames[-1]}")
+        indices = np.unique(np.asarray(frame_indices, dtype=np.int64))
+        if indices.size and (indices[0] < 0 or indices[-1] >= len(self.frames)):
+            raise ValueError(f"frame indices must lie in [0, {len(self.frames)}), got {indices[0]}..{indices[-1]}")
         check_crop(crop, self.frames.spatial)
         if crops_per_window < 1:
             raise ValueError(f"crops_per_window must be >= 1, got {crops_per_window}")
         if normalization is not None and not normalization > 0:
             raise ValueError(f"the normalization scale must be positive, got {normalization}")
-        members = set(frames.tolist())
-        self.windows = [int(t) for t in frames if all(int(t) + i in members for i in range(WINDOW))]
+        members = set(indices.tolist())
+        self.windows = [int(t) for t in indices if all(int(t) + i in members for i in range(WINDOW))]
         if not self.windows:
-            raise ValueError(f"no {WINDOW} consecutive frames among the {frames.size} given frame indices")
+            raise ValueError(f"no {WINDOW} consecutive frames among the {indices.size} given frame indices")
         self.crop, self.periodic = crop, periodic
         self.normalization, self.seed, self.random_crop = normalization, seed, random_crop
         self.crops_per_window = crops_per_window
