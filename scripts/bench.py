@@ -7,6 +7,7 @@
     python scripts/bench.py separable --batch 1 --size 8  # separable vs full gcnn/rgcnn
     python scripts/bench.py memory --batch 2 --size 16   # peak memory and step, with/without checkpointing
     python scripts/bench.py bf16 --batch 2 --size 8      # bf16-mixed vs fp32: time and drift on the same steps
+    python scripts/bench.py data --kinds rsteer --steps 2  # fit peak RSS vs file size; loader samples/s
 
 * build: each kind in a new process. "cold" = empty steerable_sr cache and escnn's joblib cache
   moved aside (restored afterwards); "warm" = caches on disk. Import time is reported separately.
@@ -26,10 +27,17 @@
   batches in float32 and in bf16 autocast: step times, the loss of every step and the final
   model's output on a held-out batch, bf16 against float32 (relative differences).
 * step ``--checkpoint``: adds the model with ``checkpoint_blocks`` to the alternation.
+* data: datasets of random float32 frames in the layout of ``generate_dataset`` (``--small``,
+  ``--large``; the large one also with one chunk per frame, the layout of files written before the
+  chunked one), written with h5py. Per file, in a new process each: ``steerable-sr fit`` with
+  ``configs/default.yaml`` (``--kinds``' first kind, ``--steps`` training steps on 16^3 crops, no
+  validation), its peak RSS from ``os.wait4``; and the training loader alone: samples/s over
+  ``--batches`` batches after the first (worker start-up excluded), per ``--crops`` and ``--workers``.
 """
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import shutil
@@ -208,6 +216,105 @@ def bench_memory(opts) -> None:
                   f"{r['base_gib']:.2f} | {r['peak_gib'] - r['base_gib']:.2f} |", flush=True)
 
 
+def _random_dataset(path: Path, n: int, frames: int, chunks: tuple[int, ...]) -> float:
+    """A file in the layout of ``generate_dataset`` holding random float32 frames (rms 1); seconds taken."""
+    import h5py
+    import numpy as np
+
+    from steerable_sr.data.dataset import split_frames
+
+    start = time.perf_counter()
+    rng = np.random.default_rng(0)
+    with h5py.File(path, "w") as handle:
+        handle.attrs.update(generator="scripts/bench.py data (random frames)", periodic=True, velocity_scale=1.0)
+        velocity = handle.create_dataset("velocity", shape=(frames, 3, n, n, n), dtype=np.float32, chunks=chunks)
+        for t in range(frames):
+            velocity[t] = rng.standard_normal((3, n, n, n), dtype=np.float32)
+        for name, idx in split_frames(frames, (0.6, 0.2, 0.2)).items():
+            handle[f"splits/{name}"] = idx
+    return time.perf_counter() - start
+
+
+def _fit_peak_rss(path: Path, kind: str, steps: int, logs: Path) -> float:
+    """Peak RSS (bytes) of ``steerable-sr fit`` on ``path``: 16^3 crops, ``steps`` steps, no validation."""
+    config = Path(__file__).resolve().parents[1] / "configs" / "default.yaml"
+    cmd = [sys.executable, "-m", "steerable_sr.cli", "fit", "--config", str(config), "--data.path", str(path),
+           "--data.crop", "16", "--model.kind", kind, "--trainer.max_steps", str(steps),
+           "--trainer.limit_val_batches", "0", "--trainer.num_sanity_val_steps", "0",
+           "--trainer.enable_progress_bar", "false", "--trainer.logger.init_args.save_dir", str(logs)]
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
+        _, status, usage = os.wait4(proc.pid, 0)
+        if os.waitstatus_to_exitcode(status) != 0:
+            err.seek(0)
+            raise RuntimeError(f"fit on {path} failed:\n{err.read().decode()[-2000:]}")
+    return usage.ru_maxrss * 1024
+
+
+def _loader_child(path: str, crop: str, batch: str, workers: str, batches: str) -> None:
+    import resource
+
+    from steerable_sr.data.dataset import TurbulenceDataModule
+
+    dm = TurbulenceDataModule(path, crop=int(crop), batch_size=int(batch), num_workers=int(workers), pin_memory=False)
+    dm.setup("fit")
+    train = dm.train_dataloader()
+
+    def epochs():
+        for epoch in itertools.count():
+            train.sampler.set_epoch(epoch)
+            yield from train
+
+    loader = epochs()
+    start = time.perf_counter()
+    next(loader)
+    first = time.perf_counter() - start
+    start = time.perf_counter()
+    count = 0
+    for _ in range(int(batches)):
+        count += len(next(loader)["frame"])
+    elapsed = time.perf_counter() - start
+    print(json.dumps({"first_s": first, "samples_per_s": count / elapsed,
+                      "peak_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20}))
+
+
+def bench_data(opts) -> None:
+    from steerable_sr.data.generate import velocity_chunks
+
+    root = Path(tempfile.mkdtemp(prefix="bench-data-", dir=opts.data_dir))
+    try:
+        files = []
+        for label, (n, frames) in (("small", opts.small), ("large", opts.large)):
+            layouts = [("chunks", velocity_chunks(n))]
+            if label == "large":
+                layouts.append(("one chunk a frame", (1, 3, n, n, n)))
+            for layout, chunks in layouts:
+                path = root / f"{label}_{n}_{frames}_chunk{chunks[-1]}.h5"
+                seconds = _random_dataset(path, n, frames, chunks)
+                files.append((f"{n}^3 x {frames}, {layout}", path))
+                print(f"wrote {path.name}: {path.stat().st_size / 1e9:.2f} GB in {seconds:.0f} s", flush=True)
+        kind = opts.kinds[0]
+        print(f"\nfit peak RSS: `steerable-sr fit --config configs/default.yaml --model.kind {kind}`, 16^3 crops, "
+              f"batch 4, {opts.steps} steps, no validation, 0 workers; each a new process\n")
+        print("| file | size (GB) | peak RSS (GiB) |\n| --- | ---: | ---: |")
+        for label, path in files:
+            peak = _fit_peak_rss(path, kind, opts.steps, root / "runs")
+            print(f"| {label} | {path.stat().st_size / 1e9:.2f} | {peak / 2 ** 30:.2f} |", flush=True)
+        print(f"\ntraining loader alone: batch {opts.batch}, samples/s over {opts.batches} batches after the first; "
+              f"each a new process\n")
+        print("| file | crop | workers | first batch (s) | samples/s | peak RSS of the main process (GiB) |\n"
+              "| --- | ---: | ---: | ---: | ---: | ---: |")
+        for label, path in files:
+            for crop in opts.crops:
+                for workers in opts.workers:
+                    r = _run_child(["_loader", str(path), str(crop), str(opts.batch), str(workers), str(opts.batches)],
+                                   dict(os.environ))
+                    print(f"| {label} | {crop} | {workers} | {r['first_s']:.2f} | {r['samples_per_s']:.1f} | "
+                          f"{r['peak_gib']:.2f} |", flush=True)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def _generated_batches(count: int, batch: int, size: int, device):
     """``count`` pairs ``(x, y)``: ``y`` a smooth random velocity ``(batch, 3, 4 n, 4 n, 4 n)`` (white noise
     averaged over 4^3 blocks and upsampled trilinearly), ``x`` three noisy copies of its 4x block average."""
@@ -313,8 +420,11 @@ def main(argv=None) -> None:
     if argv is None and len(sys.argv) > 1 and sys.argv[1] == "_separable":
         _separable_child(*sys.argv[2:])
         return
+    if argv is None and len(sys.argv) > 1 and sys.argv[1] == "_loader":
+        _loader_child(*sys.argv[2:])
+        return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=("build", "step", "infer", "separable", "memory", "bf16"))
+    parser.add_argument("what", choices=("build", "step", "infer", "separable", "memory", "bf16", "data"))
     parser.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS)
     parser.add_argument("--preset", default="small")
     parser.add_argument("--batch", type=int, default=2)
@@ -327,9 +437,17 @@ def main(argv=None) -> None:
     parser.add_argument("--warmup", type=int, default=1, help="memory: warm-up steps before the timed ones")
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"), help="memory: autocast precision")
     parser.add_argument("--mem-limit-gib", type=float, default=20, help="memory: address-space cap per process (CPU)")
+    parser.add_argument("--small", type=int, nargs=2, default=(64, 40), metavar=("N", "FRAMES"),
+                        help="data: the small file, N^3 x FRAMES")
+    parser.add_argument("--large", type=int, nargs=2, default=(128, 100), metavar=("N", "FRAMES"),
+                        help="data: the large file, N^3 x FRAMES")
+    parser.add_argument("--crops", type=int, nargs="+", default=(16, 64), help="data: loader crop edges")
+    parser.add_argument("--workers", type=int, nargs="+", default=(0, 2), help="data: loader worker counts")
+    parser.add_argument("--batches", type=int, default=20, help="data: timed loader batches")
+    parser.add_argument("--data-dir", default=None, help="data: where the files are written (then removed)")
     opts = parser.parse_args(argv)
     {"build": bench_build, "step": bench_step, "infer": bench_infer, "separable": bench_separable,
-     "memory": bench_memory, "bf16": bench_bf16}[opts.what](opts)
+     "memory": bench_memory, "bf16": bench_bf16, "data": bench_data}[opts.what](opts)
 
 
 if __name__ == "__main__":

@@ -285,7 +285,9 @@ def test_console_script_exit_status(work):
 
 @pytest.fixture(scope="module")
 def bad_data(work):
-    """The tiny dataset with one NaN velocity (frame 5, the train split), and cut to half its bytes."""
+    """The tiny dataset with a NaN velocity in frame 5 (the train split: fit reads it) and in frame 14
+    (the test split: evaluate reads it; crops are read lazily, a frame never read is not seen), and
+    the tiny dataset cut to half its bytes."""
     import h5py
     import numpy as np
 
@@ -293,8 +295,9 @@ def bad_data(work):
     (work / "nan.h5").write_bytes(data)
     with h5py.File(work / "nan.h5", "r+") as handle:
         handle["velocity"][5, 1, 2, 3, 4] = np.nan
+        handle["velocity"][14, 1, 2, 3, 4] = np.nan
     (work / "cut.h5").write_bytes(data[: len(data) // 2])
-    return {"nan": (work / "nan.h5", r"nan.h5:velocity\[5\]: 1 NaN or Inf value"),
+    return {"nan": (work / "nan.h5", r"nan.h5:velocity\[(5|14)\]: 1 NaN or Inf value"),
             "truncated": (work / "cut.h5", "cut.h5: not a readable HDF5 file")}
 
 

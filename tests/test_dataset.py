@@ -1,5 +1,7 @@
 """Super-resolution samples, splits, normalization, the data module and dataset generation."""
 import math
+import os
+import re
 
 import h5py
 import numpy as np
@@ -14,6 +16,7 @@ from steerable_sr.data.dataset import (
     rms_velocity,
     split_frames,
 )
+from steerable_sr.data import generate as generate_module
 from steerable_sr.data.generate import generate_dataset, main
 from steerable_sr.data.jhtdb import save_jhtdb
 from steerable_sr.data.spectral import SpectralSolver
@@ -233,6 +236,47 @@ def test_bad_generation_arguments_fail_before_any_work(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_velocity_is_chunked_for_crop_reads_and_the_chunks_change_no_value(generated, tmp_path, monkeypatch):
+    assert generate_module.velocity_chunks(64) == (1, 3, 32, 32, 32)  # 384 KiB, not a 3 MiB frame
+    assert generate_module.velocity_chunks(8) == (1, 3, 8, 8, 8)
+    with h5py.File(generated, "r") as handle:
+        assert handle["velocity"].chunks == (1, 3, 8, 8, 8)
+    monkeypatch.setattr(generate_module, "CHUNK_EDGE", 4)
+    small_chunks = generate_dataset(tmp_path / "chunks4.h5", **SMALL)
+    with h5py.File(small_chunks, "r") as handle:
+        assert handle["velocity"].chunks == (1, 3, 4, 4, 4)
+    # the same run written in 8 chunks a frame: the same values, bit for bit
+    assert torch.equal(load_generated(small_chunks)["velocity"], load_generated(generated)["velocity"])
+
+
+def test_generation_that_does_not_fit_in_memory_is_refused_before_any_allocation(tmp_path, monkeypatch):
+    need = generate_module.solver_memory(8, torch.float64)
+    assert need == 36 * 3 * 8 ** 3 * 8  # SOLVER_FIELDS real (3, n, n, n) float64 fields
+    monkeypatch.setattr(generate_module, "available_memory", lambda device: (need - 1, "a test's MemAvailable"))
+
+    def no_solver(*args, **kwargs):
+        raise AssertionError("the solver was built")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(SpectralSolver, "__init__", no_solver)
+        with pytest.raises(ValueError, match=r"^generating at n = 8 needs about 0.0 GiB of cpu memory for the solver "
+                                             r"\(float64\), 0.0 GiB available \(a test's MemAvailable\); choose a "
+                                             r"smaller n \(--n\), float32 \(--dtype float32\) or a GPU "
+                                             r"\(--device cuda\)$"):
+            generate_dataset(tmp_path / "big.h5", **SMALL)
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.setattr(generate_module, "available_memory", lambda device: (need, "a test's MemAvailable"))
+    generate_dataset(tmp_path / "fits.h5", **SMALL)  # exactly enough
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/meminfo"), reason="Linux only")
+def test_available_host_memory_is_memavailable():
+    free, source = generate_module.available_memory(torch.device("cpu"))
+    with open("/proc/meminfo") as meminfo:
+        total = next(int(line.split()[1]) for line in meminfo if line.startswith("MemTotal:")) * 1024
+    assert source == "MemAvailable in /proc/meminfo" and 0 < free <= total
+
+
 def test_command_line(tmp_path, capsys):
     out = tmp_path / "cli.h5"
     argv = [str(out), "--n", "8", "--frames", "13", "--spinup", "0.1", "--dt-save", "0.05", "--forcing",
@@ -307,13 +351,24 @@ def test_data_module_errors(tmp_path):
         TurbulenceDataModule(str(tmp_path / "corrupt.h5")).setup("fit")
 
 
-def test_generated_file_with_nan_is_refused_naming_the_frame(generated, tmp_path):
+def test_nan_in_a_generated_file_is_refused_naming_file_frame_and_crop_origin(generated, tmp_path):
     (tmp_path / "nan.h5").write_bytes(generated.read_bytes())
     with h5py.File(tmp_path / "nan.h5", "r+") as handle:
-        handle["velocity"][5, 1, 2, 3, 4] = np.nan
+        handle["velocity"][5, 1, 2, 3, 4] = np.nan  # frame 5: the first val frame
     with pytest.raises(ValueError, match=r"nan.h5:velocity\[5\]: 1 NaN or Inf value\(s\) \(the first at index "
                                          r"\(1, 2, 3, 4\)\); velocities must be finite"):
-        TurbulenceDataModule(str(tmp_path / "nan.h5")).setup("fit")
+        load_generated(tmp_path / "nan.h5")
+    dm = TurbulenceDataModule(str(tmp_path / "nan.h5"), crop=8)
+    dm.setup("fit")  # opens the file, reads no frame (the scale is the stored attribute)
+    dm.datasets["train"][0]  # the training frames 0-2 are clean
+    with pytest.raises(ValueError) as info:
+        dm.datasets["val"][0]  # window (5, 6, 7): a whole-volume crop always holds the NaN
+    found = re.fullmatch(r".*nan.h5:velocity\[5\], crop at \((\d), (\d), (\d)\): 1 NaN or Inf value\(s\) \(the first "
+                         r"at index \(1, (\d), (\d), (\d)\)\); velocities must be finite", str(info.value))
+    assert found, str(info.value)
+    origin, index = [int(v) for v in found.groups()[:3]], [int(v) for v in found.groups()[3:]]
+    # the index into the crop of the voxel (2, 3, 4), the crop wrapping around from its origin
+    assert index == [(p - o) % 8 for p, o in zip((2, 3, 4), origin)]
 
 
 def test_truncated_generated_file_is_named(generated, tmp_path):

@@ -3,7 +3,9 @@
 The output is one HDF5 file:
 
 * ``velocity``: ``(T, 3, n, n, n)`` float32, public convention (spatial axis ``a`` = ``x_a``,
-  channel ``a`` = ``u_a``), frames ``dt_save`` apart after a spin-up;
+  channel ``a`` = ``u_a``), frames ``dt_save`` apart after a spin-up; stored in chunks
+  ``(1, 3, 32, 32, 32)`` (:func:`velocity_chunks`), so that a training crop reads a few chunks, not
+  a whole frame;
 * ``time``: ``(T,)`` simulation times;
 * ``splits/train``, ``splits/val``, ``splits/test``: frame indices, contiguous blocks in time with
   ``gap`` unused frames between them (:func:`steerable_sr.data.dataset.split_frames`);
@@ -13,7 +15,9 @@ The output is one HDF5 file:
   training frames (the normalization of :class:`~steerable_sr.data.dataset.TurbulenceDataModule`).
 
 The file appears atomically: it is written under a temporary name in the target directory and
-renamed at the end; on any error or interrupt the temporary file is removed.
+renamed at the end; on any error or interrupt the temporary file is removed. Before anything is
+allocated, the memory the solver needs (:func:`solver_memory`) is compared with what the device has
+free (:func:`available_memory`); a run that cannot fit is refused in one line.
 """
 from __future__ import annotations
 
@@ -34,7 +38,7 @@ from .dataset import SPLITS, split_frames
 from .spectral import (FORCINGS, KOLMOGOROV_AMPLITUDE, SOLVER_VERSION, SpectralSolver, default_viscosity,
                        energy_spectrum)
 
-__all__ = ["generate_dataset", "main", "plot_spectrum"]
+__all__ = ["available_memory", "generate_dataset", "main", "plot_spectrum", "solver_memory", "velocity_chunks"]
 
 GENERATOR = "steerable_sr.data.generate"
 #: Initial condition: energy close to the steady state of the default forcing power 0.1.
@@ -43,6 +47,15 @@ INITIAL_ENERGY = 0.5
 #: after ~3 time units at 64^3; the axial jets of the anisotropic forcing take ~15 to saturate; the
 #: mean shear of the Kolmogorov forcing builds up and breaks down into turbulence within ~30 at 32^3.
 DEFAULT_SPINUP = {"isotropic": 6.0, "anisotropic": 20.0, "kolmogorov": 30.0, None: 6.0}
+#: Edge of the chunks of the ``velocity`` dataset (a 32^3 chunk of 3 float32 components is 384 KiB).
+CHUNK_EDGE = 32
+#: Real fields ``(3, n, n, n)`` of the solver's dtype held at the peak of a time step, everything
+#: included: the growth of the peak RSS over ``initial_field`` and ``advance`` is 31.8 (float64) and
+#: 33.6 (float32) fields at 64^3, 34.2 and 30.9 at 96^3, 20.8 at 128^3 (float32); 36 leaves a margin.
+SOLVER_FIELDS = 36
+#: Host bytes per grid point of a run on an accelerator: the initial noise (3 float64 components,
+#: drawn on the CPU) and each frame copied back as 3 float32 components.
+HOST_BYTES_PER_POINT = 3 * (8 + 4)
 
 
 def _dtype(name: str | None, device: str) -> torch.dtype:
@@ -51,6 +64,62 @@ def _dtype(name: str | None, device: str) -> torch.dtype:
     if name not in ("float32", "float64"):
         raise ValueError(f"dtype must be 'float32' or 'float64', got {name!r}")
     return getattr(torch, name)
+
+
+def velocity_chunks(n: int) -> tuple[int, int, int, int, int]:
+    """Chunk shape of the ``velocity`` dataset ``(T, 3, n, n, n)``: one frame's 3 components over a
+    cube of edge ``min(n, CHUNK_EDGE)``, so that reading a training crop touches a few chunks."""
+    edge = min(n, CHUNK_EDGE)
+    return (1, 3, edge, edge, edge)
+
+
+def solver_memory(n: int, dtype: torch.dtype) -> int:
+    """Bytes the solver needs at ``n^3`` in ``dtype`` at its peak: :data:`SOLVER_FIELDS` real fields
+    ``(3, n, n, n)``."""
+    return SOLVER_FIELDS * 3 * n ** 3 * torch.finfo(dtype).bits // 8
+
+
+def available_memory(device: torch.device) -> tuple[int, str] | None:
+    """Bytes free for new allocations on ``device``, and where the number comes from.
+
+    CUDA: ``torch.cuda.mem_get_info``; CPU: ``MemAvailable`` of ``/proc/meminfo`` (Linux).
+
+    Returns
+    -------
+    tuple of (int, str) or None
+        ``(bytes, source)``; ``None`` where it cannot be known (another OS, another device type).
+    """
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0], "torch.cuda.mem_get_info"
+    if device.type != "cpu":
+        return None
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024, "MemAvailable in /proc/meminfo"
+    except OSError:
+        return None
+    return None
+
+
+def _check_memory(n: int, dtype: torch.dtype, device: torch.device) -> None:
+    """Refuse a run whose solver (on ``device``) or host copies do not fit in the memory available."""
+    precision = str(dtype).removeprefix("torch.")
+    needs = [(device, solver_memory(n, dtype), f"the solver ({precision})")]
+    if device.type != "cpu":
+        needs.append((torch.device("cpu"), HOST_BYTES_PER_POINT * n ** 3, "the host copies"))
+    remedies = ["a smaller n (--n)"]
+    if dtype == torch.float64:
+        remedies.append("float32 (--dtype float32)")
+    if device.type == "cpu":
+        remedies.append("a GPU (--device cuda)")
+    for where, need, what in needs:
+        available = available_memory(where)
+        if available is not None and need > available[0]:
+            raise ValueError(f"generating at n = {n} needs about {need / 2 ** 30:.1f} GiB of {where.type} memory for "
+                             f"{what}, {available[0] / 2 ** 30:.1f} GiB available ({available[1]}); choose "
+                             f"{', '.join(remedies[:-1]) + ' or ' if len(remedies) > 1 else ''}{remedies[-1]}")
 
 
 def _spin_up(solver: SpectralSolver, u: torch.Tensor, duration: float, chunk: float, bar: tqdm) -> torch.Tensor:
@@ -121,7 +190,8 @@ def generate_dataset(
     device : str
         Torch device of the simulation (``"cuda"`` for large grids).
     dtype : {"float32", "float64"}, optional
-        Simulation precision; default float64 on CPU, float32 elsewhere. The file stores float32.
+        Simulation precision; default float64 on CPU, float32 elsewhere. The file stores float32, in
+        chunks :func:`velocity_chunks`.
     overwrite : bool
         Replace an existing ``out_path``.
     progress : bool
@@ -131,6 +201,12 @@ def generate_dataset(
     -------
     pathlib.Path
         ``out_path``.
+
+    Raises
+    ------
+    ValueError
+        Invalid arguments, or more memory needed than available (:func:`solver_memory`,
+        :func:`available_memory`): refused before anything is allocated or written.
     """
     if frames < 1:
         raise ValueError(f"frames must be >= 1, got {frames}")
@@ -140,6 +216,7 @@ def generate_dataset(
         raise ValueError(f"need dt_save > 0 and spinup >= 0, got dt_save={dt_save}, spinup={spinup}")
     split_idx = split_frames(frames, splits, gap)
     nu = default_viscosity(n, power) if nu is None else float(nu)
+    _check_memory(n, _dtype(dtype, device), torch.device(device))
     solver = SpectralSolver(n, nu, forcing, axis=axis, shear_axis=shear_axis, amplitude=amplitude,
                             wavenumber=wavenumber, power=power, device=device, dtype=_dtype(dtype, device), seed=seed)
     spin_chunks = math.ceil(spinup / dt_save - 1e-9) if spinup > 0 else 0
@@ -156,7 +233,7 @@ def generate_dataset(
     with atomic_output(out_path, overwrite=overwrite) as tmp, h5py.File(tmp, "w") as handle:
         handle.attrs.update(attrs)
         velocity = handle.create_dataset("velocity", shape=(frames, 3, n, n, n), dtype=np.float32,
-                                         chunks=(1, 3, n, n, n))
+                                         chunks=velocity_chunks(n))
         times = handle.create_dataset("time", shape=(frames,), dtype=np.float64)
         group = handle.create_group("splits")
         for name in SPLITS:

@@ -5,7 +5,8 @@ web cutout service) write one HDF5 dataset per time step, named ``Velocity_0001`
 ``Velocity_0002``, ... (the number is the database time index), each of shape ``(nz, ny, nx, 3)``
 with components ``(u_x, u_y, u_z)``, next to 1D coordinate datasets ``xcoor``, ``ycoor``,
 ``zcoor``. This module converts to and from the library's public convention ``(T, 3, nx, ny, nz)``
-(spatial axis ``a`` = coordinate ``x_a``, channel ``a`` = component ``u_a``).
+(spatial axis ``a`` = coordinate ``x_a``, channel ``a`` = component ``u_a``): eagerly
+(:func:`read_jhtdb`), or lazily, a box at a time (:class:`JHTDBFrames`, what training uses).
 """
 from __future__ import annotations
 
@@ -21,9 +22,10 @@ import numpy as np
 import torch
 
 from ..io import atomic_output
-from .checks import check_finite, open_hdf5
+from .checks import open_hdf5, velocity_dtype
+from .frames import OpenFiles, VelocityFrames
 
-__all__ = ["JHTDBCutout", "load_jhtdb", "read_jhtdb", "resolve_paths", "save_jhtdb"]
+__all__ = ["JHTDBCutout", "JHTDBFrames", "load_jhtdb", "read_jhtdb", "resolve_paths", "save_jhtdb"]
 
 _VELOCITY = re.compile(r"^velocity_(\d+)$", re.IGNORECASE)
 _COORDS = ("xcoor", "ycoor", "zcoor")
@@ -86,9 +88,10 @@ def resolve_paths(path_or_paths: PathLike | Sequence[PathLike]) -> list[Path]:
     return files
 
 
-def _read_file(path: Path) -> tuple[list[tuple[int, str, np.ndarray]], tuple[np.ndarray, ...] | None]:
+def _index_file(path: Path) -> tuple[list[tuple[int, str, str, tuple[int, ...]]], tuple[np.ndarray, ...] | None]:
+    """``(time, file, dataset, shape)`` of each velocity dataset of one cutout file, and its coordinates."""
     with open_hdf5(path) as handle:
-        frames = []
+        entries = []
         for name in handle.keys():
             match = _VELOCITY.match(name)
             if match is None:
@@ -99,18 +102,98 @@ def _read_file(path: Path) -> tuple[list[tuple[int, str, np.ndarray]], tuple[np.
                 raise ValueError(f"{where}: expected a dataset, found a group")
             if node.ndim != 4 or node.shape[-1] != 3:
                 raise ValueError(f"{where}: expected shape (nz, ny, nx, 3), got {node.shape}")
-            try:
-                data = np.asarray(node[()], dtype=np.float32)
-            except (OSError, TypeError, ValueError) as exc:
-                raise ValueError(f"{where}: cannot read the data ({exc})") from exc
-            check_finite(data, where)
-            frames.append((int(match.group(1)), where, data))
-        if not frames:
+            velocity_dtype(node.dtype, where)
+            entries.append((int(match.group(1)), str(path), name, tuple(node.shape)))
+        if not entries:
             raise ValueError(f"{path}: no velocity datasets (names like Velocity_0001) among {sorted(handle.keys())}")
         coords = None
         if all(name in handle for name in _COORDS):
             coords = tuple(np.asarray(handle[name][()], dtype=np.float64).reshape(-1) for name in _COORDS)
-    return frames, coords
+    return entries, coords
+
+
+class JHTDBFrames(VelocityFrames):
+    """The velocity frames of JHTDB cutout files, opened, not loaded (see :mod:`~steerable_sr.data.frames`).
+
+    The files are indexed (names, shapes, coordinates) when the object is made; the data of a box is
+    read when asked for, ``(nz, ny, nx, 3)`` storage mapped to the public ``(3, nx, ny, nz)``.
+
+    Parameters
+    ----------
+    path_or_paths
+        A file, a directory, a glob pattern, or a list of those (see :func:`resolve_paths`). Times
+        may be spread over files; they are sorted by their time index.
+
+    Attributes
+    ----------
+    shape : tuple of int
+        ``(T, 3, nx, ny, nz)``; frames are read as float32 (stored as float16, float32 or float64;
+        integer velocities are refused).
+    times : list[int]
+        ``(T,)`` database time indices (the number in ``Velocity_0001``).
+    coords : tuple of np.ndarray or None
+        ``(xcoor (nx,), ycoor (ny,), zcoor (nz,))`` when the files carry them.
+    sources : list[str]
+        ``(T,)`` ``"file:dataset"`` of each frame.
+
+    Raises
+    ------
+    FileNotFoundError
+        Missing file or directory.
+    ValueError
+        Not an HDF5 file; no velocity datasets; a dataset not of shape ``(nz, ny, nx, 3)`` or not
+        floating point; shapes, coordinates or time indices inconsistent across datasets.
+    """
+
+    #: ``z``, the slowest storage axis of ``(nz, ny, nx, 3)``.
+    slab_axis = 2
+
+    def __init__(self, path_or_paths: PathLike | Sequence[PathLike]) -> None:
+        entries: list[tuple[int, str, str, tuple[int, ...]]] = []
+        coords: tuple[np.ndarray, ...] | None = None
+        coords_from = ""
+        for path in resolve_paths(path_or_paths):
+            file_entries, file_coords = _index_file(path)
+            entries.extend(file_entries)
+            if file_coords is None:
+                continue
+            if coords is None:
+                coords, coords_from = file_coords, str(path)
+            elif any(a.shape != b.shape or not np.allclose(a, b) for a, b in zip(coords, file_coords)):
+                raise ValueError(f"{path}: coordinates differ from those of {coords_from}; files must cover the "
+                                 f"same region")
+        entries.sort(key=lambda entry: entry[0])
+        sources = [f"{path}:{name}" for _, path, name, _ in entries]
+        for (t0, _, _, _), (t1, _, _, _), where0, where1 in zip(entries, entries[1:], sources, sources[1:]):
+            if t0 == t1:
+                raise ValueError(f"time index {t0} appears twice: {where0} and {where1}")
+        shape0 = entries[0][3]
+        for (_, _, _, shape), where in zip(entries[1:], sources[1:]):
+            if shape != shape0:
+                raise ValueError(f"{where}: shape {shape} differs from {shape0} of {sources[0]}")
+        nz, ny, nx, _ = shape0
+        if coords is not None and tuple(len(c) for c in coords) != (nx, ny, nz):
+            raise ValueError(f"{coords_from}: coordinate lengths {tuple(len(c) for c in coords)} "
+                             f"do not match the velocity grid (nx, ny, nz) = {(nx, ny, nz)}")
+        self.shape = (len(entries), 3, nx, ny, nz)
+        self.dtype = np.dtype(np.float32)
+        self.times = [t for t, _, _, _ in entries]
+        self.coords = None if coords is None else (coords[0], coords[1], coords[2])
+        self.sources = sources
+        self._datasets = [(path, name) for _, path, name, _ in entries]
+        self._files = OpenFiles()
+
+    def where(self, t: int) -> str:
+        return self.sources[t]
+
+    def _read(self, t: int, box: tuple[slice, slice, slice]) -> np.ndarray:
+        path, name = self._datasets[t]
+        bx, by, bz = box
+        # (z, y, x, component) -> (component, x, y, z)
+        return self._files(path)[name][bz, by, bx, :].transpose(3, 2, 1, 0)
+
+    def close(self) -> None:
+        self._files.close()
 
 
 def read_jhtdb(path_or_paths: PathLike | Sequence[PathLike]) -> JHTDBCutout:
@@ -132,41 +215,17 @@ def read_jhtdb(path_or_paths: PathLike | Sequence[PathLike]) -> JHTDBCutout:
     FileNotFoundError
         Missing file or directory.
     ValueError
-        Not an HDF5 file; no velocity datasets; a dataset not of shape ``(nz, ny, nx, 3)``; shapes,
-        coordinates or time indices inconsistent across datasets; NaN or Inf in a frame.
+        As :class:`JHTDBFrames`; and NaN or Inf in a frame (each frame is checked as it is read), or
+        data that cannot be read.
     """
-    frames: list[tuple[int, str, np.ndarray]] = []
-    coords: tuple[np.ndarray, ...] | None = None
-    coords_from = ""
-    for path in resolve_paths(path_or_paths):
-        file_frames, file_coords = _read_file(path)
-        frames.extend(file_frames)
-        if file_coords is None:
-            continue
-        if coords is None:
-            coords, coords_from = file_coords, str(path)
-        elif any(a.shape != b.shape or not np.allclose(a, b) for a, b in zip(coords, file_coords)):
-            raise ValueError(f"{path}: coordinates differ from those of {coords_from}; files must cover the same region")
-    frames.sort(key=lambda item: item[0])
-    for (t0, where0, _), (t1, where1, _) in zip(frames, frames[1:]):
-        if t0 == t1:
-            raise ValueError(f"time index {t0} appears twice: {where0} and {where1}")
-    shape0, where0 = frames[0][2].shape, frames[0][1]
-    for _, where, data in frames[1:]:
-        if data.shape != shape0:
-            raise ValueError(f"{where}: shape {data.shape} differs from {shape0} of {where0}")
-    nz, ny, nx, _ = shape0
-    if coords is not None and tuple(len(c) for c in coords) != (nx, ny, nz):
-        raise ValueError(f"{coords_from}: coordinate lengths {tuple(len(c) for c in coords)} "
-                         f"do not match the velocity grid (nx, ny, nz) = {(nx, ny, nz)}")
-    # (z, y, x, component) -> (component, x, y, z)
-    velocity = torch.stack([torch.from_numpy(data.transpose(3, 2, 1, 0).copy()) for _, _, data in frames])
-    return JHTDBCutout(
-        velocity=velocity,
-        times=[t for t, _, _ in frames],
-        coords=None if coords is None else (coords[0], coords[1], coords[2]),
-        sources=[where for _, where, _ in frames],
-    )
+    frames = JHTDBFrames(path_or_paths)
+    velocity = torch.empty(frames.shape, dtype=torch.float32)
+    try:
+        for t in range(len(frames)):
+            velocity[t] = torch.from_numpy(frames.frame(t))
+    finally:
+        frames.close()
+    return JHTDBCutout(velocity=velocity, times=frames.times, coords=frames.coords, sources=frames.sources)
 
 
 def load_jhtdb(path_or_paths: PathLike | Sequence[PathLike]) -> torch.Tensor:
