@@ -2,7 +2,7 @@ r"""The LightningModule that trains every model kind: L1 loss + the relaxed laye
 
 ``SuperResolutionModule`` builds its network with :func:`steerable_sr.models.build_model` from its
 own hyperparameters (saved with ``save_hyperparameters``), so a checkpoint alone rebuilds the model:
-``SuperResolutionModule.load_from_checkpoint(path)``.
+:func:`steerable_sr.checkpoint.load_module` (which reads it as data only).
 
 A batch from :class:`steerable_sr.data.dataset.TurbulenceDataModule` is a dict ``{"low_res": (B, 3 T, n, n, n),
 "high_res": (B, 3, 4 n, 4 n, 4 n)}`` (the public convention, ``docs/conventions.md``, "Axes and vectors"):
@@ -237,24 +237,3 @@ def check_checkpoint_compatible(checkpoint: dict[str, Any], expected: dict[str, 
              for k in _IDENTITY_KEYS if k in expected and k in found and found[k] != expected[k]]
     if diffs:
         raise CheckpointMismatchError("the checkpoint was written for another model (" + "; ".join(diffs) + ")")
-
-
-def load_module(path: str | os.PathLike, map_location: str | torch.device = "cpu",
-                expect_kind: str | None = None) -> SuperResolutionModule:
-    """Load a :class:`SuperResolutionModule` checkpoint with a clear error for missing/foreign files."""
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # not a torch file
-        raise ValueError(f"{path} is not a readable training checkpoint ({exc})") from exc
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
-        raise ValueError(f"{path} is not a steerable-sr training checkpoint (no state_dict/hyper_parameters); "
-                         "exported TorchScript modules are loaded with torch.jit.load")
-    hp = ckpt["hyper_parameters"]
-    if expect_kind is not None and hp.get("kind") != expect_kind:
-        raise CheckpointMismatchError(f"the checkpoint holds a {hp.get('kind')!r} model, expected {expect_kind!r}")
-    module = SuperResolutionModule.load_from_checkpoint(path, map_location=map_location, weights_only=False)
-    module.eval()
-    return module

@@ -86,6 +86,12 @@ ESCNN_VERBOSE_CACHES = {"escnn.group.groups.octa": "_build_octa_irrep_picklable"
                         "escnn.group.groups.ico": "_build_ico_irrep_picklable"}
 
 
+#: The option that reads a checkpoint holding more than data (steerable_sr.checkpoint.TRUST_OPTION).
+TRUST_OPTION = "--trust-checkpoint"
+TRUST_HELP = ("read a checkpoint that holds more than tensors and plain data (refused by default: reading it runs "
+              "code from the file); only for files you made yourself")
+
+
 class CLIError(Exception):
     """A user-facing error: printed as one line, exit status 1."""
 
@@ -141,6 +147,7 @@ def parser() -> argparse.ArgumentParser:
     pp.add_argument("--batch-size", type=positive_int, default=4)
     pp.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1, ...)")
     pp.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    pp.add_argument(TRUST_OPTION, action="store_true", help=TRUST_HELP)
 
     pe = parsers["evaluate"]
     pe.add_argument("ckpt", help="training checkpoint (.ckpt)")
@@ -156,11 +163,13 @@ def parser() -> argparse.ArgumentParser:
     pe.add_argument("--overwrite", action="store_true",
                     help="update an existing report directory: replace the earlier report's files (metrics, plots, "
                          "symmetry) and keep every other file; a non-empty directory without a report is refused")
+    pe.add_argument(TRUST_OPTION, action="store_true", help=TRUST_HELP)
 
     px = parsers["export"]
     px.add_argument("ckpt")
     px.add_argument("out")
     px.add_argument("--overwrite", action="store_true")
+    px.add_argument(TRUST_OPTION, action="store_true", help=TRUST_HELP)
 
     pi = parsers["info"]
     pi.add_argument("--kind", default="rsteer")
@@ -171,6 +180,7 @@ def parser() -> argparse.ArgumentParser:
     pi.add_argument("--input-size", type=positive_int, default=16)
     pi.add_argument("--overrides", help='JSON dict of build_model overrides, e.g. \'{"width": 8}\'')
     pi.add_argument("--ckpt", help="describe the model of a checkpoint instead")
+    pi.add_argument(TRUST_OPTION, action="store_true", help=TRUST_HELP)
     return p
 
 

@@ -6,13 +6,11 @@ import inspect
 import os
 from pathlib import Path
 
-import torch
-
 from .. import report
 from ..data.dataset import TurbulenceDataModule
 from ..models import RELAXED_KINDS
 from ..symmetry import symmetry_report
-from ..training import SuperResolutionModule, load_module
+from ..checkpoint import module_from_checkpoint, read_checkpoint
 from . import CLIError
 from ..devices import check_device
 
@@ -21,8 +19,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
     check_device(args.device)
     out = Path(args.out)
     report.check_report_destination(out, args.overwrite)
-    module = load_module(args.ckpt, map_location=args.device)
-    dm = datamodule_for(args.ckpt, module, args.data, args.batch_size, args.num_workers)
+    checkpoint = read_checkpoint(args.ckpt, trust=args.trust_checkpoint)
+    module = module_from_checkpoint(checkpoint, args.device, source=args.ckpt)
+    dm = datamodule_for(checkpoint, float(module.velocity_scale), args.data, args.batch_size, args.num_workers)
     dm.prepare_data()
     dm.setup("test" if args.split == "test" else "validate")
     loader = dm.test_dataloader() if args.split == "test" else dm.val_dataloader()
@@ -41,11 +40,11 @@ def run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def datamodule_for(ckpt: str, module: SuperResolutionModule, data: str | None, batch_size: int | None,
+def datamodule_for(checkpoint: dict, velocity_scale: float, data: str | None, batch_size: int | None,
                    num_workers: int) -> TurbulenceDataModule:
     """The datamodule the checkpoint was trained with (its saved hyperparameters), pointed at ``data``
-    when given, normalised with the training data's velocity scale (the network's units)."""
-    hp = dict(torch.load(ckpt, map_location="cpu", weights_only=False).get("datamodule_hyper_parameters") or {})
+    when given, normalised with the training data's ``velocity_scale`` (the network's units)."""
+    hp = dict(checkpoint.get("datamodule_hyper_parameters") or {})
     if data:
         if not os.path.exists(data):
             raise CLIError(f"data path not found: {data}")
@@ -64,5 +63,5 @@ def datamodule_for(ckpt: str, module: SuperResolutionModule, data: str | None, b
     except (TypeError, ValueError) as exc:
         raise CLIError(f"cannot build the datamodule: {exc}")
     if hp.get("normalize", True):
-        dm.load_state_dict({"velocity_scale": float(module.velocity_scale)})
+        dm.load_state_dict({"velocity_scale": velocity_scale})
     return dm

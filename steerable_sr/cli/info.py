@@ -12,7 +12,7 @@ from .predict import load_any
 
 def run_info(args: argparse.Namespace) -> int:
     if args.ckpt:
-        loaded = load_any(args.ckpt)
+        loaded = load_any(args.ckpt, trust=args.trust_checkpoint)
         if loaded.source != "checkpoint":
             raise CLIError("info --ckpt needs a training checkpoint (exported modules: see their .json)")
         net = loaded.net

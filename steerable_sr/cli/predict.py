@@ -12,7 +12,6 @@ import argparse
 import dataclasses
 import json
 import os
-import zipfile
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -24,7 +23,8 @@ from ..data.checks import check_finite
 from ..data.dataset import downsample, is_generated
 from ..data.jhtdb import read_jhtdb, resolve_paths, save_jhtdb
 from ..io import atomic_output, to_json
-from ..training import SuperResolutionModule, load_module
+from ..checkpoint import is_torchscript, load_module
+from ..training import SuperResolutionModule
 from . import CLIError
 from ..devices import check_device
 
@@ -77,14 +77,6 @@ def module_meta(module: SuperResolutionModule) -> dict[str, Any]:
     return meta
 
 
-def is_torchscript(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is a TorchScript archive (a zip with a ``code/`` folder; a checkpoint has none)."""
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as archive:
-        return any("/code/" in name for name in archive.namelist())
-
-
 def _load_export(path: str, device: str) -> LoadedModel:
     """The exported TorchScript module at ``path`` with its metadata."""
     extra = {"metadata.json": ""}
@@ -98,13 +90,14 @@ def _load_export(path: str, device: str) -> LoadedModel:
     return LoadedModel(net.eval(), meta, "export")
 
 
-def load_any(path: str, device: str = "cpu") -> LoadedModel:
-    """Load a Lightning checkpoint (``.ckpt``) or an exported TorchScript module."""
+def load_any(path: str, device: str = "cpu", trust: bool = False) -> LoadedModel:
+    """Load a Lightning checkpoint (``.ckpt``, data only unless ``trust``:
+    :func:`steerable_sr.checkpoint.read_checkpoint`) or an exported TorchScript module."""
     if not os.path.isfile(path):
         raise CLIError(f"model file not found: {path}")
     if is_torchscript(path):
         return _load_export(path, device)
-    module = load_module(path, map_location=device)
+    module = load_module(path, device, trust=trust)
     return LoadedModel(module.model.eval(), module_meta(module), "checkpoint")
 
 
@@ -204,7 +197,7 @@ def run_predict(args: argparse.Namespace) -> int:
     refuse_input_as_output([args.model, *_input_files(args.input)], out)
     if out.exists() and not args.overwrite:
         raise CLIError(f"{out} exists; pass --overwrite to replace it")
-    model = load_any(args.model, args.device)
+    model = load_any(args.model, args.device, trust=args.trust_checkpoint)
     velocity, layout, extra = _read_input(args.input)
     if velocity.dim() not in (4, 5):
         raise _bad_shape(velocity, model.frames, layout)
@@ -260,7 +253,7 @@ def run_export(args: argparse.Namespace) -> int:
         refuse_input_as_output([args.ckpt], path)
         if path.exists() and not args.overwrite:
             raise CLIError(f"{path} exists; pass --overwrite to replace it")
-    module = load_module(args.ckpt)
+    module = load_module(args.ckpt, trust=args.trust_checkpoint)
     try:
         scripted = torch.jit.script(module.model.export())
     except Exception as exc:
