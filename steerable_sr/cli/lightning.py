@@ -11,7 +11,6 @@ directory it created.
 """
 from __future__ import annotations
 
-import glob
 import os
 import shutil
 import sys
@@ -28,6 +27,7 @@ from ..data.dataset import FACTOR, WINDOW, TurbulenceDataModule
 from ..checkpoint import TRUST_OPTION, CheckpointReader
 from ..training import CheckpointMismatchError, SuperResolutionModule, check_checkpoint_compatible
 from . import CLIError
+from .arguments import check_data_path
 
 #: ``ckpt_path`` values Lightning resolves itself (no file to check).
 SPECIAL_CKPT_PATHS = ("last", "best", "hpc", "registry")
@@ -160,17 +160,6 @@ def remove_failed_log_dir(log_dir: Path, created: Sequence[Path]) -> None:
     for parent in log_dir.parents[:2]:
         if parent in created and parent.is_dir() and not any(parent.iterdir()):
             parent.rmdir()
-
-
-def check_data_path(path: str | Sequence[str] | None) -> None:
-    """Refuse a dataset path (or glob pattern, or list of them) that names no file."""
-    for item in [path] if isinstance(path, (str, os.PathLike)) else list(path or []):
-        text = os.fspath(item)
-        if any(ch in text for ch in "*?["):
-            if not glob.glob(text):
-                raise CLIError(f"data path pattern matches no file: {text}")
-        elif not os.path.exists(text):
-            raise CLIError(f"data path not found: {text} (generate a dataset with `steerable-sr generate`)")
 
 
 def main(argv: Sequence[str]) -> int:
