@@ -7,10 +7,8 @@ symmetry discovery with relaxed kinds (``steerable-sr discover``). See docs/resu
 """
 import sys
 
-from steerable_sr.cli.study import main_compare, main_discover
+from steerable_sr.cli import main
 
 if __name__ == "__main__":
     argv = sys.argv[1:]
-    if argv and argv[0] == "discover":
-        sys.exit(main_discover(argv[1:], prog="compare.py discover"))
-    sys.exit(main_compare(argv, prog="compare.py"))
+    sys.exit(main(argv if argv[:1] == ["discover"] else ["compare", *argv]))

@@ -2,7 +2,7 @@ r"""The LightningModule that trains every model kind: L1 loss + the relaxed laye
 
 ``SuperResolutionModule`` builds its network with :func:`steerable_sr.models.build_model` from its
 own hyperparameters (saved with ``save_hyperparameters``), so a checkpoint alone rebuilds the model:
-``SuperResolutionModule.load_from_checkpoint(path)``.
+:func:`steerable_sr.checkpoint.load_module` (which reads it as data only).
 
 A batch from :class:`steerable_sr.data.dataset.TurbulenceDataModule` is a dict ``{"low_res": (B, 3 T, n, n, n),
 "high_res": (B, 3, 4 n, 4 n, 4 n)}`` (the public convention, ``docs/conventions.md``, "Axes and vectors"):
@@ -64,22 +64,39 @@ def check_finite_loss(where: str, **terms: torch.Tensor) -> None:
 class SuperResolutionModule(pl.LightningModule):
     """Super-resolution of ``frames`` low-res velocity frames to the middle frame at ``upscale`` x.
 
-    Args:
-        kind: model family: ``cnn``, ``gcnn``, ``rgcnn``, ``steer``, ``rsteer``.
-        group: symmetry group of the equivariant kinds: ``Oh`` (48 elements) or ``O`` (24).
-        frames: number of input frames (stacked as ``3 * frames`` channels).
-        upscale: super-resolution factor.
-        preset: size preset of :func:`steerable_sr.models.build_model` (e.g. ``small``).
-        model_overrides: extra keyword arguments for ``build_model`` (e.g. widths).
-        lr: Adam learning rate.
-        weight_decay: Adam weight decay (4e-4, as Wang et al.).
-        gamma: StepLR decay per epoch (0.95, as Wang et al.).
-        penalty_weight: weight of ``model.equivariance_penalty()`` in the loss (relaxed kinds).
-        val_equivariance_elements: group elements checked on one validation batch per epoch
-            (0 disables it).
-        test_equivariance_elements: elements checked in test (``None``: the whole group).
-        divergence_periodic: treat samples as whole periodic boxes for the divergence residual
-            (default ``False``: interior central differences, right for crops).
+    The network (:attr:`model`, :func:`steerable_sr.models.build_model`) maps ``(B, 3 frames, n, n, n)``
+    to ``(B, 3, upscale n, upscale n, upscale n)``, equivariant to ``group`` (exactly, or to the
+    stabilizer of its relaxed weights for the relaxed kinds).
+
+    Parameters
+    ----------
+    kind : {"cnn", "gcnn", "rgcnn", "steer", "rsteer"}
+        Model family (:data:`steerable_sr.models.KINDS`).
+    group : {"Oh", "O"}
+        Symmetry group of the equivariant kinds (:data:`steerable_sr.groups.GROUPS`): 48 or 24 elements.
+    frames : int
+        Number of input frames (stacked as ``3 * frames`` channels).
+    upscale : int
+        Super-resolution factor.
+    preset : str
+        Size preset of :func:`steerable_sr.models.build_model` (e.g. ``"small"``).
+    model_overrides : dict, optional
+        Extra keyword arguments of ``build_model`` (e.g. ``{"hidden": 4}``).
+    lr : float
+        Adam learning rate.
+    weight_decay : float
+        Adam weight decay (4e-4, as Wang et al.).
+    gamma : float
+        StepLR decay per epoch (0.95, as Wang et al.).
+    penalty_weight : float
+        Weight of ``model.equivariance_penalty()`` in the loss (relaxed kinds).
+    val_equivariance_elements : int
+        Group elements checked on one validation batch per epoch (0 disables it).
+    test_equivariance_elements : int, optional
+        Elements checked in test (``None``: the whole group).
+    divergence_periodic : bool
+        Treat samples as whole periodic boxes for the divergence residual (default ``False``:
+        interior central differences, right for crops).
     """
 
     def __init__(
@@ -237,24 +254,3 @@ def check_checkpoint_compatible(checkpoint: dict[str, Any], expected: dict[str, 
              for k in _IDENTITY_KEYS if k in expected and k in found and found[k] != expected[k]]
     if diffs:
         raise CheckpointMismatchError("the checkpoint was written for another model (" + "; ".join(diffs) + ")")
-
-
-def load_module(path: str | os.PathLike, map_location: str | torch.device = "cpu",
-                expect_kind: str | None = None) -> SuperResolutionModule:
-    """Load a :class:`SuperResolutionModule` checkpoint with a clear error for missing/foreign files."""
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # not a torch file
-        raise ValueError(f"{path} is not a readable training checkpoint ({exc})") from exc
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
-        raise ValueError(f"{path} is not a steerable-sr training checkpoint (no state_dict/hyper_parameters); "
-                         "exported TorchScript modules are loaded with torch.jit.load")
-    hp = ckpt["hyper_parameters"]
-    if expect_kind is not None and hp.get("kind") != expect_kind:
-        raise CheckpointMismatchError(f"the checkpoint holds a {hp.get('kind')!r} model, expected {expect_kind!r}")
-    module = SuperResolutionModule.load_from_checkpoint(path, map_location=map_location, weights_only=False)
-    module.eval()
-    return module

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from steerable_sr.checkpoint import load_module, read_checkpoint
 from steerable_sr.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -90,8 +91,7 @@ def test_resume_from_checkpoint_via_cli(work, cnn_run):
     ckpt = str(cnn_run / "checkpoints" / "last.ckpt")
     rc = main(["fit", *_common(work, work / "resume_logs", "--trainer.max_epochs", "3"), "--ckpt_path", ckpt])
     assert rc == 0
-    state = torch.load(work / "resume_logs" / "default" / "version_0" / "checkpoints" / "last.ckpt",
-                       weights_only=False)
+    state = read_checkpoint(work / "resume_logs" / "default" / "version_0" / "checkpoints" / "last.ckpt")
     assert state["epoch"] == 2 and state["hyper_parameters"]["kind"] == "cnn"
 
 
@@ -105,7 +105,7 @@ def test_ddp_two_processes_on_cpu(work):
     assert "distributed_backend=gloo" in proc.stderr and "All distributed processes registered" in proc.stderr
     assert "Starting with 2 processes" in proc.stderr
     ckpt = save_dir / "default" / "version_0" / "checkpoints" / "last.ckpt"
-    state = torch.load(ckpt, weights_only=False)
+    state = read_checkpoint(ckpt)
     assert state["global_step"] == 2  # 8 samples, batch 2, split over 2 processes
 
 
@@ -135,8 +135,6 @@ def test_export_reloads_in_a_fresh_interpreter_without_escnn(work, relaxed_run):
     assert main(["export", ckpt, str(out)]) == 0
     meta = json.loads(out.with_suffix(".json").read_text())
     assert meta["kind"] == "rsteer" and meta["frames"] == 3 and meta["upscale"] == 4 and meta["input_size"] == 4
-    from steerable_sr.training import load_module
-
     module = load_module(ckpt)
     torch.manual_seed(0)
     x = torch.randn(2, 9, 4, 4, 4)
@@ -447,3 +445,58 @@ def test_commands_print_no_joblib_lines(work):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "parameters" in proc.stdout and "[Memory]" not in proc.stdout + proc.stderr
+
+
+# ------------------------------------------------------------------------------------------------
+# A checkpoint is data: no command runs code from one (steerable_sr.checkpoint)
+# ------------------------------------------------------------------------------------------------
+
+
+class CreatesFile:
+    """Unpickling this object opens ``target`` for writing: it creates the file."""
+
+    def __init__(self, target):
+        self.target = str(target)
+
+    def __reduce__(self):
+        return open, (self.target, "w")
+
+
+@pytest.fixture(scope="module")
+def evil(work, cnn_run):
+    """A genuine checkpoint plus one entry whose unpickling would create ``evil/created``."""
+    d = work / "evil"
+    d.mkdir()
+    checkpoint = read_checkpoint(cnn_run / "checkpoints" / "last.ckpt")
+    checkpoint["payload"] = CreatesFile(d / "created")
+    torch.save(checkpoint, d / "evil.ckpt")
+    torch.save(torch.zeros(3, 3, 4, 4, 4), d / "frames.pt")
+    return d
+
+
+@pytest.mark.parametrize("command", ["fit", "validate", "test", "evaluate", "export", "predict", "info"])
+def test_no_command_runs_code_from_a_checkpoint(work, evil, capsys, command):
+    ckpt, out = str(evil / "evil.ckpt"), evil / f"out_{command}"
+    argv = {"evaluate": ["evaluate", ckpt, "--data", str(work / "tiny.h5"), "--out", str(out)],
+            "export": ["export", ckpt, str(out) + ".pt"],
+            "predict": ["predict", ckpt, str(evil / "frames.pt"), str(out) + ".pt"],
+            "info": ["info", "--ckpt", ckpt]}.get(command, [command, *_common(work, out), "--ckpt_path", ckpt])
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"steerable-sr: error: {ckpt}: refused: the file holds io.open")
+    assert err.rstrip().endswith("pass --trust-checkpoint")
+    assert sorted(p.name for p in evil.iterdir()) == ["evil.ckpt", "frames.pt"]
+
+
+def test_trust_checkpoint_reads_a_file_beyond_data_with_a_warning(work, cnn_run, capsys):
+    import datetime
+
+    checkpoint = read_checkpoint(cnn_run / "checkpoints" / "last.ckpt")
+    checkpoint["written"] = datetime.date(2024, 7, 1)  # harmless, but not data
+    path = work / "dated.ckpt"
+    torch.save(checkpoint, path)
+    assert main(["info", "--ckpt", str(path)]) == 1
+    assert "refused: the file holds datetime.date" in capsys.readouterr().err
+    with pytest.warns(UserWarning, match="dated.ckpt: read with the full unpickler"):
+        assert main(["info", "--ckpt", str(path), "--trust-checkpoint"]) == 0
+    assert "parameters" in capsys.readouterr().out

@@ -16,8 +16,9 @@ from steerable_sr.data.dataset import (
     rms_velocity,
     split_frames,
 )
+from steerable_sr.cli import main
 from steerable_sr.data import generate as generate_module
-from steerable_sr.data.generate import generate_dataset, main
+from steerable_sr.data.generate import generate_dataset
 from steerable_sr.data.jhtdb import save_jhtdb
 from steerable_sr.data.spectral import SpectralSolver
 from steerable_sr.groups import act, group_matrices
@@ -279,15 +280,14 @@ def test_available_host_memory_is_memavailable():
 
 def test_command_line(tmp_path, capsys):
     out = tmp_path / "cli.h5"
-    argv = [str(out), "--n", "8", "--frames", "13", "--spinup", "0.1", "--dt-save", "0.05", "--forcing",
+    argv = ["generate", str(out), "--n", "8", "--frames", "13", "--spinup", "0.1", "--dt-save", "0.05", "--forcing",
             "anisotropic", "--axis", "1", "--no-progress"]
-    main(argv)
+    assert main(argv) == 0
     assert f"wrote {out}" in capsys.readouterr().out
     attrs = load_generated(out)["attrs"]
     assert attrs["forcing"] == "anisotropic" and attrs["axis"] == 1
-    with pytest.raises(FileExistsError):
-        main(argv)
-    main(argv + ["--overwrite", "--seed", "5"])
+    assert main(argv) == 1 and "exists" in capsys.readouterr().err
+    assert main(argv + ["--overwrite", "--seed", "5"]) == 0
     assert load_generated(out)["attrs"]["seed"] == 5
 
 

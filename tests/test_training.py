@@ -8,8 +8,9 @@ import lightning.pytorch as pl
 import pytest
 import torch
 
+from steerable_sr.checkpoint import load_module
 from steerable_sr.data.dataset import TurbulenceDataModule
-from steerable_sr.training import CheckpointMismatchError, NonFiniteLossError, SuperResolutionModule, load_module
+from steerable_sr.training import CheckpointMismatchError, NonFiniteLossError, SuperResolutionModule
 
 
 pytestmark = pytest.mark.usefixtures("single_thread")

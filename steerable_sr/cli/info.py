@@ -3,27 +3,36 @@ parameter counts and output shapes, for a kind and preset or for the model of a 
 from __future__ import annotations
 
 import argparse
-import json
 
-from ..models import KINDS, build_model
-from . import CLIError
-from .predict import load_any
+from .arguments import add_trust_option, json_object, positive_int
+
+HELP = "print a model's parameter count and layer table"
 
 
-def run_info(args: argparse.Namespace) -> int:
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from ..groups import GROUPS
+
+    parser.add_argument("--kind", default="rsteer", help="model kind (steerable_sr.models.KINDS)")
+    parser.add_argument("--group", default="Oh", choices=GROUPS)
+    parser.add_argument("--preset", default="small", help="model widths, steerable_sr/presets/<preset>.yaml")
+    parser.add_argument("--frames", type=positive_int, default=3)
+    parser.add_argument("--upscale", type=positive_int, default=4)
+    parser.add_argument("--input-size", type=positive_int, default=16, help="edge n of the input for the shapes")
+    parser.add_argument("--overrides", type=json_object, default={},
+                        help='JSON object of build_model options, e.g. \'{"hidden": 4}\'')
+    parser.add_argument("--ckpt", help="describe the model of a checkpoint instead")
+    add_trust_option(parser)
+
+
+def run(args: argparse.Namespace) -> int:
     if args.ckpt:
-        loaded = load_any(args.ckpt)
-        if loaded.source != "checkpoint":
-            raise CLIError("info --ckpt needs a training checkpoint (exported modules: see their .json)")
-        net = loaded.net
+        from ..checkpoint import load_module
+
+        net = load_module(args.ckpt, trust=args.trust_checkpoint).model
     else:
-        if args.kind not in KINDS:
-            raise CLIError(f"unknown model kind {args.kind!r}; allowed values: {', '.join(KINDS)}")
-        overrides = json.loads(args.overrides) if args.overrides else {}
-        try:
-            net = build_model(args.kind, group=args.group, frames=args.frames, upscale=args.upscale,
-                              preset=args.preset, **overrides)
-        except (TypeError, ValueError, KeyError) as exc:
-            raise CLIError(f"cannot build model: {exc}")
+        from ..models import build_model
+
+        net = build_model(args.kind, group=args.group, frames=args.frames, upscale=args.upscale,
+                          preset=args.preset, **args.overrides)
     print(net.layer_table(input_size=args.input_size))
     return 0

@@ -11,7 +11,6 @@ directory it created.
 """
 from __future__ import annotations
 
-import glob
 import os
 import shutil
 import sys
@@ -19,21 +18,29 @@ import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
-import torch
 import yaml
 from jsonargparse import Namespace
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
 from ..data.dataset import FACTOR, WINDOW, TurbulenceDataModule
+from ..checkpoint import TRUST_OPTION, CheckpointReader
 from ..training import CheckpointMismatchError, SuperResolutionModule, check_checkpoint_compatible
 from . import CLIError
+from .arguments import check_data_path
 
 #: ``ckpt_path`` values Lightning resolves itself (no file to check).
 SPECIAL_CKPT_PATHS = ("last", "best", "hpc", "registry")
 
 
 class SteerableSRCLI(LightningCLI):
+    """Lightning's command line, with every checkpoint read by :class:`CheckpointReader` (data only
+    unless ``trust_checkpoint``), once."""
+
+    def __init__(self, *args: Any, trust_checkpoint: bool = False, **kwargs: Any) -> None:
+        self.checkpoint_reader = CheckpointReader(trust=trust_checkpoint)
+        super().__init__(*args, **kwargs)
+
     def parse_arguments(self, parser, args) -> None:
         raw = sys.argv[1:] if args is None else [str(a) for a in args]
         check_config_files(raw)
@@ -62,19 +69,31 @@ class SteerableSRCLI(LightningCLI):
         })
 
     def _parse_ckpt_path(self) -> None:
-        # Lightning replaces the model section by the checkpoint's hyperparameters. Refuse when the
-        # command line (any value, the default included) or a config file (a value other than the
-        # default) asks for another model than the checkpoint holds.
+        # Read the checkpoint (data only, once: the Trainer gets it from the reader) and take the
+        # model section from it, as Lightning does. Refuse when the command line (any value, the
+        # default included) or a config file (a value other than the default) asks for another
+        # model than the checkpoint holds.
         sub = self.config.get("subcommand")
         cfg = self.config.get(sub) if sub else None
-        ckpt = cfg.get("ckpt_path") if cfg is not None else None
-        if ckpt and ckpt not in SPECIAL_CKPT_PATHS:
-            requested = _as_dict(cfg.get("model"))
-            defaults = _as_dict(self._subcommand_parsers[sub].get_defaults().get("model"))
-            explicit = {k: v for k, v in requested.items()
-                        if k in self.command_line_model_keys or defaults.get(k, object()) != v}
-            check_checkpoint_file(ckpt, explicit)
-        super()._parse_ckpt_path()
+        path = cfg.get("ckpt_path") if cfg is not None else None
+        if not path or path in SPECIAL_CKPT_PATHS:
+            return
+        checkpoint = self.checkpoint_reader.preload(path)
+        requested = _as_dict(cfg.get("model"))
+        defaults = _as_dict(self._subcommand_parsers[sub].get_defaults().get("model"))
+        explicit = {k: v for k, v in requested.items()
+                    if k in self.command_line_model_keys or defaults.get(k, object()) != v}
+        try:
+            check_checkpoint_compatible(checkpoint, explicit)
+        except CheckpointMismatchError as exc:
+            raise CLIError(f"{path}: {exc}")
+        hparams = {k: v for k, v in checkpoint["hyper_parameters"].items() if k != "_instantiator"}
+        self.config = self.parser.parse_object({sub: {"model": hparams}}, self.config)
+
+    def instantiate_trainer(self, **kwargs: Any):
+        trainer = super().instantiate_trainer(**kwargs)
+        trainer.strategy.checkpoint_io = self.checkpoint_reader
+        return trainer
 
     def before_instantiate_classes(self) -> None:
         cfg = self.config.get(self.subcommand, self.config)
@@ -143,36 +162,12 @@ def remove_failed_log_dir(log_dir: Path, created: Sequence[Path]) -> None:
             parent.rmdir()
 
 
-def check_data_path(path: str | Sequence[str] | None) -> None:
-    """Refuse a dataset path (or glob pattern, or list of them) that names no file."""
-    for item in [path] if isinstance(path, (str, os.PathLike)) else list(path or []):
-        text = os.fspath(item)
-        if any(ch in text for ch in "*?["):
-            if not glob.glob(text):
-                raise CLIError(f"data path pattern matches no file: {text}")
-        elif not os.path.exists(text):
-            raise CLIError(f"data path not found: {text} (generate a dataset with `steerable-sr generate`)")
-
-
-def check_checkpoint_file(path: str, expected: dict[str, Any]) -> None:
-    """Refuse a missing or unreadable checkpoint, or one written for another model than ``expected``."""
-    if not os.path.isfile(path):
-        raise CLIError(f"checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:
-        raise CLIError(f"cannot read checkpoint {path}: {exc}")
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
-        raise CLIError(f"{path} is not a Lightning checkpoint")
-    try:
-        check_checkpoint_compatible(ckpt, expected)
-    except CheckpointMismatchError as exc:
-        raise CLIError(f"{path}: {exc}")
-
-
 def main(argv: Sequence[str]) -> int:
-    """Run the Lightning command line; ``argv`` starts with the subcommand (fit, validate, test)."""
-    args: list[str] | None = list(argv)
+    """Run the Lightning command line; ``argv`` starts with the subcommand (fit, validate, test).
+    ``--trust-checkpoint`` anywhere in ``argv`` lets the checkpoint of ``--ckpt_path`` hold more
+    than data (:func:`steerable_sr.checkpoint.read_checkpoint`)."""
+    trust = TRUST_OPTION in argv
+    args: list[str] | None = [arg for arg in argv if arg != TRUST_OPTION]
     if args == sys.argv[1:]:
         args = None  # parse the real command line (LightningCLI warns when given both)
     else:
@@ -180,6 +175,7 @@ def main(argv: Sequence[str]) -> int:
     SteerableSRCLI(
         SuperResolutionModule,
         TurbulenceDataModule,
+        trust_checkpoint=trust,
         args=args,
         seed_everything_default=0,
         trainer_defaults={
@@ -188,7 +184,9 @@ def main(argv: Sequence[str]) -> int:
             "log_every_n_steps": 10,
             "deterministic": False,
         },
-        parser_kwargs={"prog": "steerable-sr", "description": "steerable-sr: train and evaluate"},
+        parser_kwargs={"prog": "steerable-sr", "description": "steerable-sr: train and evaluate. "
+                       f"{TRUST_OPTION}: read a --ckpt_path that holds more than tensors and plain data "
+                       "(refused by default: reading it runs code from the file); only for files you made"},
         save_config_kwargs={"overwrite": False},
     )
     return 0

@@ -1,121 +1,58 @@
-"""``steerable-sr predict`` and ``steerable-sr export``: a trained network, from a training checkpoint
-or an exported TorchScript module (:func:`load_any`), applied to velocity files; and the export.
+"""``steerable-sr predict``: a trained network (a training checkpoint or an export,
+:func:`steerable_sr.export.load_for_inference`) applied to a velocity file.
 
-An export is a TorchScript module of :meth:`SuperResolutionNet.export` (plain torch layers, loadable
-without escnn or this package) with its metadata (:func:`module_meta`: kind, frames, upscale,
-training input size, velocity scale, ...) both inside the module (extra file ``metadata.json``) and
-next to it (:func:`export_metadata_path`).
+The input is a JHTDB cutout (HDF5, :mod:`steerable_sr.data.jhtdb`) or a tensor file; ``T`` frames
+give the ``T - frames + 1`` windows of consecutive frames, each predicted at the middle frame's time.
+The output is written in the same layout (``.h5``) or as a tensor (``.pt``).
 """
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
 import os
-import zipfile
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
-import numpy as np
-import torch
-
-from .. import __version__
-from ..data.checks import check_finite
-from ..data.dataset import downsample, is_generated
-from ..data.jhtdb import read_jhtdb, resolve_paths, save_jhtdb
-from ..io import atomic_output, to_json
-from ..training import SuperResolutionModule, load_module
 from . import CLIError
-from ..devices import check_device
+from .arguments import add_trust_option, positive_int
 
-EXPORT_FORMAT = "steerable-sr-export/1"
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+HELP = "super-resolve a JHTDB-layout HDF5 file or a saved tensor (.pt)"
 JHTDB_SUFFIXES = (".h5", ".hdf5", ".hdf", ".he5")
+OUTPUT_SUFFIXES = (".h5", ".hdf5", ".hdf", ".pt")
 ACCEPTED_INPUTS = ("a JHTDB cutout file (.h5/.hdf5: datasets Velocity_NNNN of shape (nz, ny, nx, 3); a directory "
                    "or glob of them) or a tensor file (.pt: (T, 3, n, n, n) frames or (B, 3*frames, n, n, n) "
                    "windows)")
 
 
-def export_metadata_path(out: str | os.PathLike) -> Path:
-    """``model.pt`` -> ``model.json``: the metadata written next to an exported module."""
-    return Path(out).with_suffix(".json")
-
-
-@dataclasses.dataclass
-class LoadedModel:
-    """A network ready for inference, from a checkpoint or an exported TorchScript module."""
-
-    net: torch.nn.Module
-    meta: dict[str, Any]
-    source: str  # "checkpoint" or "export"
-
-    @property
-    def frames(self) -> int:
-        return int(self.meta["frames"])
-
-    @property
-    def upscale(self) -> int:
-        return int(self.meta["upscale"])
-
-    @property
-    def input_size(self) -> int | None:
-        n = self.meta.get("input_size")
-        return int(n) if n else None
-
-    @property
-    def velocity_scale(self) -> float:
-        return float(self.meta.get("velocity_scale") or 1.0)
-
-
-def module_meta(module: SuperResolutionModule) -> dict[str, Any]:
-    """What an export records of its training module: identity, widths, size, training units."""
-    hp = dict(module.hparams)
-    meta = {k: hp.get(k) for k in ("kind", "group", "frames", "upscale", "preset", "model_overrides")}
-    meta["config"] = dataclasses.asdict(module.model.config)
-    meta["parameters"] = module.model.num_parameters()
-    meta["input_size"] = int(module.train_input_size) or None
-    meta["velocity_scale"] = float(module.velocity_scale)
-    return meta
-
-
-def is_torchscript(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is a TorchScript archive (a zip with a ``code/`` folder; a checkpoint has none)."""
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as archive:
-        return any("/code/" in name for name in archive.namelist())
-
-
-def _load_export(path: str, device: str) -> LoadedModel:
-    """The exported TorchScript module at ``path`` with its metadata."""
-    extra = {"metadata.json": ""}
-    net = torch.jit.load(path, map_location=device, _extra_files=extra)
-    meta = json.loads(extra["metadata.json"]) if extra["metadata.json"] else {}
-    side = export_metadata_path(path)
-    if not meta and side.is_file():
-        meta = json.loads(side.read_text())
-    if "frames" not in meta or "upscale" not in meta:
-        raise CLIError(f"{path}: exported module without steerable-sr metadata (frames, upscale)")
-    return LoadedModel(net.eval(), meta, "export")
-
-
-def load_any(path: str, device: str = "cpu") -> LoadedModel:
-    """Load a Lightning checkpoint (``.ckpt``) or an exported TorchScript module."""
-    if not os.path.isfile(path):
-        raise CLIError(f"model file not found: {path}")
-    if is_torchscript(path):
-        return _load_export(path, device)
-    module = load_module(path, map_location=device)
-    return LoadedModel(module.model.eval(), module_meta(module), "checkpoint")
-
-
-# ------------------------------------------------------------------------------------------------
-# predict
-# ------------------------------------------------------------------------------------------------
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = (f"{HELP}. MODEL is a training checkpoint (.ckpt) or a module from `steerable-sr export`. "
+                          "A JHTDB input of T time steps gives T - frames + 1 predicted steps (the middle frame of "
+                          "every window), written in the same layout (.h5) or as a tensor (.pt).")
+    parser.add_argument("model", help="training checkpoint (.ckpt) or exported module (.pt)")
+    parser.add_argument("input", help="JHTDB HDF5 file (.h5/.hdf5) or tensor (.pt): (T,3,n,n,n) or (B,3*frames,n,n,n)")
+    parser.add_argument("output", help="output file: .h5/.hdf5 (JHTDB layout) or .pt")
+    parser.add_argument("--downsample", action="store_true",
+                        help="block-average a high-resolution input by the upscale factor first")
+    parser.add_argument("--any-size", action="store_true",
+                        help="allow an input resolution other than the training one")
+    parser.add_argument("--batch-size", type=positive_int, default=4)
+    parser.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1, ...)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    add_trust_option(parser)
 
 
 def _read_input(path: str) -> tuple[torch.Tensor, str, dict[str, Any]]:
     """Returns (velocity tensor, layout, extra). layout 'jhtdb': (T, 3, n, n, n) plus times/coords in
     extra; layout 'pt': whatever tensor the file holds."""
+    import torch
+
+    from ..data.checks import check_finite
+    from ..data.dataset import is_generated
+    from ..data.jhtdb import read_jhtdb
+
     if not os.path.exists(path):
         raise CLIError(f"input file not found: {path}")
     suffix = Path(path).suffix.lower()
@@ -150,7 +87,8 @@ def _bad_shape(v: torch.Tensor, frames: int, layout: str) -> CLIError:
 
 
 def _windows(v: torch.Tensor, frames: int, layout: str) -> tuple[torch.Tensor, str]:
-    """(T,3,n,n,n) sequence -> (T-frames+1, 3*frames, n,n,n) windows; also accepts ready windows.
+    """(T, 3, n, n, n) frames -> (T - frames + 1, 3 frames, n, n, n) windows (window t: frames t ..
+    t + frames - 1, channel 3 i + a = component a of frame i); ready windows are taken as they are.
     Returns the windows and what the input was: 'window' (one), 'sequence' or 'batch'."""
     if v.dim() == 4 and v.shape[0] == 3 * frames and layout == "pt":
         return v.unsqueeze(0), "window"
@@ -160,8 +98,8 @@ def _windows(v: torch.Tensor, frames: int, layout: str) -> tuple[torch.Tensor, s
         T = v.shape[0]
         if T < frames:
             raise CLIError(f"the input holds {T} time steps; the model needs at least {frames}")
-        windows = [v[t : t + frames].reshape(3 * frames, *v.shape[2:]) for t in range(T - frames + 1)]
-        return torch.stack(windows), "sequence"
+        windows = v.unfold(0, frames, 1).permute(0, 5, 1, 2, 3, 4)  # (T - frames + 1, frames, 3, n, n, n)
+        return windows.reshape(T - frames + 1, 3 * frames, *v.shape[2:]), "sequence"
     if v.shape[1] == 3 * frames and layout == "pt":
         return v, "batch"
     raise _bad_shape(v, frames, layout)
@@ -170,6 +108,8 @@ def _windows(v: torch.Tensor, frames: int, layout: str) -> tuple[torch.Tensor, s
 def _upsampled_coords(coords: list[np.ndarray], s: int) -> list[np.ndarray]:
     """The high-res grid of low-res ``coords`` under the block-average convention: low-res point i is
     the mean of high-res points s i .. s i + s - 1."""
+    import numpy as np
+
     out = []
     for c in coords:
         d = float(c[1] - c[0]) / s if len(c) > 1 else 2 * np.pi / (len(c) * s)
@@ -189,22 +129,32 @@ def refuse_input_as_output(inputs: Iterable[str | os.PathLike], output: Path) ->
 
 def _input_files(path: str) -> list[str | os.PathLike]:
     """The files an input argument names (a JHTDB directory or pattern names several)."""
+    from ..data.jhtdb import resolve_paths
+
     try:
         return list(resolve_paths(path)) if Path(path).suffix.lower() != ".pt" else [path]
     except FileNotFoundError:
         return []
 
 
-def run_predict(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..data.dataset import downsample
+    from ..data.jhtdb import save_jhtdb
+    from ..devices import check_device
+    from ..export import load_for_inference
+    from ..io import atomic_output
+
     check_device(args.device)
     out = Path(args.output)
     out_suffix = out.suffix.lower()
-    if out_suffix not in (".h5", ".hdf5", ".hdf", ".pt"):
+    if out_suffix not in OUTPUT_SUFFIXES:
         raise CLIError(f"unknown output format {out_suffix!r}; use .h5/.hdf5 (JHTDB layout) or .pt")
     refuse_input_as_output([args.model, *_input_files(args.input)], out)
     if out.exists() and not args.overwrite:
         raise CLIError(f"{out} exists; pass --overwrite to replace it")
-    model = load_any(args.model, args.device)
+    model = load_for_inference(args.model, args.device, trust=args.trust_checkpoint)
     velocity, layout, extra = _read_input(args.input)
     if velocity.dim() not in (4, 5):
         raise _bad_shape(velocity, model.frames, layout)
@@ -228,13 +178,7 @@ def run_predict(args: argparse.Namespace) -> int:
                        f"(it maps {model.input_size}^3 -> {model.input_size * s}^3); pass --downsample for a "
                        f"high-resolution file, or --any-size to run anyway")
     x, kind = _windows(velocity, model.frames, layout)
-    scale = model.velocity_scale
-    preds = []
-    with torch.no_grad():
-        for i in range(0, x.shape[0], args.batch_size):
-            xb = (x[i : i + args.batch_size] / scale).to(args.device)
-            preds.append(model.net(xb).float().cpu() * scale)
-    y = torch.cat(preds)
+    y = model(x, args.batch_size)
     if out_suffix == ".pt":
         with atomic_output(out, overwrite=args.overwrite) as tmp:
             torch.save(y[0] if kind == "window" else y, tmp)
@@ -243,41 +187,4 @@ def run_predict(args: argparse.Namespace) -> int:
         start = times[model.frames // 2] if (times and kind == "sequence") else 1
         save_jhtdb(out, y, coords=hr_coords, start=start, overwrite=args.overwrite)
     print(f"wrote {out}: {tuple(y.shape)} ({model.source}, {model.meta.get('kind')}, {n}^3 -> {n * s}^3)")
-    return 0
-
-
-# ------------------------------------------------------------------------------------------------
-# export
-# ------------------------------------------------------------------------------------------------
-
-
-def run_export(args: argparse.Namespace) -> int:
-    out = Path(args.out)
-    meta_path = export_metadata_path(out)
-    if meta_path == out:
-        raise CLIError(f"the export file needs a suffix other than .json (got {out})")
-    for path in (out, meta_path):
-        refuse_input_as_output([args.ckpt], path)
-        if path.exists() and not args.overwrite:
-            raise CLIError(f"{path} exists; pass --overwrite to replace it")
-    module = load_module(args.ckpt)
-    try:
-        scripted = torch.jit.script(module.model.export())
-    except Exception as exc:
-        raise CLIError(f"TorchScript export failed: {exc}")
-    meta = module_meta(module)
-    meta.update({
-        "format": EXPORT_FORMAT,
-        "source_checkpoint": os.path.abspath(args.ckpt),
-        "torch_version": torch.__version__,
-        "steerable_sr_version": __version__,
-        "input": "(B, 3*frames, n, n, n) float32, public convention (docs/conventions.md), divided by "
-                 "velocity_scale",
-        "output": "(B, 3, upscale*n, upscale*n, upscale*n), multiply by velocity_scale",
-    })
-    text = to_json(meta) + "\n"
-    with atomic_output(out, overwrite=True) as tmp, atomic_output(meta_path, overwrite=True) as tmp_meta:
-        torch.jit.save(scripted, os.fspath(tmp), _extra_files={"metadata.json": text})
-        tmp_meta.write_text(text)
-    print(f"wrote {out} and {meta_path} ({meta['kind']}, {meta['parameters']} parameters)")
     return 0

@@ -1,0 +1,40 @@
+"""``steerable-sr compare``: train model kinds with matched budgets on the same data and seeds
+(:func:`steerable_sr.study.compare.run_compare`); the options of :mod:`steerable_sr.cli.study`."""
+from __future__ import annotations
+
+import argparse
+
+from .study import add_study_arguments, study_defaults, study_settings
+
+HELP = "train model kinds on the same data and seeds; table + plots (steerable_sr.study)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    defaults = study_defaults()
+    parser.description = ("Train model kinds with matched budgets on the same data and seeds; write a table "
+                          "(results.md/json: parameters, build and step time, test metrics, mean ± std over seeds) "
+                          "and plots (val_curves.png, spectra.png) to --out.")
+    parser.add_argument("--data", default=argparse.SUPPRESS,
+                        help=f"dataset (.h5 from `steerable-sr generate`, or JHTDB cutouts) "
+                             f"(default: {defaults['data']!r})")
+    parser.add_argument("--kinds", nargs="+", default=argparse.SUPPRESS,
+                        help="model kinds: cnn gcnn rgcnn steer rsteer, and gcnn_separable rgcnn_separable "
+                             f"(default: {' '.join(defaults['kinds'])})")
+    parser.add_argument("--no-build-time", dest="build_time", action="store_false", default=argparse.SUPPRESS,
+                        help="skip the cold/warm build-time measurement")
+    parser.add_argument("--from-json", metavar="RESULTS_JSON",
+                        help="only render the table and plots of a saved (possibly partial) results.json into --out")
+    add_study_arguments(parser, defaults)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..study.compare import render_from_json, run_compare
+    from ..study.config import StudyConfig
+
+    settings = study_settings(args, study_defaults())
+    if args.from_json:
+        render_from_json(args.from_json, settings["out"], overwrite=settings["overwrite"])
+    else:
+        run_compare(StudyConfig(**settings))
+    print(f"[compare] wrote {settings['out']}/results.md, results.json, val_curves.png, spectra.png")
+    return 0
