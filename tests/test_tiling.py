@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from steerable_sr.models import KINDS, build_model
 from steerable_sr.tiling import (auto_tile, available_memory, parse_memory, predict_tiled, receptive_field,
-                                 tile_memory)
+                                 tile_memory, work_ratio)
 from steerable_sr.tiling.memory import TensorMemory
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -124,6 +124,15 @@ def test_the_torchscript_export_tiles_like_the_model():
     x = torch.randn(1, model.in_channels, 14, 14, 14)
     scripted = torch.jit.script(model.export())
     assert relative_error(tiled(scripted, x, tile=10), whole(model, x)) <= RTOL
+
+
+@pytest.mark.parametrize("size, tile, halo, periodic, boxes", [
+    (14, 5, 4, False, [13, 13, 13]),  # boxes shifted into the volume
+    (14, 14, 4, False, [14]),  # the whole volume: no halo
+    (6, 4, 4, True, [12, 12]),  # periodic boxes always carry the halo
+])
+def test_work_ratio_counts_the_boxes_voxels(size, tile, halo, periodic, boxes):
+    assert work_ratio(size, tile, halo, periodic) == pytest.approx((sum(boxes) / size) ** 3)
 
 
 # ---- user errors --------------------------------------------------------------------------------

@@ -107,6 +107,12 @@ def axis_tiles(size: int, tile: int, halo: int, periodic: bool) -> list[AxisTile
     return tiles
 
 
+def work_ratio(size: int, tile: int, halo: int, periodic: bool) -> float:
+    """The voxels the network computes over all boxes, over those of the whole volume: ``(sum of the box
+    edges along an axis / n)^3`` (tile and halo in low-resolution voxels, as :func:`axis_tiles`)."""
+    return (sum(t.box_edge for t in axis_tiles(size, tile, halo, periodic)) / size) ** 3
+
+
 def predict_tiled(model: nn.Module, source: Volume, target: Volume, *, tile: int, halo: int | None = None,
                   periodic: bool = False) -> None:
     """Write ``model(source)`` into ``target``, one tile at a time (module docstring).
