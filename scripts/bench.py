@@ -8,6 +8,7 @@
     python scripts/bench.py memory --batch 2 --size 16   # peak memory and step, with/without checkpointing
     python scripts/bench.py bf16 --batch 2 --size 8      # bf16-mixed vs fp32: time and drift on the same steps
     python scripts/bench.py data --kinds rsteer --steps 2  # fit peak RSS vs file size; loader samples/s
+    python scripts/bench.py predict --kinds rgcnn --sizes 16 24 --tiles none auto  # whole vs tiled prediction
 
 * build: each kind in a new process. "cold" = empty steerable_sr cache and escnn's joblib cache
   moved aside (restored afterwards); "warm" = caches on disk. Import time is reported separately.
@@ -33,6 +34,12 @@
   ``configs/default.yaml`` (``--kinds``' first kind, ``--steps`` training steps on 16^3 crops, no
   validation), its peak RSS from ``os.wait4``; and the training loader alone: samples/s over
   ``--batches`` batches after the first (worker start-up excluded), per ``--crops`` and ``--workers``.
+* predict: per kind, volume size (``--sizes``, low-resolution edge n) and tile (``--tiles``: ``none`` for
+  the whole volume at once, ``auto`` for :func:`~steerable_sr.tiling.auto_tile` under ``--max-memory``, or
+  an edge in high-resolution voxels), each in a new process (CPU address space capped by
+  ``--mem-limit-gib``): eval-mode prediction of a random input (batch-norm statistics from one
+  training-mode pass) into a chunked HDF5 dataset, time and peak memory (CPU: the process's peak RSS,
+  total; CUDA: ``max_memory_allocated``); tiled outputs are compared with the whole volume's where both ran.
 """
 from __future__ import annotations
 
@@ -107,6 +114,57 @@ def _separable_child(kind: str, separable: str, hidden: str, preset: str, batch:
         infer = _timed(lambda: exported(x), opts.steps)
     print(json.dumps({"parameters": model.num_parameters(), "step_s": step, "peak_mb": peak / 2 ** 20,
                       "infer_s": infer}))
+
+
+def _predict_child(kind: str, preset: str, size: str, tile: str, max_memory: str, device: str, out: str) -> None:
+    import resource
+
+    import h5py
+    import torch
+
+    from steerable_sr.models import build_model
+    from steerable_sr.tiling import auto_tile, parse_memory, predict_tiled, receptive_field, tile_memory, work_ratio
+    from steerable_sr.tiling.predict import axis_tiles
+
+    device, n = torch.device(device), int(size)
+    torch.manual_seed(0)
+    model = build_model(kind, preset=preset)
+    with torch.no_grad():  # non-trivial batch-norm running statistics
+        model(2 * torch.randn(2, model.in_channels, 4, 4, 4) + 1)
+    model = model.eval().to(device)
+    x = torch.randn(1, model.in_channels, n, n, n, generator=torch.Generator().manual_seed(1))
+    s, halo = model.upscale, receptive_field(model)
+    row = {"halo": halo}
+    if tile == "auto":
+        start = time.perf_counter()
+        edge = auto_tile(model, model.in_channels, n, parse_memory(max_memory))
+        row["calibration_s"] = time.perf_counter() - start
+    else:
+        edge = None if tile == "none" else int(tile)
+    if edge is not None:
+        box = min(n, edge // s + 2 * halo)
+        row.update(tile=edge, boxes=len(axis_tiles(n, edge // s, halo, periodic=False)) ** 3,
+                   work=work_ratio(n, edge // s, halo, periodic=False),
+                   estimate_gb=tile_memory(model, model.in_channels).peak(box) / 1e9)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    row["before_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
+    chunk = max(d for d in range(1, 65) if (edge or s * n) % d == 0)  # chunks that the tiles fill whole
+    with h5py.File(out, "w") as f:
+        target = f.create_dataset("velocity", shape=(3, s * n, s * n, s * n), dtype="f4", chunks=(3, *[chunk] * 3))
+        start = time.perf_counter()
+        if edge is None:
+            with torch.no_grad():
+                target[...] = model(x.to(device))[0].cpu().numpy()
+        else:
+            predict_tiled(model, x, target, tile=edge)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        row["time_s"] = time.perf_counter() - start
+    row["peak_gb"] = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
+                      else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 1e9
+    print(json.dumps(row))
 
 
 def _run_child(args: list[str], env: dict) -> dict:
@@ -413,6 +471,68 @@ def bench_separable(opts) -> None:
                   f"{row['peak_mb']:,.0f} | {row['infer_s']:.3f} |", flush=True)
 
 
+def _max_relative_difference(path, reference) -> float:
+    """``max |a - b| / max |b|`` of two HDF5 outputs ``velocity``, read one high-resolution depth slab at a time."""
+    import h5py
+    import numpy as np
+
+    difference = scale = 0.0
+    with h5py.File(path, "r") as a, h5py.File(reference, "r") as b:
+        for z in range(0, a["velocity"].shape[1], 16):
+            slab_a, slab_b = a["velocity"][:, z:z + 16], b["velocity"][:, z:z + 16]
+            difference = max(difference, float(np.abs(slab_a - slab_b).max()))
+            scale = max(scale, float(np.abs(slab_b).max()))
+    return difference / scale
+
+
+def bench_predict(opts) -> None:
+    import torch
+
+    print(f"Prediction, whole volume vs tiles, preset {opts.preset}, {opts.device}, {torch.get_num_threads()} threads, "
+          f"--max-memory {opts.max_memory} for auto tiles; each row a new process"
+          + (f", address space capped at {opts.mem_limit_gib:g} GiB" if opts.device == "cpu" else "") + "\n")
+    peak = "peak RSS" if opts.device == "cpu" else "peak allocated"
+    print(f"| kind | volume | tile (HR) | boxes | work / whole | estimated tile peak (GB) | {peak} (GB) "
+          f"| before prediction (GB) | time (s) | us per output voxel | time / whole | max difference / max output |\n"
+          f"| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    limit = int(opts.mem_limit_gib * 2 ** 30) if opts.device == "cpu" else None
+    with tempfile.TemporaryDirectory() as work:
+        for kind in opts.kinds:
+            for n in opts.sizes:
+                whole = None
+                for tile in opts.tiles:
+                    out = os.path.join(work, f"{kind}-{n}-{tile}.h5")
+                    volume = f"{n}^3 -> {4 * n}^3"
+                    cmd = [sys.executable, __file__, "_predict", kind, opts.preset, str(n), tile, opts.max_memory,
+                           opts.device, out]
+                    proc = subprocess.run(cmd, capture_output=True, text=True,
+                                          preexec_fn=(lambda: _cap_address_space(limit)) if limit else None)
+                    if proc.returncode:
+                        oom = "MemoryError" in proc.stderr or "can't allocate" in proc.stderr
+                        last = (proc.stderr.strip().splitlines() or [""])[-1]
+                        why = f"out of memory (> {opts.mem_limit_gib:g} GiB)" if oom else f"exit {proc.returncode}: {last}"
+                        print(f"| {kind} | {volume} | {tile} | - | - | - | {why} | - | - | - | - | - |", flush=True)
+                        continue
+                    r = json.loads(proc.stdout.strip().splitlines()[-1])
+                    if tile == "none":
+                        whole = (out, r["time_s"])
+                    compared = tile != "none" and whole is not None
+                    cells = [kind, volume, "whole" if tile == "none" else f"{r['tile']}" + " (auto)" * (tile == "auto"),
+                             r.get("boxes", 1), f"{r.get('work', 1):.2f}",
+                             f"{r['estimate_gb']:.2f}" if "estimate_gb" in r else "-",
+                             f"{r['peak_gb']:.2f}", f"{r['before_gb']:.2f}", f"{r['time_s']:.1f}",
+                             f"{r['time_s'] / (4 * n) ** 3 * 1e6:.1f}",
+                             f"{r['time_s'] / whole[1]:.2f}" if compared else "-",
+                             f"{_max_relative_difference(out, whole[0]):.1e}" if compared else "-"]
+                    print("| " + " | ".join(map(str, cells)) + " |", flush=True)
+
+
+def _cap_address_space(limit: int) -> None:
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
 def main(argv=None) -> None:
     if argv is None and len(sys.argv) > 1 and sys.argv[1] == "_build":
         _build_child(sys.argv[2], sys.argv[3])
@@ -420,11 +540,11 @@ def main(argv=None) -> None:
     if argv is None and len(sys.argv) > 1 and sys.argv[1] == "_separable":
         _separable_child(*sys.argv[2:])
         return
-    if argv is None and len(sys.argv) > 1 and sys.argv[1] == "_loader":
-        _loader_child(*sys.argv[2:])
+    if argv is None and len(sys.argv) > 1 and sys.argv[1] in ("_loader", "_predict"):
+        {"_loader": _loader_child, "_predict": _predict_child}[sys.argv[1]](*sys.argv[2:])
         return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=("build", "step", "infer", "separable", "memory", "bf16", "data"))
+    parser.add_argument("what", choices=("build", "step", "infer", "separable", "memory", "bf16", "data", "predict"))
     parser.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS)
     parser.add_argument("--preset", default="small")
     parser.add_argument("--batch", type=int, default=2)
@@ -436,7 +556,8 @@ def main(argv=None) -> None:
                         help="memory: without and/or with checkpoint_blocks")
     parser.add_argument("--warmup", type=int, default=1, help="memory: warm-up steps before the timed ones")
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"), help="memory: autocast precision")
-    parser.add_argument("--mem-limit-gib", type=float, default=20, help="memory: address-space cap per process (CPU)")
+    parser.add_argument("--mem-limit-gib", type=float, default=20,
+                        help="memory, predict: address-space cap per process (CPU)")
     parser.add_argument("--small", type=int, nargs=2, default=(64, 40), metavar=("N", "FRAMES"),
                         help="data: the small file, N^3 x FRAMES")
     parser.add_argument("--large", type=int, nargs=2, default=(128, 100), metavar=("N", "FRAMES"),
@@ -445,9 +566,13 @@ def main(argv=None) -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=(0, 2), help="data: loader worker counts")
     parser.add_argument("--batches", type=int, default=20, help="data: timed loader batches")
     parser.add_argument("--data-dir", default=None, help="data: where the files are written (then removed)")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[16, 24], help="predict: input edges n (output 4n)")
+    parser.add_argument("--tiles", nargs="+", default=["none", "auto"],
+                        help="predict: none (whole volume), auto (--max-memory) or tile edges in output voxels")
+    parser.add_argument("--max-memory", default="2GB", help="predict: the budget of auto tiles")
     opts = parser.parse_args(argv)
     {"build": bench_build, "step": bench_step, "infer": bench_infer, "separable": bench_separable,
-     "memory": bench_memory, "bf16": bench_bf16, "data": bench_data}[opts.what](opts)
+     "memory": bench_memory, "bf16": bench_bf16, "data": bench_data, "predict": bench_predict}[opts.what](opts)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,235 @@
+"""Tiled prediction (steerable_sr.tiling): the halo read from the network, tiles equal to the whole
+volume for every kind, periodic halos, h5py volumes, memory estimates and the user errors.
+
+Tolerance of "equal": the tiled and the whole-volume pass compute every output voxel from the same
+input values through the same layers; only the order in which a convolution kernel sums its ``27 C``
+terms may change with the box's shape. float32 rounding (6e-8 relative per operation) accumulated over
+the network's 13 layers of at most a few hundred terms stays below 1e-5 of the output's largest value,
+the tolerance used; on CPU the two passes agree exactly.
+"""
+import math
+
+import h5py
+import pytest
+import torch
+import torch.nn.functional as F
+
+from steerable_sr.models import KINDS, build_model
+from steerable_sr.tiling import (auto_tile, available_memory, parse_memory, predict_tiled, receptive_field,
+                                 tile_memory, work_ratio)
+from steerable_sr.tiling.memory import TensorMemory
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+RTOL = 1e-5
+
+
+def with_statistics(kind: str, upscale: int = 2, **options):
+    """``build_model(kind, hidden=1)`` (trilinear skip on unless ``options`` say otherwise) with batch-norm
+    running statistics from one training-mode pass on a shifted random batch, in eval mode."""
+    model = build_model(kind, upscale=upscale, **{"hidden": 1, **options})
+    with torch.no_grad():
+        model(2 * torch.randn(2, model.in_channels, 4, 4, 4) + 1)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def models():
+    """``models[kind]``: :func:`with_statistics` of every kind at upscale 2, built once."""
+    torch.manual_seed(0)
+    return {kind: with_statistics(kind) for kind in KINDS}
+
+
+def whole(model, x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model(x)
+
+
+def tiled(model, x: torch.Tensor, tile: int, **options) -> torch.Tensor:
+    out = x.new_full((1, 3, *(model.upscale * n for n in x.shape[2:])), float("nan"))
+    predict_tiled(model, x, out, tile=tile, **options)
+    return out
+
+
+def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).abs().max() / b.abs().max()).item()
+
+
+# ---- receptive field ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("upscale, halo", [(2, 4), (4, 5), (8, 5), (16, 5)])
+def test_receptive_field_of_the_default_topology(upscale, halo):
+    """The walk gives the hand derivation (steerable_sr.tiling.receptive: 4 for s = 2, 5 for s >= 4)
+    for the model, its export and the TorchScript export."""
+    model = build_model("cnn", upscale=upscale, hidden=1)
+    exported = model.export()
+    assert receptive_field(model) == receptive_field(exported) == receptive_field(torch.jit.script(exported)) == halo
+
+
+@pytest.mark.parametrize("kind, options", [(kind, {}) for kind in KINDS] + [("gcnn", {"separable": True})])
+def test_receptive_field_is_the_topology_s_for_every_kind(kind, options):
+    model = build_model(kind, hidden=1, **options)
+    assert receptive_field(model) == receptive_field(model.export()) == 5
+
+
+# ---- tiles equal the whole volume ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_tiles_equal_the_whole_volume(models, kind):
+    """14^3 -> 28^3 in tiles of 5 low-resolution voxels (5, 5, 4 per axis, boxes of 13 < 14): boundary
+    sides, a middle tile with exactly the halo on one side, a shorter last tile."""
+    model = models[kind]
+    x = torch.randn(1, model.in_channels, 14, 14, 14)
+    assert relative_error(tiled(model, x, tile=10), whole(model, x)) <= RTOL
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_periodic_tiles_equal_the_circularly_padded_whole_volume(models, kind):
+    """6^3 in tiles of 4 and 2: boxes of 4 + 2 halo = 12 > 6 wrap around more than once."""
+    model = models[kind]
+    halo, s = receptive_field(model), model.upscale
+    x = torch.randn(1, model.in_channels, 6, 6, 6)
+    padded = whole(model, F.pad(x, (halo,) * 6, mode="circular"))
+    reference = padded[(..., *[slice(s * halo, -s * halo)] * 3)]
+    assert relative_error(tiled(model, x, tile=8, periodic=True), reference) <= RTOL
+
+
+def test_a_halo_smaller_than_the_receptive_field_changes_the_output():
+    """The halo is needed (no trilinear skip: the difference is the network's own): one voxel less
+    changes the middle tile's output by more than 10x the tolerance (by ~1e-3 of the output: the
+    farthest input voxel reaches the output through every layer's weights)."""
+    model = with_statistics("cnn", hidden=4, trilinear_skip=False)
+    x = torch.randn(1, model.in_channels, 14, 14, 14)
+    reference = whole(model, x)
+    assert relative_error(tiled(model, x, tile=10), reference) <= RTOL
+    assert relative_error(tiled(model, x, tile=10, halo=receptive_field(model) - 1), reference) > 10 * RTOL
+
+
+def test_h5py_source_and_chunked_target_at_upscale_4(tmp_path):
+    """17^3 -> 68^3 (halo 5, tiles of 6, 6, 5, boxes of 16) from an h5py dataset into a chunked one."""
+    model = with_statistics("cnn", upscale=4)
+    x = torch.randn(1, model.in_channels, 17, 17, 17)
+    with h5py.File(tmp_path / "volumes.h5", "w") as f:
+        source = f.create_dataset("low", data=x[0].numpy())
+        target = f.create_dataset("high", shape=(3, 68, 68, 68), dtype="f4", chunks=(3, 16, 16, 16))
+        predict_tiled(model, source, target, tile=24)
+        result = torch.from_numpy(target[...])
+    assert relative_error(result, whole(model, x)[0]) <= RTOL
+
+
+def test_the_torchscript_export_tiles_like_the_model():
+    model = with_statistics("cnn")
+    x = torch.randn(1, model.in_channels, 14, 14, 14)
+    scripted = torch.jit.script(model.export())
+    assert relative_error(tiled(scripted, x, tile=10), whole(model, x)) <= RTOL
+
+
+@pytest.mark.parametrize("size, tile, halo, periodic, boxes", [
+    (14, 5, 4, False, [13, 13, 13]),  # boxes shifted into the volume
+    (14, 14, 4, False, [14]),  # the whole volume: no halo
+    (6, 4, 4, True, [12, 12]),  # periodic boxes always carry the halo
+])
+def test_work_ratio_counts_the_boxes_voxels(size, tile, halo, periodic, boxes):
+    assert work_ratio(size, tile, halo, periodic) == pytest.approx((sum(boxes) / size) ** 3)
+
+
+# ---- user errors --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def small():
+    return with_statistics("cnn", upscale=4), torch.randn(1, 9, 6, 6, 6)
+
+
+def _one_line_error(match: str, call) -> None:
+    with pytest.raises(ValueError, match=match) as error:
+        call()
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("tile", [6, 2, 0, -4])
+def test_a_tile_that_is_not_a_positive_multiple_of_the_upscale_is_refused(small, tile):
+    model, x = small
+    _one_line_error("multiple of the upscale factor 4", lambda: tiled(model, x, tile=tile))
+
+
+def test_a_model_in_training_mode_is_refused(small):
+    model, x = small
+    _one_line_error("eval mode", lambda: tiled(model.train(), x, tile=8))
+
+
+def test_a_target_of_the_wrong_size_is_refused(small):
+    model, x = small
+    _one_line_error("must be 4 x 6 = 24", lambda: predict_tiled(model, x, torch.empty(1, 3, 20, 20, 20), tile=8))
+
+
+def test_nan_in_the_source_is_refused_naming_its_box(small):
+    model, x = small
+    x[0, 0, 5, 5, 5] = float("nan")
+    _one_line_error(r"NaN or Inf in the box \[0:6, 0:6, 0:6\]", lambda: tiled(model, x, tile=8))
+
+
+# ---- memory -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text, size", [("2GB", 2 * 10 ** 9), ("512MiB", 512 * 2 ** 20), ("1.5 gib", 3 * 2 ** 29),
+                                        ("4096", 4096), ("0.5kB", 500), ("1e3MB", 10 ** 9)])
+def test_parse_memory(text, size):
+    assert parse_memory(text) == size
+
+
+@pytest.mark.parametrize("text", ["2XB", "GB", "", "-1GB", "0.1B", "2 GB extra"])
+def test_parse_memory_refuses_what_is_not_a_size(text):
+    _one_line_error("memory size", lambda: parse_memory(text))
+
+
+def test_tensor_memory_is_the_peak_of_live_allocations():
+    """Two 4 MiB tensors alive at once, then one freed and one made: peak 8 MiB. Views, in-place
+    results and tensors made before the block do not count."""
+    before = torch.zeros(2 ** 20)
+    with TensorMemory() as memory:
+        a, b = torch.empty(2 ** 20), torch.empty(2 ** 20)
+        a.view(2, -1)[0].add_(1)
+        before[:10].mul_(2)
+        del a
+        c = torch.zeros(2 ** 20)
+    assert memory.peak == 2 * 4 * 2 ** 20
+    del b, c
+
+
+def test_the_estimate_bounds_the_tracked_peak_of_a_larger_box():
+    """Measured on an 8^3 box, the estimate bounds the tracked peak of a 12^3 box (inputs included)."""
+    model = with_statistics("gcnn")
+    estimate = tile_memory(model, model.in_channels)
+    x = torch.randn(1, model.in_channels, 12, 12, 12)
+    with torch.no_grad(), TensorMemory() as memory:
+        y = model(x)
+    assert memory.peak + 2 * x.nbytes + y.nbytes <= estimate.peak(12)
+
+
+def test_auto_tile_takes_the_fewest_tiles_that_fit():
+    """The tile's box fits the budget; one tile fewer per axis would not; the tiles are balanced."""
+    model, size = with_statistics("cnn", hidden=4), 40
+    halo, s = receptive_field(model), model.upscale
+    estimate = tile_memory(model, model.in_channels)
+    budget = int(estimate.peak(20))
+    tile = auto_tile(model, model.in_channels, size, budget) // s
+    count = math.ceil(size / tile)
+    assert estimate.peak(tile + 2 * halo) <= budget < estimate.peak(math.ceil(size / (count - 1)) + 2 * halo)
+    assert tile == math.ceil(size / count)
+
+
+def test_auto_tile_takes_a_whole_volume_that_fits_as_one_tile():
+    model = with_statistics("cnn")
+    assert auto_tile(model, model.in_channels, 6, parse_memory("1GB")) == 12
+
+
+def test_auto_tile_refuses_a_budget_below_the_smallest_tile():
+    model = with_statistics("cnn")
+    _one_line_error("too small", lambda: auto_tile(model, model.in_channels, 40, parse_memory("10kB")))
+
+
+def test_available_memory_of_the_host_is_positive():
+    assert available_memory("cpu") > 0
