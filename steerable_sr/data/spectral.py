@@ -6,10 +6,11 @@ The equations, with unit density and the pressure eliminated by the Leray projec
 
 **Discretisation.** ``n^3`` collocation points ``x_i = 2 pi i / n``; the state is the half spectrum
 ``u_hat = rfftn(u) / n^3`` (so ``u_hat`` is the Fourier coefficient of the spectrum convention of
-:func:`steerable_sr.metrics.energy_spectrum`). The nonlinear term is evaluated in rotational form: ``u`` and ``omega`` are transformed
-to the grid, their cross product is formed pointwise, transformed back, projected onto
-divergence-free fields (``a -> a - k (k . a) / |k|^2``) and truncated by the 2/3 rule (every
-wavevector component ``|k_i| < n/3``; the cubic truncation keeps the O_h symmetry of the grid).
+:func:`steerable_sr.metrics.energy_spectrum`). The nonlinear term is evaluated in rotational form:
+``u`` and ``omega`` are transformed to the grid, their cross product is formed pointwise,
+transformed back, projected onto divergence-free fields (``a -> a - k (k . a) / |k|^2``) and
+truncated by the 2/3 rule (every wavevector component ``|k_i| < n/3``; the cubic truncation keeps
+the O_h symmetry of the grid).
 Time stepping is classical RK4 on ``v = exp(nu k^2 t) u_hat`` (integrating factor: the viscous
 term is integrated exactly), with ``dt = cfl * dx / max|u|`` capped at ``dt_max``.
 

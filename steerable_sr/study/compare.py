@@ -227,7 +227,8 @@ def run_compare(cfg: StudyConfig, log: Callable[[str], Any] = print) -> dict[str
             log(f"[compare] {spec} seed {seed}: {r['params']:,} params, {r['steps']} steps in {r['fit_s']:.1f} s "
                 f"(step {r['step_s'] * 1e3:.0f} ms), test MAE {r['test'].get('mae', float('nan')):.4f}, "
                 f"equiv err {r['test'].get('equiv_err', float('nan')):.2e}")
-            write_text(staging / "results.json", to_json({"config": asdict(cfg), "build": build, "runs": runs}, indent=1))
+            progress = {"config": asdict(cfg), "build": build, "runs": runs}
+            write_text(staging / "results.json", to_json(progress, indent=1))
     with output.publish(staging) as tmp:
         result = render(tmp, cfg, runs, build)
     log(table_markdown(result["table"], cfg))
