@@ -116,7 +116,8 @@ class FieldBatchNorm(enn.EquivariantModule):
         else:
             # Statistics and coefficients in the buffers' precision (float32 under bf16/fp16 autocast).
             with torch.autocast(t.device.type, enabled=False):
-                scale, shift = normalisation(self.running_mean, self.running_var, self.weight, self.bias, self.partition)
+                scale, shift = normalisation(self.running_mean, self.running_var, self.weight, self.bias,
+                                             self.partition)
             out = channel_affine(t, scale, shift)
         return enn.GeometricTensor(out, self.out_type)
 
@@ -215,10 +216,10 @@ class FourierReLU(enn.EquivariantModule):
     Shapes: ``(B, C, N, N, N) -> (B, C, N, N, N)``.
 
     Memory: the grid ``F v`` (``|G|`` channels per field: 2.4 times the input on bands of every
-    irrep, 48 / 20 for O_h, 24 / 10 for O) is computed in slices of the volume along depth, each at most ``chunk_bytes`` of
-    float32 grid values, in forward and in backward; the full-size grid never exists, only its 1-byte
-    sign mask (kept for backward). Output and gradients are those of the unsliced computation (same
-    operations per voxel).
+    irrep, 48 / 20 for O_h, 24 / 10 for O) is computed in slices of the volume along depth, each at
+    most ``chunk_bytes`` of float32 grid values, in forward and in backward; the full-size grid never
+    exists, only its 1-byte sign mask (kept for backward). Output and gradients are those of the
+    unsliced computation (same operations per voxel).
 
     Parameters
     ----------
