@@ -213,10 +213,10 @@ def test_batch_norm_input_gradient_coefficients_equal_autograd(make_type):
     g = torch.linspace(-1, 2, t.numel()).view_as(t)
     y, grad_t, grad_weight, grad_bias = _norm_step(layer, enn.GeometricTensor(t, field_type))[:4]
     moments = batch_moments(t, torch.float32)
-    gradient = backward_coefficients(*moments, layer.weight, layer.bias, layer.partition,
-                                     *channel_sums(g, t, chunk_bytes=1), t.numel() // t.shape[1])
+    gradient = backward_coefficients(moments, layer.weight, layer.bias, layer.partition,
+                                     *channel_sums(g, t, chunk_bytes=1))
     assert relative_error(gradient.input_grad(t, g), grad_t) < 1e-5
     assert relative_error(gradient.weight, grad_weight) < 1e-5
     assert relative_error(gradient.bias, grad_bias) < 1e-5
-    scale, shift = training_coefficients(*moments, layer.weight, layer.bias, layer.partition)
+    scale, shift = training_coefficients(moments.var, moments.mean, layer.weight, layer.bias, layer.partition)
     assert relative_error(t * scale.view(1, -1, 1, 1, 1) + shift.view(1, -1, 1, 1, 1), y) < 1e-5

@@ -1,8 +1,9 @@
 """Layer factories: what each model kind puts at the leaves of the common topology.
 
 :class:`PlainLayers` builds the ``cnn`` kind's torch layers, :class:`EquivariantLayers` the escnn
-layers of the equivariant kinds, each wrapped in a :class:`~steerable_sr.nn.tensor_op.TensorOp` so that the topology runs on
-plain tensors. escnn is imported when an equivariant model is built, not with this module.
+layers of the equivariant kinds, each wrapped in a :class:`~steerable_sr.nn.tensor_op.TensorOp`
+so that the topology runs on plain tensors. escnn is imported when an equivariant model is built,
+not with this module.
 """
 from __future__ import annotations
 

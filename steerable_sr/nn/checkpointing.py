@@ -70,15 +70,12 @@ def recompute_of(block: nn.Module) -> Recompute:
     TypeError
         For another block, or a layer in neither :data:`SLAB_LAYERS` nor :data:`AUTOGRAD_LAYERS`.
     """
-    if isinstance(block, ConvBlock):
-        layers = [layer.module if isinstance(layer, TensorOp) else layer for layer in block]
-        if all(isinstance(layer, kind) for layer, kind in zip(layers, SLAB_LAYERS)):
-            return Recompute.SLABS
-    elif isinstance(block, nn.Sequential):
-        layers = [layer.module if isinstance(layer, TensorOp) else layer for layer in block]
-    else:
+    if not isinstance(block, nn.Sequential):  # a ConvBlock is one
         raise TypeError(f"no activation checkpointing for {type(block).__name__}: a ConvBlock or an "
                         f"nn.Sequential(conv, norm, act) is checkpointed")
+    layers = [layer.module if isinstance(layer, TensorOp) else layer for layer in block]
+    if isinstance(block, ConvBlock) and all(isinstance(layer, kind) for layer, kind in zip(layers, SLAB_LAYERS)):
+        return Recompute.SLABS
     unknown = [type(layer).__name__ for layer in layers if not isinstance(layer, AUTOGRAD_LAYERS)]
     if unknown:
         raise TypeError(f"no activation checkpointing for layers {', '.join(unknown)}: list them in "

@@ -15,12 +15,23 @@ per channel), and it needs only the per-channel sums ``sum g`` and ``sum g t`` (
 Statistics, coefficients and sums are computed in the statistics' precision (float32 under bf16/fp16
 autocast); the element-wise passes (:func:`channel_affine`, :meth:`NormGradient.input_grad`) in the
 batch's precision.
+
+**Across processes** (data-parallel training, a :class:`StatisticsGroup`): the batch is the union of
+the processes' batches. :func:`batch_moments` all-reduces every channel's count, sum and sum of
+squares, so every process normalises with the statistics of the whole batch; in backward
+:func:`backward_coefficients` all-reduces the chain-rule coefficients of the variance and mean
+(linear in the sums ``sum g``, ``sum g t``), so that the input gradient is that of the loss summed
+over processes, while the parameters' gradients stay those of the process's own loss (data-parallel
+training sums or averages them, as any parameter's). Same result as one process with the whole
+batch, to float round-off.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
+import torch.distributed
 
 from .slabs import depth_slices
 
@@ -46,7 +57,47 @@ class FieldPartition(NamedTuple):
     eps: float
 
 
-def batch_moments(t: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+@dataclass(frozen=True)
+class StatisticsGroup:
+    """The processes whose batches a batch norm normalises together (module docstring).
+
+    Attributes
+    ----------
+    process_group : torch.distributed.ProcessGroup or None
+        ``None``: the default group. Statistics are shared only while ``torch.distributed`` is
+        initialised and the group has more than one process.
+    """
+
+    process_group: torch.distributed.ProcessGroup | None = None
+
+    def active(self) -> bool:
+        """Whether there are other processes to share statistics with."""
+        return (torch.distributed.is_available() and torch.distributed.is_initialized()
+                and torch.distributed.get_world_size(self.process_group) > 1)
+
+    def sum(self, t: torch.Tensor) -> torch.Tensor:
+        """``t`` summed over the processes, in place (every process calls it, in the same order)."""
+        torch.distributed.all_reduce(t, torch.distributed.ReduceOp.SUM, group=self.process_group)
+        return t
+
+
+class BatchMoments(NamedTuple):
+    """Per-channel moments of a batch (:func:`batch_moments`).
+
+    Attributes
+    ----------
+    var, mean : torch.Tensor
+        ``(C,)`` each, over batch and voxels; the variance biased.
+    count : int
+        Values per channel (batch x voxels, over every process of the group).
+    """
+
+    var: torch.Tensor
+    mean: torch.Tensor
+    count: int
+
+
+def batch_moments(t: torch.Tensor, dtype: torch.dtype, group: StatisticsGroup | None = None) -> BatchMoments:
     """Per-channel moments of a batch.
 
     Parameters
@@ -55,14 +106,27 @@ def batch_moments(t: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, to
         ``(B, C, N, N, N)``.
     dtype : torch.dtype
         Of the statistics (the running statistics' precision; autocast off).
+    group : StatisticsGroup, optional
+        The moments are those of the union of the group's batches (``t`` is this process's part):
+        counts, sums and sums of squares all-reduced, in float64.
 
     Returns
     -------
-    var, mean : torch.Tensor
-        ``(C,)`` each, over batch and voxels; the variance biased.
+    BatchMoments
     """
     with torch.autocast(t.device.type, enabled=False):
-        return torch.var_mean(t.to(dtype), dim=(0, 2, 3, 4), unbiased=False)
+        var, mean = torch.var_mean(t.to(dtype), dim=(0, 2, 3, 4), unbiased=False)
+    count = t.numel() // t.shape[1]
+    if group is None or not group.active():
+        return BatchMoments(var, mean, count)
+    mean64 = mean.double()
+    total = torch.cat([count * mean64, count * (var.double() + mean64.square()), mean64.new_full((1,), count)])
+    channels = len(mean)
+    group.sum(total)
+    count_all = total[-1]
+    mean_all = total[:channels] / count_all
+    var_all = total[channels:2 * channels] / count_all - mean_all.square()
+    return BatchMoments(var_all.to(dtype), mean_all.to(dtype), int(count_all.item()))
 
 
 def field_moments(var: torch.Tensor, mean: torch.Tensor,
@@ -175,37 +239,41 @@ class NormGradient(NamedTuple):
         return torch.addcmul(channel(self.a), t, channel(self.b), out=out).addcmul_(g, channel(self.scale))
 
 
-def backward_coefficients(var: torch.Tensor, mean: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
-                          fields: FieldPartition, sum_g: torch.Tensor, sum_gt: torch.Tensor,
-                          samples: int) -> NormGradient:
+def backward_coefficients(moments: BatchMoments, weight: torch.Tensor, bias: torch.Tensor, fields: FieldPartition,
+                          sum_g: torch.Tensor, sum_gt: torch.Tensor,
+                          group: StatisticsGroup | None = None) -> NormGradient:
     """The training-mode backward of a field batch norm, as per-channel coefficients (module docstring).
 
     Parameters
     ----------
-    var, mean : torch.Tensor
-        ``(C,)`` each, the batch ``t``'s per-channel moments (:func:`batch_moments`).
+    moments : BatchMoments
+        The batch ``t``'s (:func:`batch_moments`, with the same ``group``).
     weight, bias : torch.Tensor
         The layer's parameters, ``(F,)`` and ``(C,)``.
     fields : FieldPartition
     sum_g, sum_gt : torch.Tensor
-        ``(C,)`` each, the per-channel sums of the output gradient ``g`` and of ``g t``
+        ``(C,)`` each, the per-channel sums of this process's output gradient ``g`` and of ``g t``
         (:func:`channel_sums`).
-    samples : int
-        Values per channel (batch x voxels).
+    group : StatisticsGroup, optional
+        The processes that shared the statistics: the input gradient's coefficients are summed over
+        them; the parameters' gradients are this process's.
 
     Returns
     -------
     NormGradient
         In the statistics' precision.
     """
+    var, mean, count = moments
     dtype = var.dtype
     with torch.enable_grad(), torch.autocast(var.device.type, enabled=False):
         leaves = var_, mean_, weight_, bias_ = [x.detach().to(dtype).requires_grad_()
                                                 for x in (var, mean, weight, bias)]
         scale, shift = normalisation(*field_moments(var_, mean_, fields), weight_, bias_, fields)
         d_var, d_mean, d_weight, d_bias = torch.autograd.grad((scale, shift), leaves, (sum_gt, sum_g))
-    b = 2 * d_var / samples
-    return NormGradient(scale.detach(), d_mean / samples - b * mean, b, d_weight, d_bias)
+    if group is not None and group.active():
+        d_var, d_mean = group.sum(torch.stack([d_var, d_mean]))
+    b = 2 * d_var / count
+    return NormGradient(scale.detach(), d_mean / count - b * mean, b, d_weight, d_bias)
 
 
 def channel_affine(t: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:

@@ -13,8 +13,8 @@ from escnn import nn as enn
 from ..fields import check_type, is_regular, representation_matrices
 from .basis import invariant_subspace
 from .fourier import fourier_embedding
-from .functional import (FieldPartition, backward_coefficients, batch_moments, channel_affine, channel_sums,
-                         field_moments, normalisation)
+from .functional import (BatchMoments, FieldPartition, StatisticsGroup, backward_coefficients, batch_moments,
+                         channel_affine, channel_sums, field_moments, normalisation)
 from .slabs import depth_slices
 
 
@@ -47,6 +47,9 @@ class FieldBatchNorm(enn.EquivariantModule):
         ``(C,)``, the running invariant mean (buffer).
     running_var : torch.Tensor
         ``(F,)``, the running per-field variance (buffer, unbiased).
+    statistics_group : StatisticsGroup or None
+        In training mode, normalise with the statistics of the union of this group's batches
+        (data-parallel training; set by :meth:`convert_sync`); ``None``: this process's batch.
     """
 
     def __init__(self, field_type: enn.FieldType, eps: float = 1e-5, momentum: float = 0.1):
@@ -71,20 +74,50 @@ class FieldBatchNorm(enn.EquivariantModule):
         self.bias = torch.nn.Parameter(torch.zeros(field_type.size))
         self.register_buffer("running_mean", torch.zeros(field_type.size))
         self.register_buffer("running_var", torch.ones(n_fields))
+        self.statistics_group: StatisticsGroup | None = None
+
+    @classmethod
+    def convert_sync(cls, module: torch.nn.Module, process_group=None) -> torch.nn.Module:
+        """Share the batch statistics of every field batch norm in ``module`` across processes.
+
+        The counterpart of ``torch.nn.SyncBatchNorm.convert_sync_batchnorm`` (which converts torch's
+        batch norms only), for data-parallel training with synchronised batch norm (Lightning's
+        ``sync_batchnorm``). In training mode the layers then normalise with the statistics of the
+        whole batch over the processes, in forward, in backward and in the recomputation of
+        activation checkpointing (:mod:`.functional`).
+
+        Parameters
+        ----------
+        module : torch.nn.Module
+            Changed in place.
+        process_group : torch.distributed.ProcessGroup, optional
+            ``None``: the default group.
+
+        Returns
+        -------
+        torch.nn.Module
+            ``module``.
+        """
+        for layer in module.modules():
+            if isinstance(layer, cls):
+                layer.statistics_group = StatisticsGroup(process_group)
+        return module
 
     def forward(self, x: enn.GeometricTensor) -> enn.GeometricTensor:
         """Normalise ``x (B, C, N, N, N)`` with the batch's statistics (training mode; updates the
         running ones) or with the running statistics (eval mode)."""
         check_type(x, self.in_type)
         t = x.tensor
-        if self.regular:
+        if self.regular and not (self.training and self.statistics_group is not None
+                                 and self.statistics_group.active()):
             return enn.GeometricTensor(self._regular_norm(t), self.out_type)
         if self.training:
             out = _FieldNormFunction.apply(t, self.weight, self.bias, self)
         else:
             # Statistics and coefficients in the buffers' precision (float32 under bf16/fp16 autocast).
             with torch.autocast(t.device.type, enabled=False):
-                scale, shift = normalisation(self.running_mean, self.running_var, self.weight, self.bias, self.partition)
+                scale, shift = normalisation(self.running_mean, self.running_var, self.weight, self.bias,
+                                             self.partition)
             out = channel_affine(t, scale, shift)
         return enn.GeometricTensor(out, self.out_type)
 
@@ -146,7 +179,8 @@ class FieldBatchNorm(enn.EquivariantModule):
 
 
 class _FieldNormFunction(torch.autograd.Function):
-    r"""Training-mode :class:`FieldBatchNorm` of irrep bands, ``t (B, C, N, N, N) -> t * scale + shift``
+    r"""Training-mode :class:`FieldBatchNorm` (irrep bands; any fields with shared statistics),
+    ``t (B, C, N, N, N) -> t * scale + shift``
     (:func:`~.functional.training_coefficients`), with a fused backward: it keeps only ``t`` (shared
     with the layer before) and reads it twice, once for the per-channel sums ``sum g`` and ``sum g t``
     and once to write the input gradient (:func:`~.functional.backward_coefficients`), instead of
@@ -156,21 +190,21 @@ class _FieldNormFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, t: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
                 layer: "FieldBatchNorm") -> torch.Tensor:
-        partition = layer.partition
-        var, mean = batch_moments(t, layer.running_var.dtype)
+        partition, group = layer.partition, layer.statistics_group
+        var, mean, count = batch_moments(t, layer.running_var.dtype, group)
         with torch.autocast(t.device.type, enabled=False):
             field_mean, field_var = field_moments(var, mean, partition)
             scale, shift = normalisation(field_mean, field_var, weight.to(var.dtype), bias.to(var.dtype), partition)
-        layer.update_running_statistics(field_mean, field_var, t.numel() // t.shape[1])
+        layer.update_running_statistics(field_mean, field_var, count)
         ctx.save_for_backward(t, var, mean, weight, bias)
-        ctx.partition = partition
+        ctx.partition, ctx.group, ctx.count = partition, group, count
         return channel_affine(t, scale, shift)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         t, var, mean, weight, bias = ctx.saved_tensors
-        gradient = backward_coefficients(var, mean, weight, bias, ctx.partition, *channel_sums(grad, t),
-                                         t.numel() // t.shape[1])
+        gradient = backward_coefficients(BatchMoments(var, mean, ctx.count), weight, bias, ctx.partition,
+                                         *channel_sums(grad, t), ctx.group)
         return gradient.input_grad(t, grad), gradient.weight.to(weight.dtype), gradient.bias.to(bias.dtype), None
 
 
@@ -182,10 +216,10 @@ class FourierReLU(enn.EquivariantModule):
     Shapes: ``(B, C, N, N, N) -> (B, C, N, N, N)``.
 
     Memory: the grid ``F v`` (``|G|`` channels per field: 2.4 times the input on bands of every
-    irrep, 48 / 20 for O_h, 24 / 10 for O) is computed in slices of the volume along depth, each at most ``chunk_bytes`` of
-    float32 grid values, in forward and in backward; the full-size grid never exists, only its 1-byte
-    sign mask (kept for backward). Output and gradients are those of the unsliced computation (same
-    operations per voxel).
+    irrep, 48 / 20 for O_h, 24 / 10 for O) is computed in slices of the volume along depth, each at
+    most ``chunk_bytes`` of float32 grid values, in forward and in backward; the full-size grid never
+    exists, only its 1-byte sign mask (kept for backward). Output and gradients are those of the
+    unsliced computation (same operations per voxel).
 
     Parameters
     ----------

@@ -104,9 +104,8 @@ class _SlabBlockFunction(torch.autograd.Function):
         with torch.no_grad(), torch.autocast(grad.device.type, dtype=dtype, enabled=enabled):
             # Recompute h and s (s in the buffer that then carries the gradients back to h).
             h = _first(conv1, x, w1, b1, chunk_bytes)
-            samples = h.numel() // h.shape[1]
-            moments1 = batch_moments(h, n1.running_var.dtype)
-            scale1, shift1 = training_coefficients(*moments1, n1.weight, n1.bias, n1.partition)
+            moments1 = batch_moments(h, n1.running_var.dtype, n1.statistics_group)
+            scale1, shift1 = training_coefficients(moments1.var, moments1.mean, n1.weight, n1.bias, n1.partition)
 
             def norm1_planes(depth: slice) -> torch.Tensor:
                 """``norm1(h)`` on the planes ``depth``."""
@@ -117,16 +116,17 @@ class _SlabBlockFunction(torch.autograd.Function):
             if block.skip_before_norm:
                 _add_skip(buffer, x, block.upsample_skip, chunk_bytes)
             # norm2: buffer <- the gradient of norm2's input.
-            grad_norm2 = backward_coefficients(*batch_moments(buffer, n2.running_var.dtype), n2.weight, n2.bias,
-                                               n2.partition, *channel_sums(grad, buffer, chunk_bytes), samples)
+            grad_norm2 = backward_coefficients(batch_moments(buffer, n2.running_var.dtype, n2.statistics_group),
+                                               n2.weight, n2.bias, n2.partition,
+                                               *channel_sums(grad, buffer, chunk_bytes), n2.statistics_group)
             grad_norm2.input_grad(buffer, grad, out=buffer)
             grad_skip = _skip_grad(buffer if block.skip_before_norm else grad, x.shape, block.upsample_skip,
                                    overwritten=block.skip_before_norm)
             # second and act1: buffer <- the gradient of norm1's output.
             d_w2, d_b2 = _second_backward(buffer, norm1_planes, act1, w2, b2 is not None, chunk_bytes)
             # norm1: h <- the gradient of h.
-            grad_norm1 = backward_coefficients(*moments1, n1.weight, n1.bias, n1.partition,
-                                               *channel_sums(buffer, h, chunk_bytes), samples)
+            grad_norm1 = backward_coefficients(moments1, n1.weight, n1.bias, n1.partition,
+                                               *channel_sums(buffer, h, chunk_bytes), n1.statistics_group)
             grad_norm1.input_grad(h, buffer, out=h)
             del buffer
             grad_x, d_w1, d_b1 = _first_backward(conv1, x, h, w1, b1 is not None, grad_skip, chunk_bytes)
