@@ -1,15 +1,17 @@
-# Two commands on a fresh machine (Python 3.11, root, nothing else installed):
+# On a fresh machine (Python 3.11, root, nothing else installed):
 #   make run    - the main job
 #   make test   - the whole test suite
-# Both create .venv, install gfortran where missing (escnn's py3nj builds with it), torch 2.13.0
+#   make docs   - the API reference from the docstrings (build/docs/index.html), warnings as errors
+# Each creates .venv, installs gfortran where missing (escnn's py3nj builds with it), torch 2.13.0
 # (CPU build, before anything that could pull a CUDA build) and the package with its test extras.
 
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
+DOCS_STAMP := $(VENV)/.docs-installed-stamp
 
-.PHONY: install run test bench clean
+.PHONY: install run test docs bench clean
 
 install: $(STAMP)
 
@@ -28,6 +30,14 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+$(DOCS_STAMP): $(STAMP)
+	$(BIN)/python -m pip install -q -e ".[docs]"
+	touch $(DOCS_STAMP)
+
+# -E: a fresh environment every time, so that every docstring is read and checked again.
+docs: $(DOCS_STAMP)
+	$(BIN)/python -m sphinx -E -W --keep-going -q -b html docs/api build/docs
 
 bench: $(STAMP)
 	$(BIN)/python scripts/bench.py

@@ -93,8 +93,8 @@ def save(name: str, arrays: dict[str, np.ndarray]) -> None:
 
 
 def get_or_compute(name: str, key: str, compute: Callable[[], np.ndarray]) -> np.ndarray:
-    """The array ``key`` of cache ``name``, from memory or disk, else ``compute()``d and stored (in
-    memory at once, on disk when the process exits). Read-only."""
+    """The array ``key`` of cache ``name``, from memory or disk, else computed by ``compute()`` and
+    stored (in memory at once, on disk when the process exits). Read-only."""
     arrays = _in_memory(name)
     if key not in arrays:
         arrays[key] = np.asarray(compute())
