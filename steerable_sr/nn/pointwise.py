@@ -209,7 +209,7 @@ class _FieldNormFunction(torch.autograd.Function):
 
 
 class FourierReLU(enn.EquivariantModule):
-    r"""``v -> F^T relu(F v)`` per field: the field read as a function on the |G| elements, rectified
+    r"""``v -> F^T relu(F v)`` per field: the field read as a function on the ``|G|`` elements, rectified
     pointwise, projected back. Exactly equivariant because ``F`` intertwines the field's
     representation with the regular one and ``relu`` commutes with permutations of the elements.
     On regular fields ``F`` is a channel relabelling and this is a plain ReLU.
