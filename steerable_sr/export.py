@@ -19,12 +19,13 @@ sources only.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -61,19 +62,26 @@ class ExportFormat:
     load: Callable[[str, str], tuple[Callable[[torch.Tensor], torch.Tensor], dict[str, Any]]]
 
 
-def _write_torchscript(net: torch.nn.Module, path: Path, metadata: str) -> None:
+@contextlib.contextmanager
+def _torchscript_deprecation_ignored() -> Iterator[None]:
+    """torch >= 2.10 deprecates TorchScript; it remains the format that runs with torch alone (no
+    escnn, no steerable_sr) in every torch this package supports: its writer and reader use it on
+    purpose, without the warning."""
     with warnings.catch_warnings():
-        # torch >= 2.10 deprecates TorchScript; it remains the format that runs with torch alone
-        # (no escnn, no steerable_sr) in every torch this package supports.
-        warnings.filterwarnings("ignore", message=r"`torch\.jit\.(script|save)` is deprecated",
-                                category=DeprecationWarning)
+        warnings.filterwarnings("ignore", message=r"`torch\.jit\.\w+` is deprecated", category=DeprecationWarning)
+        yield
+
+
+def _write_torchscript(net: torch.nn.Module, path: Path, metadata: str) -> None:
+    with _torchscript_deprecation_ignored():
         torch.jit.save(torch.jit.script(net), os.fspath(path), _extra_files={"metadata.json": metadata})
 
 
 def _load_torchscript(path: str, device: str) -> tuple[torch.jit.ScriptModule, dict[str, Any]]:
     extra = {"metadata.json": ""}
     try:
-        net = torch.jit.load(path, map_location=device, _extra_files=extra)
+        with _torchscript_deprecation_ignored():
+            net = torch.jit.load(path, map_location=device, _extra_files=extra)
     except RuntimeError as exc:
         raise ValueError(f"{path}: not a loadable TorchScript module ({str(exc).strip().splitlines()[0]})") from None
     return net, json.loads(extra["metadata.json"]) if extra["metadata.json"] else {}
@@ -132,7 +140,8 @@ def write_export(module: SuperResolutionModule, out: str | os.PathLike, source: 
         The metadata written.
     """
     fmt = export_format(out)
-    meta = {**module_metadata(module), "format": EXPORT_FORMAT, "source_checkpoint": source, "torch_version": torch.__version__, "steerable_sr_version": __version__,
+    meta = {**module_metadata(module), "format": EXPORT_FORMAT, "source_checkpoint": source,
+            "torch_version": torch.__version__, "steerable_sr_version": __version__,
             "input": "(B, 3*frames, n, n, n) float32, public convention (docs/conventions.md), divided by "
                      "velocity_scale",
             "output": "(B, 3, upscale*n, upscale*n, upscale*n), multiply by velocity_scale"}

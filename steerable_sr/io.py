@@ -23,6 +23,33 @@ from pathlib import Path
 from typing import Any, Collection, Iterator
 
 
+def check_writable(path: str | os.PathLike) -> None:
+    """Refuse, before any work, an output ``path`` that cannot be written: its folder (or the nearest
+    one that exists, where the missing ones would be made) is a regular file, or takes no new file
+    (read-only, no permission, a virtual file system such as ``/proc``). Probed by creating and
+    removing a temporary file there, which is what writing the output does.
+
+    Raises
+    ------
+    NotADirectoryError
+        A parent of ``path`` is a regular file.
+    PermissionError
+        The folder takes no new file; the message names ``path`` and the reason.
+    """
+    path = Path(path)
+    folder = path.absolute().parent
+    while not folder.exists() and not folder.is_symlink():
+        folder = folder.parent
+    if not folder.is_dir():
+        raise NotADirectoryError(f"cannot write {path}: {folder} is a file, not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=_temp_prefix(path), suffix=".tmp")
+    except OSError as exc:
+        raise PermissionError(f"cannot write {path}: {folder} takes no new file ({exc.strerror})") from None
+    os.close(fd)
+    os.unlink(probe)
+
+
 def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)

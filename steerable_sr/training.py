@@ -27,8 +27,10 @@ shuffles as an uninterrupted one (the optimizer and LR-scheduler states are in t
 """
 from __future__ import annotations
 
+import logging
 import os
 import random
+import warnings
 from typing import Any, Literal, Optional
 
 import lightning.pytorch as pl
@@ -42,6 +44,29 @@ from .models import KINDS, build_model
 
 Kind = Literal[KINDS]
 Group = Literal[GROUPS]
+
+
+def _not_litlogger_tip(record: logging.LogRecord) -> bool:
+    return "litlogger" not in record.getMessage()
+
+
+def quiet_lightning() -> None:
+    """Silence what Lightning 2.6 prints on every run that concerns no user of this package:
+
+    * the "Tip: ... try installing litlogger" line (an advertisement, logged when a Trainer starts);
+    * torch's ``FutureWarning`` "``isinstance(treespec, LeafSpec)`` is deprecated", raised inside
+      Lightning's own ``_pytree`` helpers on every dataloader (Lightning's to fix, not ours);
+    * jsonargparse's deprecation warnings on the calls ``LightningCLI`` makes (``skip_none``,
+      ``add_instantiator``, ``instantiate_classes``; Lightning's to fix).
+
+    Called by the Lightning commands (:mod:`steerable_sr.cli.lightning`) and by every
+    :class:`SuperResolutionModule` (every run builds one before its Trainer); idempotent.
+    """
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logging.getLogger(name).addFilter(_not_litlogger_tip)
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+                            category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"lightning\.pytorch\.cli")
 
 
 class CheckpointMismatchError(ValueError):
@@ -116,6 +141,7 @@ class SuperResolutionModule(pl.LightningModule):
         divergence_periodic: bool = False,
     ) -> None:
         super().__init__()
+        quiet_lightning()
         if kind not in KINDS:
             raise ValueError(f"unknown model kind {kind!r}; allowed values: {', '.join(KINDS)}")
         if group not in GROUPS:
@@ -173,7 +199,7 @@ class SuperResolutionModule(pl.LightningModule):
                     sampler.generator = torch.Generator().manual_seed(s)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        check_checkpoint_compatible(checkpoint, dict(self.hparams))
+        check_checkpoint_compatible(checkpoint, {k: self.hparams[k] for k in ARCHITECTURE_KEYS})
 
     # ------------------------------------------------------------------ steps
     @staticmethod
@@ -242,15 +268,19 @@ class SuperResolutionModule(pl.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch", "frequency": 1}}
 
 
-_IDENTITY_KEYS = ("kind", "group", "frames", "upscale")
+#: The hyperparameters that define the network: a checkpoint's weights fit only the same values.
+ARCHITECTURE_KEYS = ("kind", "group", "frames", "upscale", "preset", "model_overrides")
 
 
 def check_checkpoint_compatible(checkpoint: dict[str, Any], expected: dict[str, Any]) -> None:
-    """Raise :class:`CheckpointMismatchError` if the checkpoint's model is not the expected one."""
+    """Raise :class:`CheckpointMismatchError` naming every hyperparameter of ``expected`` that the
+    checkpoint holds with another value (``None`` and ``{}`` are the same ``model_overrides``)."""
     found = checkpoint.get("hyper_parameters") or {}
-    if not found:
-        return
-    diffs = [f"{k}: checkpoint has {found.get(k)!r}, the config asks for {expected.get(k)!r}"
-             for k in _IDENTITY_KEYS if k in expected and k in found and found[k] != expected[k]]
+    diffs = [f"{k}: checkpoint has {found[k]!r}, the config asks for {v!r}" for k, v in expected.items()
+             if k in found and _normalised(found[k]) != _normalised(v)]
     if diffs:
-        raise CheckpointMismatchError("the checkpoint was written for another model (" + "; ".join(diffs) + ")")
+        raise CheckpointMismatchError("the checkpoint does not hold the model asked for (" + "; ".join(diffs) + ")")
+
+
+def _normalised(value: Any) -> Any:
+    return {} if value is None else value

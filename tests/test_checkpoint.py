@@ -12,6 +12,7 @@ import torch
 from steerable_sr.checkpoint import (SAFE_GLOBALS, CheckpointReader, TrustedCheckpointWarning, UntrustedCheckpointError,
                                      load_module, read_checkpoint)
 from steerable_sr.data.dataset import TurbulenceDataModule
+from steerable_sr.export import write_export
 from steerable_sr.training import SuperResolutionModule
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -91,8 +92,7 @@ def test_files_that_are_not_checkpoints_are_named(genuine, tmp_path):
     (tmp_path / "cut.ckpt").write_bytes(data[: len(data) // 2])
     with pytest.raises(ValueError, match="cut.ckpt: truncated or damaged file: the beginning of a checkpoint"):
         read_checkpoint(tmp_path / "cut.ckpt")
-    torch.jit.save(torch.jit.script(module.model.export()), tmp_path / "export.pt",  # as `steerable-sr export`
-                   _extra_files={"metadata.json": "{}"})
+    write_export(module, tmp_path / "export.pt", source=str(path))
     exported = (tmp_path / "export.pt").read_bytes()
     (tmp_path / "cut.pt").write_bytes(exported[: len(exported) // 2])
     with pytest.raises(ValueError, match="export.pt is an exported module"):

@@ -35,8 +35,8 @@ def work(tmp_path_factory):
 def _common(work, save_dir, *extra):
     return ["--config", CONFIG, "--data.path", str(work / "tiny.h5"), "--data.crop", "null",
             "--data.batch_size", "2", "--data.crops_per_window", "2", "--trainer.enable_progress_bar", "false",
-            "--trainer.enable_model_summary", "false", "--trainer.logger.init_args.save_dir", str(save_dir),
-            *extra]
+            "--trainer.enable_model_summary", "false", "--trainer.log_every_n_steps", "1",
+            "--trainer.logger.init_args.save_dir", str(save_dir), *extra]
 
 
 def _fit(work, name, kind, overrides, epochs=2, *extra):
@@ -500,3 +500,149 @@ def test_trust_checkpoint_reads_a_file_beyond_data_with_a_warning(work, cnn_run,
     with pytest.warns(UserWarning, match="dated.ckpt: read with the full unpickler"):
         assert main(["info", "--ckpt", str(path), "--trust-checkpoint"]) == 0
     assert "parameters" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------------------------
+# Outputs checked before any work; options that would be ignored are refused; one-line errors
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def unwritable(work):
+    """Output folders that cannot take a file: under a regular file, in /proc, and (not as root, who
+    writes anywhere) a read-only folder."""
+    (work / "afile").write_text("a regular file")
+    folders = {"parent_is_a_file": work / "afile" / "sub", "proc": Path("/proc/steerable_sr_test")}
+    if os.geteuid() != 0:
+        (work / "read_only").mkdir()
+        (work / "read_only").chmod(0o555)
+        folders["read_only"] = work / "read_only"
+    return folders
+
+
+@pytest.mark.parametrize("where", ["parent_is_a_file", "proc", "read_only"])
+@pytest.mark.parametrize("command", ["predict", "export", "evaluate", "generate", "fit", "compare", "discover"])
+def test_an_output_that_cannot_be_written_is_refused_before_any_work(work, cnn_run, unwritable, capsys, command,
+                                                                     where):
+    if where not in unwritable:
+        pytest.skip("root writes into read-only folders")
+    ckpt, out = str(cnn_run / "checkpoints" / "last.ckpt"), unwritable[where] / "out"
+    lr = work / "lr_frames.pt"
+    torch.save(torch.zeros(3, 3, 4, 4, 4), lr)
+    argv = {"predict": ["predict", ckpt, str(lr), f"{out}.pt"],
+            "export": ["export", ckpt, f"{out}.pt"],
+            "evaluate": ["evaluate", ckpt, "--out", str(out)],
+            "generate": ["generate", f"{out}.h5", "--n", "8", "--frames", "13", "--no-progress"],
+            "fit": ["fit", *_common(work, out)],
+            "compare": ["compare", "--data", str(work / "tiny.h5"), "--out", str(out)],
+            "discover": ["discover", str(work / "tiny.h5"), "--out", str(out)]}[command]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"steerable-sr: error: cannot write {out}"), err
+    assert ".tmp" not in err
+    if where == "parent_is_a_file":
+        assert "afile is a file, not a folder" in err
+        assert (work / "afile").read_text() == "a regular file"
+
+
+@pytest.mark.parametrize("option, message", [
+    (["--model.preset", "paper"], "preset: checkpoint has 'small', the config asks for 'paper'"),
+    (["--model.model_overrides", '{"hidden": 3}'], "model_overrides: checkpoint has {'hidden': 2}, the config asks "
+                                                  "for {'hidden': 3}"),
+    (["--model.penalty_weight", "0.5"], "penalty_weight: checkpoint has 0.0001, the config asks for 0.5"),
+])
+def test_a_model_option_that_contradicts_the_checkpoint_is_refused(work, cnn_run, capsys, option, message):
+    ckpt = str(cnn_run / "checkpoints" / "last.ckpt")
+    assert main(["test", *_common(work, work / "contradicts"), *option, "--ckpt_path", ckpt]) == 1
+    assert message in capsys.readouterr().err
+    assert not (work / "contradicts").exists()
+
+
+def test_model_options_that_agree_with_the_checkpoint_are_accepted(work, cnn_run):
+    ckpt = str(cnn_run / "checkpoints" / "last.ckpt")
+    assert main(["validate", *_common(work, work / "agrees"), "--model.kind", "cnn", "--model.model_overrides",
+                 '{"hidden": 2}', "--model.preset", "small", "--ckpt_path", ckpt]) == 0
+
+
+@pytest.mark.parametrize("option", [["--kind", "gcnn"], ["--preset", "paper"], ["--overrides", '{"hidden": 1}']])
+def test_info_refuses_model_options_given_with_a_checkpoint(cnn_run, capsys, option):
+    assert main(["info", "--ckpt", str(cnn_run / "checkpoints" / "last.ckpt"), *option]) == 2
+    assert f"{option[0]} describes a model; with --ckpt the model is the checkpoint's" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("option, message", [
+    (["--trainer.max_epochs", "0"], "--trainer.max_epochs 0 trains nothing"),
+    (["--trainer.max_steps", "0"], "--trainer.max_steps 0 trains nothing"),
+    (["--trainer.limit_train_batches", "0"], "--trainer.limit_train_batches 0 trains nothing"),
+])
+def test_a_fit_that_would_train_nothing_is_refused(work, capsys, option, message):
+    assert main(["fit", *_common(work, work / "nothing"), *option]) == 1
+    assert message in capsys.readouterr().err
+    assert not (work / "nothing").exists()
+
+
+def test_resuming_a_checkpoint_that_has_trained_every_epoch_asked_is_refused(work, cnn_run, capsys):
+    ckpt = str(cnn_run / "checkpoints" / "last.ckpt")  # 2 epochs
+    argv = ["fit", *_common(work, work / "resumed_nothing"), "--trainer.max_epochs", "2", "--ckpt_path", ckpt]
+    assert main(argv) == 1
+    assert "has trained 2 epochs; --trainer.max_epochs 2 trains nothing more" in capsys.readouterr().err
+    assert not (work / "resumed_nothing").exists()
+
+
+@pytest.mark.parametrize("content, message", [
+    ("model:\n  kindd: cnn\n", r"typo.yaml: model.kindd: not an option of `steerable-sr fit` \(did you mean "
+                               r"model.kind\?\)"),
+    ("trainer:\n  max_epoch: 3\n", r"typo.yaml: trainer.max_epoch: not an option of `steerable-sr fit` \(did you "
+                                   r"mean trainer.max_epochs\?\)"),
+    ("model:\n  lr: fast\n", r"typo.yaml: model.lr: expected a float, got 'fast'"),
+])
+def test_a_config_typo_is_one_line_naming_the_file_and_the_key(work, capsys, content, message):
+    (work / "typo.yaml").write_text(content)
+    assert main(["fit", *_common(work, work / "typo_run"), "--config", str(work / "typo.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and re.search("steerable-sr: error: .*" + message, err), err
+    assert not (work / "typo_run").exists()
+
+
+def test_an_option_typo_is_one_line(work, capsys):
+    assert main(["fit", *_common(work, work / "typo_option"), "--model.kindd", "cnn"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "--model.kindd: not an option of `steerable-sr fit` (did you mean model.kind?)" in err
+
+
+def test_a_truncated_export_is_reported_as_such(work, cnn_run, capsys):
+    d = work / "truncated_export"
+    d.mkdir()
+    assert main(["export", str(cnn_run / "checkpoints" / "last.ckpt"), str(d / "full.pt")]) == 0
+    data = (d / "full.pt").read_bytes()
+    (d / "cut.pt").write_bytes(data[: len(data) // 2])
+    torch.save(torch.zeros(3, 3, 4, 4, 4), d / "lr.pt")
+    assert main(["predict", str(d / "cut.pt"), str(d / "lr.pt"), str(d / "y.pt")]) == 1
+    assert "cut.pt: truncated or damaged file: the beginning of an exported module (TorchScript)" in \
+        capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [["info"], ["compare", "--out", "unused"]])
+def test_bad_overrides_json_names_the_option(capsys, command):
+    assert main([*command, "--overrides", "{hidden: 2}"]) == 2
+    assert "argument --overrides: not valid JSON" in capsys.readouterr().err
+
+
+def test_generate_onto_an_existing_file_suggests_the_option(work, capsys):
+    (work / "existing.h5").write_text("keep me")
+    assert main(["generate", str(work / "existing.h5"), "--n", "8", "--frames", "13", "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "existing.h5 exists; pass --overwrite to replace it" in err and "overwrite=True" not in err
+    assert (work / "existing.h5").read_text() == "keep me"
+
+
+def test_training_prints_no_lightning_advertisement_or_deprecation(work):
+    save_dir = work / "quiet"
+    env = {k: v for k, v in _env().items() if k != "PYTHONWARNINGS"}
+    argv = ["fit", *_common(work, save_dir, "--model.kind", "cnn", "--model.model_overrides", '{"hidden": 2}',
+                            "--trainer.max_epochs", "1")]
+    proc = subprocess.run(_cli_cmd() + argv, cwd=work, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    output = proc.stdout + proc.stderr
+    assert "litlogger" not in output and "LeafSpec" not in output and "Warning" not in output, output

@@ -1,5 +1,6 @@
 """Atomic outputs (steerable_sr.io): what a killed writer leaves is cleaned up, never a live writer's
-file; SIGTERM unwinds like an exception; replacing a writer's own files keeps every other file."""
+file; SIGTERM unwinds like an exception; replacing a writer's own files keeps every other file; an
+output that cannot be written is named before any work."""
 import os
 import signal
 import subprocess
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from steerable_sr.io import atomic_files, atomic_output
+from steerable_sr.io import atomic_files, atomic_output, check_writable
 
 
 def _dead_pid() -> int:
@@ -28,6 +29,16 @@ def test_temporaries_of_dead_writers_are_removed_and_live_ones_kept(tmp_path):
         assert tmp.name.startswith(f".out.h5.{os.getpid()}.")
         tmp.write_text("complete")
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, other.name, "out.h5"])
+
+
+def test_an_unwritable_output_is_named_before_anything_is_written(tmp_path):
+    (tmp_path / "afile").write_text("mine")
+    with pytest.raises(NotADirectoryError, match=r"cannot write .*afile/new/out.h5: .*afile is a file, not a folder"):
+        check_writable(tmp_path / "afile" / "new" / "out.h5")
+    with pytest.raises(PermissionError, match=r"cannot write /proc/steerable_sr/out.pt: /proc takes no new file"):
+        check_writable("/proc/steerable_sr/out.pt")
+    check_writable(tmp_path / "new" / "deeper" / "out.h5")  # missing folders are made when writing
+    assert [(p.name, p.read_text()) for p in tmp_path.iterdir()] == [("afile", "mine")]
 
 
 def test_atomic_files_replace_owned_files_and_keep_the_others(tmp_path):

@@ -25,8 +25,9 @@ def test_the_config_of_fit_sets_the_study_and_the_command_line_wins():
     settings = _settings("compare", "--config", CONFIG, "--lr", "0.01", "--seeds", "4")
     assert settings["lr"] == 0.01 and settings["seeds"] == [4]  # given: the command line
     for section, key, field in [("model", "preset", "preset"), ("model", "penalty_weight", "penalty_weight"),
-                                ("data", "path", "data"), ("data", "crop", "crop"), ("data", "batch_size", "batch_size"),
-                                ("trainer", "max_epochs", "max_epochs"), ("trainer", "precision", "precision")]:
+                                ("data", "path", "data"), ("data", "crop", "crop"),
+                                ("data", "batch_size", "batch_size"), ("trainer", "max_epochs", "max_epochs"),
+                                ("trainer", "precision", "precision")]:
         assert settings[field] == fit[section][key], field  # not given: the config file
     assert settings["kinds"] == study_defaults()["kinds"]  # fit's model.kind is not the study's subject
 
@@ -42,7 +43,8 @@ def test_the_studies_train_with_the_defaults_of_training():
     module = inspect.signature(SuperResolutionModule).parameters
     for defaults in (study_defaults(), discover_defaults()):
         assert defaults["lr"] == module["lr"].default
-        assert (defaults["weight_decay"], defaults["gamma"]) == (module["weight_decay"].default, module["gamma"].default)
+        assert defaults["weight_decay"] == module["weight_decay"].default
+        assert defaults["gamma"] == module["gamma"].default
 
 
 @pytest.mark.parametrize("content, message", [

@@ -142,3 +142,10 @@ def test_diverging_fit_stops_with_an_error_before_any_checkpoint(dataset, tmp_pa
                                                  r"\(l1 = nan, penalty = 0\)"):
         _trainer(tmp_path, 1).fit(module, _dm(dataset))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_training_shows_no_warning_from_lightnings_internals(dataset, tmp_path, recwarn):
+    pl.seed_everything(0)
+    module = SuperResolutionModule(kind="cnn", model_overrides={"hidden": 2}, val_equivariance_elements=0)
+    _trainer(tmp_path, 1, limit_train_batches=1, limit_val_batches=1).fit(module, _dm(dataset))
+    assert [str(w.message) for w in recwarn if "LeafSpec" in str(w.message)] == []

@@ -64,7 +64,8 @@ DATA_COMMANDS = ("generate", "check")
 
 #: The exceptions that report a problem with the user's input: one error line, exit status 1.
 #: (TypeError, KeyError and the like are bugs: they show their traceback.)
-USER_ERRORS = (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError, ValueError)
+USER_ERRORS = (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError, PermissionError,
+               ValueError)
 #: The same for exceptions of other packages, by class name (Lightning's Trainer options).
 USER_ERROR_NAMES = ("MisconfigurationException",)
 

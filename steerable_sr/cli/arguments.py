@@ -5,8 +5,10 @@ import argparse
 import glob
 import json
 import os
-from typing import Any, Sequence
+from pathlib import Path
+from typing import Any, Iterable, Sequence
 
+from ..io import check_writable
 from . import CLIError
 
 #: Help of ``--trust-checkpoint`` (:func:`steerable_sr.checkpoint.read_checkpoint`, ``trust``).
@@ -51,3 +53,18 @@ def check_data_path(path: str | os.PathLike | Sequence[str | os.PathLike],
                 raise CLIError(f"data path pattern matches no file: {text}")
         elif not os.path.exists(text):
             raise CLIError(f"data path not found: {text} ({hint})")
+
+
+def check_output(path: str | os.PathLike, overwrite: bool, inputs: Iterable[str | os.PathLike] = ()) -> None:
+    """Refuse, before any work, an output file that is one of the ``inputs`` (``--overwrite`` never
+    replaces an input), that exists without ``overwrite``, or that cannot be written
+    (:func:`steerable_sr.io.check_writable`)."""
+    path = Path(path)
+    if path.exists():
+        for item in inputs:
+            if os.path.exists(item) and os.path.samefile(item, path):
+                raise CLIError(f"the output {path} is the input file {item}; write to another file "
+                               "(--overwrite never replaces an input)")
+        if not overwrite:
+            raise CLIError(f"{path} exists; pass --overwrite to replace it")
+    check_writable(path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from .study import add_study_arguments, study_defaults, study_settings
 
@@ -28,10 +29,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..io import check_writable
     from ..study.compare import render_from_json, run_compare
     from ..study.config import StudyConfig
 
     settings = study_settings(args, study_defaults())
+    check_writable(Path(settings["out"]) / "results.json")
     if args.from_json:
         render_from_json(args.from_json, settings["out"], overwrite=settings["overwrite"])
     else:

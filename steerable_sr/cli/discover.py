@@ -33,7 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("datasets", nargs="*",
                         help="datasets, e.g. data/aniso_n32.h5 data/iso_n32_long.h5 (default: data.path of --config)")
     parser.add_argument("--kinds", nargs="+", default=argparse.SUPPRESS,
-                        help=f"relaxed kinds (and <kind>_separable where allowed) (default: {' '.join(defaults['kinds'])})")
+                        help="relaxed kinds (and <kind>_separable where allowed) "
+                             f"(default: {' '.join(defaults['kinds'])})")
     parser.add_argument("--from-json", nargs="+", metavar="DISCOVER_JSON",
                         help="only merge saved discover.json files (same settings) and render their summary and "
                              "reports into --out")
@@ -49,6 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..io import check_writable
     from ..study.config import StudyConfig
     from ..study.discover import render_discovery_from_json, run_discover
 
@@ -57,12 +59,13 @@ def run(args: argparse.Namespace) -> int:
     datasets = args.datasets or ([configured] if isinstance(configured, str) else list(configured or []))
     if args.from_json and args.datasets:
         raise UsageError("discover: give either datasets to train on or --from-json, not both")
+    if not datasets and not args.from_json:
+        raise UsageError("discover: give the datasets to train on (or --from-json)")
+    check_writable(Path(settings["out"]) / "discover.json")
     if args.from_json:
         render_discovery_from_json(args.from_json, settings["out"], overwrite=settings["overwrite"])
         print(f"[discover] wrote {settings['out']}/discover.md, discover.json")
         return 0
-    if not datasets:
-        raise UsageError("discover: give the datasets to train on (or --from-json)")
     cfg = StudyConfig(**settings)
     result = run_discover(datasets, cfg, kinds=cfg.kinds, penalty_weight=cfg.penalty_weight, tol=args.tol,
                           control=args.control)

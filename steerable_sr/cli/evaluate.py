@@ -39,12 +39,14 @@ def run(args: argparse.Namespace) -> int:
     from .. import report
     from ..checkpoint import module_from_checkpoint, read_checkpoint
     from ..devices import check_device
+    from ..io import check_writable
     from ..models import RELAXED_KINDS
     from ..symmetry import symmetry_report
 
     check_device(args.device)
     out = Path(args.out)
     report.check_report_destination(out, args.overwrite)
+    check_writable(out / "metrics.json")
     checkpoint = read_checkpoint(args.ckpt, trust=args.trust_checkpoint)
     module = module_from_checkpoint(checkpoint, args.device, source=args.ckpt)
     dm = datamodule_for(checkpoint, float(module.velocity_scale), args.data, args.batch_size, args.num_workers)

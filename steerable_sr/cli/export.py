@@ -7,8 +7,7 @@ import os
 from pathlib import Path
 
 from . import CLIError
-from .arguments import add_trust_option
-from .predict import refuse_input_as_output
+from .arguments import add_trust_option, check_output
 
 HELP = "export a checkpoint's network as a TorchScript module (+ metadata json)"
 
@@ -32,9 +31,7 @@ def run(args: argparse.Namespace) -> int:
     if meta_path == out:
         raise CLIError(f"the export file needs a suffix other than .json (got {out})")
     for path in (out, meta_path):
-        refuse_input_as_output([args.ckpt], path)
-        if path.exists() and not args.overwrite:
-            raise CLIError(f"{path} exists; pass --overwrite to replace it")
+        check_output(path, args.overwrite, inputs=[args.ckpt])
     module = load_module(args.ckpt, trust=args.trust_checkpoint)
     meta = write_export(module, out, source=os.path.abspath(args.ckpt), overwrite=True)
     print(f"wrote {out} and {meta_path} ({meta['kind']}, {meta['parameters']} parameters)")

@@ -5,6 +5,7 @@ import argparse
 import math
 
 from . import UsageError
+from .arguments import check_output
 
 HELP = "generate a synthetic turbulence dataset (pseudo-spectral DNS)"
 
@@ -48,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
     from ..data.generate import generate_dataset
     from ..devices import check_device
 
+    check_output(args.out, args.overwrite)
     check_device(args.device)
     if args.shear_axis == args.axis:
         raise UsageError(f"generate: --shear-axis must differ from --axis={args.axis} (the force sin(k x_b) e_a "

@@ -10,10 +10,10 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any
 
 from . import CLIError
-from .arguments import add_trust_option, positive_int
+from .arguments import add_trust_option, check_output, positive_int
 
 if TYPE_CHECKING:
     import numpy as np
@@ -117,16 +117,6 @@ def _upsampled_coords(coords: list[np.ndarray], s: int) -> list[np.ndarray]:
     return out
 
 
-def refuse_input_as_output(inputs: Iterable[str | os.PathLike], output: Path) -> None:
-    """Refuse an ``output`` that is one of the ``inputs`` (``--overwrite`` never replaces an input)."""
-    if not output.exists():
-        return
-    for path in inputs:
-        if os.path.exists(path) and os.path.samefile(path, output):
-            raise CLIError(f"the output {output} is the input file {path}; write to another file "
-                           "(--overwrite never replaces an input)")
-
-
 def _input_files(path: str) -> list[str | os.PathLike]:
     """The files an input argument names (a JHTDB directory or pattern names several)."""
     from ..data.jhtdb import resolve_paths
@@ -151,9 +141,7 @@ def run(args: argparse.Namespace) -> int:
     out_suffix = out.suffix.lower()
     if out_suffix not in OUTPUT_SUFFIXES:
         raise CLIError(f"unknown output format {out_suffix!r}; use .h5/.hdf5 (JHTDB layout) or .pt")
-    refuse_input_as_output([args.model, *_input_files(args.input)], out)
-    if out.exists() and not args.overwrite:
-        raise CLIError(f"{out} exists; pass --overwrite to replace it")
+    check_output(out, args.overwrite, inputs=[args.model, *_input_files(args.input)])
     model = load_for_inference(args.model, args.device, trust=args.trust_checkpoint)
     velocity, layout, extra = _read_input(args.input)
     if velocity.dim() not in (4, 5):
