@@ -17,7 +17,7 @@ def discover_defaults() -> dict[str, Any]:
     """The study's defaults for discovery: narrow models without the trilinear skip
     (:data:`~steerable_sr.study.config.DISCOVERY_OVERRIDES`), the relaxed kinds, and the same budget
     on every dataset whatever its length (12 epochs of 20 batches of 4 crops). The datasets are the
-command's arguments (``data``: ``data.path`` of a config file when there are none)."""
+    command's arguments (``data``: ``data.path`` of a config file when there are none)."""
     from ..models import RELAXED_KINDS
     from ..study.config import DISCOVERY_OVERRIDES
 
