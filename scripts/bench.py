@@ -38,8 +38,9 @@
   the whole volume at once, ``auto`` for :func:`~steerable_sr.tiling.auto_tile` under ``--max-memory``, or
   an edge in high-resolution voxels), each in a new process (CPU address space capped by
   ``--mem-limit-gib``): eval-mode prediction of a random input (batch-norm statistics from one
-  training-mode pass) into a chunked HDF5 dataset, time and peak memory (CPU: the process's peak RSS,
-  total; CUDA: ``max_memory_allocated``); tiled outputs are compared with the whole volume's where both ran.
+  training-mode pass) into a chunked HDF5 dataset, wall and CPU time (the process's, the fair measure on
+  a shared machine with one thread) and peak memory (CPU: the process's peak RSS, total; CUDA:
+  ``max_memory_allocated``); tiled outputs are compared with the whole volume's where both ran.
 """
 from __future__ import annotations
 
@@ -153,7 +154,7 @@ def _predict_child(kind: str, preset: str, size: str, tile: str, max_memory: str
     chunk = max(d for d in range(1, 65) if (edge or s * n) % d == 0)  # chunks that the tiles fill whole
     with h5py.File(out, "w") as f:
         target = f.create_dataset("velocity", shape=(3, s * n, s * n, s * n), dtype="f4", chunks=(3, *[chunk] * 3))
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         if edge is None:
             with torch.no_grad():
                 target[...] = model(x.to(device))[0].cpu().numpy()
@@ -161,7 +162,7 @@ def _predict_child(kind: str, preset: str, size: str, tile: str, max_memory: str
             predict_tiled(model, x, target, tile=edge)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        row["time_s"] = time.perf_counter() - start
+        row["time_s"], row["cpu_s"] = time.perf_counter() - start, time.process_time() - cpu_start
     row["peak_gb"] = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
                       else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 1e9
     print(json.dumps(row))
@@ -493,8 +494,9 @@ def bench_predict(opts) -> None:
           + (f", address space capped at {opts.mem_limit_gib:g} GiB" if opts.device == "cpu" else "") + "\n")
     peak = "peak RSS" if opts.device == "cpu" else "peak allocated"
     print(f"| kind | volume | tile (HR) | boxes | work / whole | estimated tile peak (GB) | {peak} (GB) "
-          f"| before prediction (GB) | time (s) | us per output voxel | time / whole | max difference / max output |\n"
-          f"| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+          f"| before prediction (GB) | wall (s) | CPU (s) | CPU us per output voxel | CPU / whole "
+          f"| max difference / max output |\n| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
+          f"| ---: | ---: |")
     limit = int(opts.mem_limit_gib * 2 ** 30) if opts.device == "cpu" else None
     with tempfile.TemporaryDirectory() as work:
         for kind in opts.kinds:
@@ -511,18 +513,18 @@ def bench_predict(opts) -> None:
                         oom = "MemoryError" in proc.stderr or "can't allocate" in proc.stderr
                         last = (proc.stderr.strip().splitlines() or [""])[-1]
                         why = f"out of memory (> {opts.mem_limit_gib:g} GiB)" if oom else f"exit {proc.returncode}: {last}"
-                        print(f"| {kind} | {volume} | {tile} | - | - | - | {why} | - | - | - | - | - |", flush=True)
+                        print(f"| {kind} | {volume} | {tile} | - | - | - | {why} | - | - | - | - | - | - |", flush=True)
                         continue
                     r = json.loads(proc.stdout.strip().splitlines()[-1])
                     if tile == "none":
-                        whole = (out, r["time_s"])
+                        whole = (out, r["cpu_s"])
                     compared = tile != "none" and whole is not None
                     cells = [kind, volume, "whole" if tile == "none" else f"{r['tile']}" + " (auto)" * (tile == "auto"),
                              r.get("boxes", 1), f"{r.get('work', 1):.2f}",
                              f"{r['estimate_gb']:.2f}" if "estimate_gb" in r else "-",
-                             f"{r['peak_gb']:.2f}", f"{r['before_gb']:.2f}", f"{r['time_s']:.1f}",
-                             f"{r['time_s'] / (4 * n) ** 3 * 1e6:.1f}",
-                             f"{r['time_s'] / whole[1]:.2f}" if compared else "-",
+                             f"{r['peak_gb']:.2f}", f"{r['before_gb']:.2f}", f"{r['time_s']:.1f}", f"{r['cpu_s']:.1f}",
+                             f"{r['cpu_s'] / (4 * n) ** 3 * 1e6:.1f}",
+                             f"{r['cpu_s'] / whole[1]:.2f}" if compared else "-",
                              f"{_max_relative_difference(out, whole[0]):.1e}" if compared else "-"]
                     print("| " + " | ".join(map(str, cells)) + " |", flush=True)
 

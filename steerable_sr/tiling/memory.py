@@ -11,12 +11,12 @@ model per kind: how many activations are alive at once (four of the finest grid'
 Fourier nonlinearity's sign mask and slices, TorchScript freeing earlier than eager code.
 
 **Safety factor.** The tracker sees tensors, not the memory beyond them: the allocator's rounding
-and fragmentation, and the workspaces that a convolution allocates inside its kernel. On 2 CPU
-cores (oneDNN convolutions, glibc malloc), the peak RSS growth of a whole-volume forward pass was
-1.04-1.26x the tracked peak for the escnn models (rgcnn, steer, rsteer at 14^3 -> 56^3), 1.09x for
-rgcnn at 20^3 -> 80^3, and up to 1.4x for TorchScript exports at these small sizes, where tensors
-of 10-30 MB fall below glibc's mmap threshold and freed memory is kept; :data:`SAFETY` = 1.5 covers
-that (a tile edge ``1.5^(1/3) = 1.14`` times smaller than the tracked peak alone would allow).
+and fragmentation, and the workspaces that a convolution allocates inside its kernel (oneDNN's
+blocked copies of narrow activations on CPU). Measured on 2 CPU cores against the growth of peak
+RSS: 1.24x the tracked peak for rgcnn and 1.42x for cnn during tiled predictions (docs/benchmarks.md,
+"Tiled prediction"), 0.97x for rgcnn and 1.17x for cnn on one 20^3 / 30^3 box, and for their
+TorchScript exports (the form ``steerable-sr export`` writes) 1.26x and 1.93x. :data:`SAFETY` = 2
+covers them all, for a tile edge ``2^(1/3) = 1.26`` times smaller than the tracked peak alone allows.
 """
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ from .receptive import receptive_field, upscale_of
 MEMORY_UNITS = {"b": 1, "kb": 10 ** 3, "mb": 10 ** 6, "gb": 10 ** 9, "tb": 10 ** 12,
                 "kib": 2 ** 10, "mib": 2 ** 20, "gib": 2 ** 30, "tib": 2 ** 40}
 #: The estimated peak of a tile is the tracked peak times this (module docstring).
-SAFETY = 1.5
+SAFETY = 2.0
 #: Edge (low-resolution voxels) of the box that :func:`tile_memory` measures.
 CALIBRATION_EDGE = 8
 
