@@ -20,10 +20,12 @@ Logged (``stage`` = ``train``, ``val``, ``test``; epoch means over batches):
   ``val_equivariance_elements`` group elements (generators first; cheap); ``test/equiv_err`` over
   every element of the group.
 
-Exact resume: when a seed was set (``seed_everything``), at the start of every training epoch the
-global RNGs and the generator of a shuffling ``RandomSampler`` are reseeded from
-``(PL_GLOBAL_SEED, epoch, rank)``, so a run resumed from an end-of-epoch checkpoint draws the same
-shuffles as an uninterrupted one (the optimizer and LR-scheduler states are in the checkpoint).
+Exact resume: the training order and crops of an epoch follow from ``(data seed, epoch)``
+(:class:`~steerable_sr.data.dataset.EpochSampler`); when a seed was set (``seed_everything``), the
+global RNGs are reseeded from ``(PL_GLOBAL_SEED, epoch, rank)`` at the start of every training epoch,
+so that what draws from them during training (a random augmentation,
+:class:`steerable_sr.study.runs.Augment`) draws the same after a resume from an end-of-epoch
+checkpoint as in an uninterrupted run (the optimizer and LR-scheduler states are in the checkpoint).
 """
 from __future__ import annotations
 
@@ -179,6 +181,7 @@ class SuperResolutionModule(pl.LightningModule):
             self.velocity_scale.fill_(float(scale))
 
     def on_train_epoch_start(self) -> None:
+        """Reseed the global RNGs from ``(PL_GLOBAL_SEED, epoch, rank)`` (exact resume: module docstring)."""
         seed = os.environ.get("PL_GLOBAL_SEED")
         if seed is None:
             return
@@ -186,17 +189,6 @@ class SuperResolutionModule(pl.LightningModule):
         random.seed(s)
         np.random.seed(s)
         torch.manual_seed(s)
-        # A shuffling RandomSampler draws its permutation lazily from its own generator (or from the
-        # global RNG, after Lightning may already have created the epoch's iterator): give it one
-        # seeded by (seed, epoch) so the order does not depend on how the run got here. Samplers
-        # with ``set_epoch`` (DistributedSampler under DDP) are already seeded per epoch by Lightning.
-        loaders = self.trainer.train_dataloader
-        for loader in (loaders.values() if isinstance(loaders, dict) else
-                       loaders if isinstance(loaders, (list, tuple)) else [loaders]):
-            for sampler in (getattr(loader, "sampler", None),
-                            getattr(getattr(loader, "batch_sampler", None), "sampler", None)):
-                if isinstance(sampler, torch.utils.data.RandomSampler):
-                    sampler.generator = torch.Generator().manual_seed(s)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         check_checkpoint_compatible(checkpoint, {k: self.hparams[k] for k in ARCHITECTURE_KEYS})
