@@ -20,10 +20,17 @@ Logged (``stage`` = ``train``, ``val``, ``test``; epoch means over batches):
   ``val_equivariance_elements`` group elements (generators first; cheap); ``test/equiv_err`` over
   every element of the group.
 
-Exact resume: when a seed was set (``seed_everything``), at the start of every training epoch the
-global RNGs and the generator of a shuffling ``RandomSampler`` are reseeded from
-``(PL_GLOBAL_SEED, epoch, rank)``, so a run resumed from an end-of-epoch checkpoint draws the same
-shuffles as an uninterrupted one (the optimizer and LR-scheduler states are in the checkpoint).
+Exact resume: the training order and crops of an epoch follow from ``(data seed, epoch)``
+(:class:`~steerable_sr.data.dataset.EpochSampler`); when a seed was set (``seed_everything``), the
+global RNGs are reseeded from ``(PL_GLOBAL_SEED, epoch, rank)`` at the start of every training epoch,
+so that what draws from them during training (a random augmentation,
+:class:`steerable_sr.study.runs.Augment`) draws the same after a resume from an end-of-epoch
+checkpoint as in an uninterrupted run (the optimizer and LR-scheduler states are in the checkpoint).
+
+Data-parallel training (:func:`share_batch_statistics`): with ``Trainer(sync_batchnorm=True)`` every
+batch norm normalises with the statistics of the whole batch over the processes: Lightning converts
+torch's (``cnn``), this module the :class:`~steerable_sr.nn.FieldBatchNorm` of the equivariant
+kinds; otherwise each process normalises with its own batch (logged once).
 """
 from __future__ import annotations
 
@@ -37,6 +44,8 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.plugins import TorchSyncBatchNorm
+from lightning.pytorch.utilities import rank_zero_info
 
 from . import metrics
 from .groups import GROUPS
@@ -84,6 +93,58 @@ def check_finite_loss(where: str, **terms: torch.Tensor) -> None:
     values = ", ".join(f"{name} = {float(t.detach()):.4g}" for name, t in terms.items())
     raise NonFiniteLossError(f"non-finite loss at {where} ({values}): the weights diverged (try a lower "
                              "--model.lr) or the data holds NaN/Inf")
+
+
+def syncs_batch_norm(trainer: pl.Trainer) -> bool:
+    """Whether ``trainer`` synchronises batch norm across its processes (``Trainer(sync_batchnorm=True)``
+    with a parallel strategy, e.g. DDP).
+
+    Lightning keeps the request only as its parallel strategy's layer sync, a
+    ``TorchSyncBatchNorm`` that the strategy applies when fitting (a single-device strategy has none):
+    read from there, so that this is true exactly when Lightning converts torch's batch norms.
+    """
+    return isinstance(getattr(trainer.strategy, "_layer_sync", None), TorchSyncBatchNorm)
+
+
+def share_batch_statistics(model: torch.nn.Module, trainer: pl.Trainer) -> None:
+    """Make every batch norm of ``model`` normalise as ``trainer`` asks, before it fits.
+
+    With ``sync_batchnorm`` (:func:`syncs_batch_norm`), every
+    :class:`~steerable_sr.nn.FieldBatchNorm` normalises in training mode with the statistics of the
+    union of the processes' batches (:meth:`~steerable_sr.nn.FieldBatchNorm.convert_sync`, on the
+    default process group, as Lightning's conversion of torch's batch norms): a step of ``P``
+    processes holding ``B`` samples each computes the running statistics and the (averaged)
+    gradients of one process holding all ``P B``. Nothing changes with one process. Without
+    ``sync_batchnorm`` and with several processes, each normalises with its own batch: said in one
+    line of the log.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Changed in place.
+    trainer : lightning.pytorch.Trainer
+        Its strategy set up to the process group (as in Lightning's ``setup`` hooks).
+    """
+    if syncs_batch_norm(trainer):
+        from .nn import FieldBatchNorm  # escnn: loaded here, not with this module (a cnn needs none)
+
+        FieldBatchNorm.convert_sync(model)
+    elif trainer.world_size > 1:
+        rank_zero_info(f"Batch-norm statistics are per process ({trainer.world_size} processes, each "
+                       "normalising with its own batch); sync_batchnorm (--trainer.sync_batchnorm true) "
+                       "shares them")
+
+
+def unshare_batch_statistics(model: torch.nn.Module, trainer: pl.Trainer) -> None:
+    """Undo :func:`share_batch_statistics` after fitting: every :class:`~steerable_sr.nn.FieldBatchNorm`
+    of ``model`` normalises with its process's batch again (as Lightning reverts torch's synchronised
+    batch norms)."""
+    if syncs_batch_norm(trainer):
+        from .nn import FieldBatchNorm
+
+        for layer in model.modules():
+            if isinstance(layer, FieldBatchNorm):
+                layer.statistics_group = None
 
 
 class SuperResolutionModule(pl.LightningModule):
@@ -173,12 +234,22 @@ class SuperResolutionModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ setup / RNG
     def setup(self, stage: str) -> None:
-        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        scale = getattr(dm, "velocity_scale", None) if dm is not None else None
-        if scale is not None and stage == "fit":
+        """Take the datamodule's velocity scale and, when fitting, share the batch statistics across
+        the processes as the trainer asks (:func:`share_batch_statistics`)."""
+        if self._trainer is None or stage != "fit":
+            return
+        scale = getattr(getattr(self.trainer, "datamodule", None), "velocity_scale", None)
+        if scale is not None:
             self.velocity_scale.fill_(float(scale))
+        share_batch_statistics(self.model, self.trainer)
+
+    def teardown(self, stage: str) -> None:
+        """After fitting, undo :func:`share_batch_statistics`."""
+        if stage == "fit" and self._trainer is not None:
+            unshare_batch_statistics(self.model, self.trainer)
 
     def on_train_epoch_start(self) -> None:
+        """Reseed the global RNGs from ``(PL_GLOBAL_SEED, epoch, rank)`` (exact resume: module docstring)."""
         seed = os.environ.get("PL_GLOBAL_SEED")
         if seed is None:
             return
@@ -186,17 +257,6 @@ class SuperResolutionModule(pl.LightningModule):
         random.seed(s)
         np.random.seed(s)
         torch.manual_seed(s)
-        # A shuffling RandomSampler draws its permutation lazily from its own generator (or from the
-        # global RNG, after Lightning may already have created the epoch's iterator): give it one
-        # seeded by (seed, epoch) so the order does not depend on how the run got here. Samplers
-        # with ``set_epoch`` (DistributedSampler under DDP) are already seeded per epoch by Lightning.
-        loaders = self.trainer.train_dataloader
-        for loader in (loaders.values() if isinstance(loaders, dict) else
-                       loaders if isinstance(loaders, (list, tuple)) else [loaders]):
-            for sampler in (getattr(loader, "sampler", None),
-                            getattr(getattr(loader, "batch_sampler", None), "sampler", None)):
-                if isinstance(sampler, torch.utils.data.RandomSampler):
-                    sampler.generator = torch.Generator().manual_seed(s)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         check_checkpoint_compatible(checkpoint, {k: self.hparams[k] for k in ARCHITECTURE_KEYS})
