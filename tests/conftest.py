@@ -40,3 +40,21 @@ def model_with_statistics():
         return model.eval()
 
     return make
+
+
+class _CreatesFile:
+    """Unpickling this object opens ``target`` for writing: it creates the file (what code hidden in a
+    checkpoint could do)."""
+
+    def __init__(self, target):
+        self.target = str(target)
+
+    def __reduce__(self):
+        return open, (self.target, "w")
+
+
+@pytest.fixture(scope="session")
+def code_in_pickle():
+    """``make(target)``: an object whose unpickling creates the file ``target``: put into a genuine
+    checkpoint, it stands for code that reading the checkpoint would run."""
+    return _CreatesFile

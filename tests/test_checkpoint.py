@@ -18,16 +18,6 @@ from steerable_sr.training import SuperResolutionModule
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 
-class CreatesFile:
-    """Unpickling this object opens ``target`` for writing: it creates the file."""
-
-    def __init__(self, target):
-        self.target = str(target)
-
-    def __reduce__(self):
-        return open, (self.target, "w")
-
-
 @pytest.fixture(scope="module")
 def genuine(tmp_path_factory):
     """A checkpoint written by this version (Trainer.save_checkpoint after one step), the module that
@@ -66,9 +56,9 @@ def test_a_checkpoint_of_this_version_is_data(genuine):
     assert float(loaded.velocity_scale) == float(module.velocity_scale) != 1.0
 
 
-def test_a_checkpoint_that_would_run_code_is_refused_before_it_runs(genuine, tmp_path):
+def test_a_checkpoint_that_would_run_code_is_refused_before_it_runs(genuine, tmp_path, code_in_pickle):
     path, _, _ = genuine
-    evil = _with_entry(path, tmp_path / "evil.ckpt", CreatesFile(tmp_path / "created"))
+    evil = _with_entry(path, tmp_path / "evil.ckpt", code_in_pickle(tmp_path / "created"))
     with pytest.raises(UntrustedCheckpointError, match=r"evil.ckpt: refused: the file holds io.open, .* pass "
                                                        r"--trust-checkpoint"):
         read_checkpoint(evil)

@@ -452,23 +452,13 @@ def test_commands_print_no_joblib_lines(work):
 # ------------------------------------------------------------------------------------------------
 
 
-class CreatesFile:
-    """Unpickling this object opens ``target`` for writing: it creates the file."""
-
-    def __init__(self, target):
-        self.target = str(target)
-
-    def __reduce__(self):
-        return open, (self.target, "w")
-
-
 @pytest.fixture(scope="module")
-def evil(work, cnn_run):
+def evil(work, cnn_run, code_in_pickle):
     """A genuine checkpoint plus one entry whose unpickling would create ``evil/created``."""
     d = work / "evil"
     d.mkdir()
     checkpoint = read_checkpoint(cnn_run / "checkpoints" / "last.ckpt")
-    checkpoint["payload"] = CreatesFile(d / "created")
+    checkpoint["payload"] = code_in_pickle(d / "created")
     torch.save(checkpoint, d / "evil.ckpt")
     torch.save(torch.zeros(3, 3, 4, 4, 4), d / "frames.pt")
     return d
