@@ -1,5 +1,6 @@
 """Tiled prediction (steerable_sr.tiling): the halo read from the network, tiles equal to the whole
-volume for every kind, periodic halos, h5py volumes, memory estimates and the user errors.
+volume for every kind, periodic halos, h5py volumes, memory estimates, whole volumes within a budget
+and the user errors.
 
 Tolerance of "equal": the tiled and the whole-volume pass compute every output voxel from the same
 input values through the same layers; only the order in which a convolution kernel sums its ``27 C``
@@ -15,8 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from steerable_sr.models import KINDS, build_model
-from steerable_sr.tiling import (auto_tile, available_memory, parse_memory, predict_tiled, receptive_field,
-                                 tile_memory, work_ratio)
+from steerable_sr.tiling import (BoundedNetwork, auto_tile, available_memory, parse_memory, predict_tiled,
+                                 receptive_field, tileable, tile_memory, work_ratio)
 from steerable_sr.tiling.memory import TensorMemory
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -233,3 +234,44 @@ def test_auto_tile_refuses_a_budget_below_the_smallest_tile():
 
 def test_available_memory_of_the_host_is_positive():
     assert available_memory("cpu") > 0
+
+
+# ---- networks that tiling reads -----------------------------------------------------------------
+
+
+def test_a_network_without_upsampling_is_not_tileable_and_has_no_receptive_field():
+    """Tiling reads the upscale factor and the halo from transposed convolutions; a module without one
+    (a plain convolution, or a network whose layers are not modules) is refused, not given halo 0."""
+    conv = torch.nn.Conv3d(9, 3, 3, padding=1)
+    assert tileable(with_statistics("cnn")) and not tileable(conv) and not tileable(lambda x: x)
+    _one_line_error("no transposed convolution", lambda: receptive_field(conv))
+
+
+# ---- whole volumes within a budget (evaluate) ---------------------------------------------------
+
+
+@pytest.fixture
+def over_budget():
+    """A cnn, a batch of two 14^3 volumes and a budget that holds one box of 12^3 (tiles of 4 per axis)
+    but not the batch whole."""
+    model = with_statistics("cnn", hidden=4)
+    x = torch.randn(2, model.in_channels, 14, 14, 14)
+    return model, x, math.ceil(tile_memory(model, model.in_channels).peak(12))
+
+
+def test_a_batch_over_budget_is_predicted_in_tiles_within_the_budget(over_budget):
+    """The tracked peak stays within the budget (plus the output it returns), where the whole batch
+    goes beyond it; the values equal the whole batch's."""
+    model, x, budget = over_budget
+    with torch.no_grad(), TensorMemory() as memory:
+        reference = model(x)
+    assert memory.peak > budget
+    with torch.no_grad(), TensorMemory() as memory:
+        y = BoundedNetwork(model, budget)(x)
+    assert memory.peak <= budget + y.nbytes
+    assert relative_error(y, reference) <= RTOL
+
+
+def test_a_batch_within_budget_goes_through_the_model_whole(over_budget):
+    model, x, _ = over_budget
+    assert torch.equal(BoundedNetwork(model, parse_memory("1GB"))(x), whole(model, x))

@@ -40,6 +40,9 @@ MEMORY_UNITS = {"b": 1, "kb": 10 ** 3, "mb": 10 ** 6, "gb": 10 ** 9, "tb": 10 **
 SAFETY = 1.5
 #: Edge (low-resolution voxels) of the box that :func:`tile_memory` measures.
 CALIBRATION_EDGE = 8
+#: The share of what a device can give (:func:`available_memory`) that one tile may use by default
+#: (:func:`default_max_memory`): the rest covers the process's own footprint and other processes.
+DEFAULT_SHARE = 0.5
 
 
 def parse_memory(text: str) -> int:
@@ -85,6 +88,11 @@ def available_memory(device: str | torch.device) -> int:
     except OSError:
         pass
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def default_max_memory(device: str | torch.device) -> int:
+    """The default budget of one tile on ``device``: :data:`DEFAULT_SHARE` of :func:`available_memory`."""
+    return int(DEFAULT_SHARE * available_memory(device))
 
 
 class TensorMemory(TorchDispatchMode):
@@ -158,7 +166,8 @@ def tile_memory(model: nn.Module, in_channels: int, edge: int = CALIBRATION_EDGE
     return TileMemory(SAFETY * tile_bytes / edge ** 3)
 
 
-def auto_tile(model: nn.Module, in_channels: int, size: int, max_memory: int, *, periodic: bool = False) -> int:
+def auto_tile(model: nn.Module, in_channels: int, size: int, max_memory: int, *, periodic: bool = False,
+              memory: TileMemory | None = None) -> int:
     """The tile edge for :func:`~.predict.predict_tiled` whose estimated peak fits ``max_memory``.
 
     The largest tile whose box (tile plus halo, :func:`~.predict.axis_tiles`) fits gives the fewest
@@ -179,6 +188,8 @@ def auto_tile(model: nn.Module, in_channels: int, size: int, max_memory: int, *,
         libraries, comes on top).
     periodic:
         As for :func:`~.predict.predict_tiled` (a periodic tile's box always carries the halo).
+    memory:
+        :func:`tile_memory` of the model, measured here if not given.
 
     Returns
     -------
@@ -191,7 +202,7 @@ def auto_tile(model: nn.Module, in_channels: int, size: int, max_memory: int, *,
         ``max_memory`` too small for a tile of one low-resolution voxel with its halo.
     """
     upscale, halo = upscale_of(model), receptive_field(model)
-    memory = tile_memory(model, in_channels)
+    memory = tile_memory(model, in_channels) if memory is None else memory
     if not periodic and memory.peak(size) <= max_memory:
         return upscale * size
     edge = math.floor((max_memory / memory.bytes_per_voxel) ** (1 / 3))
