@@ -1,6 +1,6 @@
 """Tiled prediction (steerable_sr.tiling): the halo read from the network, tiles equal to the whole
 volume for every kind, periodic halos, h5py volumes, memory estimates, whole volumes within a budget
-and the user errors.
+(evaluate) and the user errors.
 
 Tolerance of "equal": the tiled and the whole-volume pass compute every output voxel from the same
 input values through the same layers; only the order in which a convolution kernel sums its ``27 C``
@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from steerable_sr.models import KINDS, build_model
+from steerable_sr.report import evaluate_model
 from steerable_sr.tiling import (BoundedNetwork, auto_tile, available_memory, parse_memory, predict_tiled,
                                  receptive_field, tileable, tile_memory, work_ratio)
 from steerable_sr.tiling.memory import TensorMemory
@@ -275,3 +276,18 @@ def test_a_batch_over_budget_is_predicted_in_tiles_within_the_budget(over_budget
 def test_a_batch_within_budget_goes_through_the_model_whole(over_budget):
     model, x, _ = over_budget
     assert torch.equal(BoundedNetwork(model, parse_memory("1GB"))(x), whole(model, x))
+
+
+def test_evaluate_over_budget_gives_the_report_of_the_whole_volumes(over_budget):
+    """Metrics, spectra and equivariance errors of whole volumes predicted in tiles equal those of the
+    whole batch to float round-off (sums of squares of values equal to 1e-5: 1e-4 relative at most)."""
+    model, x, budget = over_budget
+    batches = [{"low_res": x, "high_res": torch.randn(2, 3, 28, 28, 28)}]
+    tiled = evaluate_model(model, batches, upscale=2, equivariance_elements=3, max_memory=budget)
+    reference = evaluate_model(model, batches, upscale=2, equivariance_elements=3, max_memory=parse_memory("1GB"))
+    for name in ("model", "truth"):
+        assert tiled["metrics"][name] == pytest.approx(reference["metrics"][name], rel=1e-4)
+    for name in ("max", "mean"):
+        assert tiled["equivariance"][name] == pytest.approx(reference["equivariance"][name], rel=1e-4)
+    for name, spectrum in reference["spectra"].items():
+        assert tiled["spectra"][name] == pytest.approx(spectrum, rel=1e-4)
