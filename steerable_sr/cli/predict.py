@@ -13,7 +13,6 @@ give the same values to float round-off and the same file layout.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -228,12 +227,11 @@ def _write_tiled_jhtdb(path: Path, network: torch.nn.Module, windows: list[Frame
 
     from ..io import atomic_output
     from ..tiling import predict_tiled, upscale_of
-    from ..tiling.volumes import chunk_edge, create_jhtdb_frames
+    from ..tiling.volumes import create_jhtdb_frames
 
     size = upscale_of(network) * windows[0].shape[-1]
     with atomic_output(path, overwrite=overwrite) as tmp, h5py.File(tmp, "w") as handle:
-        targets = create_jhtdb_frames(handle, size, range(start, start + len(windows)), coords,
-                                      chunk_edge(min(tile, size)))
+        targets = create_jhtdb_frames(handle, size, range(start, start + len(windows)), coords)
         for window, target in zip(windows, targets):
             predict_tiled(network, window, target, tile=tile, periodic=periodic)
 
@@ -246,6 +244,7 @@ def run(args: argparse.Namespace) -> int:
     from ..export import load_for_inference
     from ..io import atomic_output
     from ..tiling import predict_tiled, receptive_field
+    from ..tiling.predict import axis_tiles
 
     check_device(args.device)
     _check_options(args)
@@ -280,8 +279,9 @@ def run(args: argparse.Namespace) -> int:
                     predict_tiled(network, window, target, tile=tile, periodic=args.periodic)
             else:
                 _write_tiled_jhtdb(out, network, windows, tile, args.periodic, start, coords, args.overwrite)
-            how = (f"tiles of {min(tile, s * n)}^3 voxels, {math.ceil(n / min(tile // s, n))}^3 a step, halo "
-                   f"{receptive_field(network)}")
+            halo = receptive_field(network)
+            axis = axis_tiles(n, min(tile // s, n), halo, args.periodic)
+            how = f"{len(axis)}^3 tiles a step, input boxes of {axis[0].box_edge}^3, halo {halo}"
         if out_suffix == ".pt":
             with atomic_output(out, overwrite=args.overwrite) as tmp:
                 torch.save(y[0] if kind == "window" else y, tmp)

@@ -31,6 +31,7 @@ from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
+from .predict import axis_tiles
 from .receptive import receptive_field, upscale_of
 
 #: Bytes per unit of a memory size (case-insensitive): decimal and binary prefixes.
@@ -171,9 +172,8 @@ def auto_tile(model: nn.Module, in_channels: int, size: int, max_memory: int, *,
     """The tile edge for :func:`~.predict.predict_tiled` whose estimated peak fits ``max_memory``.
 
     The largest tile whose box (tile plus halo, :func:`~.predict.axis_tiles`) fits gives the fewest
-    tiles per axis, ``k``; the tile is then ``ceil(n / k)``, the smallest with ``k`` tiles (same count,
-    the least halo work, no short last tile beyond rounding). A whole non-periodic volume that fits is
-    one tile.
+    tiles per axis, ``k``; the tile is then the smallest with ``k`` tiles (same count, smaller boxes:
+    the least halo work). A whole non-periodic volume that fits is one tile.
 
     Parameters
     ----------
@@ -214,5 +214,5 @@ def auto_tile(model: nn.Module, in_channels: int, size: int, max_memory: int, *,
         raise ValueError(f"max memory {format_memory(max_memory)} is too small: the smallest tile (a box of "
                          f"{smallest}^3 low-resolution voxels, halo {halo}) needs about "
                          f"{format_memory(memory.peak(smallest))}")
-    count = math.ceil(size / largest)
-    return upscale * math.ceil(size / count)
+    count = len(axis_tiles(size, largest, halo, periodic))
+    return upscale * next(t for t in range(1, largest + 1) if len(axis_tiles(size, t, halo, periodic)) == count)

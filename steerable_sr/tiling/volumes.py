@@ -26,9 +26,8 @@ from ..data.checks import check_finite
 from ..data.dataset import downsample
 from ..data.frames import VelocityFrames
 
-#: Largest chunk edge (high-resolution voxels) of :func:`create_jhtdb_frames`: ``(64, 64, 64, 3)``
-#: float32 chunks are 3 MiB.
-MAX_CHUNK_EDGE = 64
+#: Chunk edge (voxels) of :func:`create_jhtdb_frames`: ``(64, 64, 64, 3)`` float32 chunks are 3 MiB.
+CHUNK_EDGE = 64
 
 
 def _box(index: tuple, size: int, scale: int = 1) -> tuple[slice, slice, slice]:
@@ -111,18 +110,13 @@ class JHTDBTarget:
         self.dataset[bz, by, bx, :] = np.asarray(value, dtype=np.float32).transpose(3, 2, 1, 0)
 
 
-def chunk_edge(tile: int) -> int:
-    """The chunk edge for tiles of ``tile`` high-resolution voxels: its largest divisor up to
-    :data:`MAX_CHUNK_EDGE`, so that every tile but the last of an axis writes whole chunks."""
-    return max(d for d in range(1, min(tile, MAX_CHUNK_EDGE) + 1) if tile % d == 0)
-
-
 def create_jhtdb_frames(handle: h5py.File, size: int, times: Sequence[int],
-                        coords: Sequence[np.ndarray] | None, chunk: int) -> list[JHTDBTarget]:
+                        coords: Sequence[np.ndarray] | None) -> list[JHTDBTarget]:
     """Make the datasets of a JHTDB-layout file for ``len(times)`` frames ``(3, size, size, size)``, to
     be written box by box: ``xcoor``, ``ycoor``, ``zcoor`` (float32; default ``2 pi i / size``, as
     :func:`~steerable_sr.data.jhtdb.save_jhtdb`) and ``Velocity_{t:04d}`` for ``t`` in ``times``,
-    float32 ``(size, size, size, 3)`` in chunks ``(chunk, chunk, chunk, 3)``.
+    float32 ``(size, size, size, 3)`` in chunks of :data:`CHUNK_EDGE` voxels per axis (``size`` if
+    smaller). A chunk that several tiles share is written in parts (HDF5 reads it back in between).
 
     Returns
     -------
@@ -133,6 +127,7 @@ def create_jhtdb_frames(handle: h5py.File, size: int, times: Sequence[int],
         coords = [2.0 * np.pi * np.arange(size) / size] * 3
     for name, c in zip(("xcoor", "ycoor", "zcoor"), coords):
         handle.create_dataset(name, data=np.asarray(c, dtype=np.float32).reshape(-1))
+    chunk = min(CHUNK_EDGE, size)
     return [JHTDBTarget(handle.create_dataset(f"Velocity_{t:04d}", shape=(size, size, size, 3), dtype=np.float32,
                                               chunks=(chunk, chunk, chunk, 3)))
             for t in times]
