@@ -354,14 +354,6 @@ def test_predict_shape_error_shows_the_accepted_tensor_shapes(work, cnn_run, cap
             "one (3*frames, n, n, n) window, 3*frames = 9 for this model") in capsys.readouterr().err
 
 
-def test_predict_on_a_generated_dataset_names_the_accepted_layouts(work, cnn_run, capsys):
-    rc = main(["predict", str(cnn_run / "checkpoints" / "last.ckpt"), str(work / "tiny.h5"), str(work / "g.h5")])
-    assert rc == 1
-    err = capsys.readouterr().err
-    assert "tiny.h5 is a dataset written by `steerable-sr generate`" in err
-    assert "datasets Velocity_NNNN of shape (nz, ny, nx, 3)" in err and "steerable-sr evaluate" in err
-
-
 def test_predict_never_overwrites_its_input(work, cnn_run, capsys):
     from steerable_sr.data.dataset import downsample, load_generated
 

@@ -1,5 +1,6 @@
 """Tiled prediction (steerable_sr.tiling): the halo read from the network, tiles equal to the whole
-volume for every kind, periodic halos, h5py volumes, memory estimates and the user errors.
+volume for every kind, periodic halos, h5py volumes, memory estimates, whole volumes within a budget
+(evaluate) and the user errors.
 
 Tolerance of "equal": the tiled and the whole-volume pass compute every output voxel from the same
 input values through the same layers; only the order in which a convolution kernel sums its ``27 C``
@@ -15,9 +16,11 @@ import torch
 import torch.nn.functional as F
 
 from steerable_sr.models import KINDS, build_model
-from steerable_sr.tiling import (auto_tile, available_memory, parse_memory, predict_tiled, receptive_field,
-                                 tile_memory, work_ratio)
+from steerable_sr.report import evaluate_model
+from steerable_sr.tiling import (BoundedNetwork, auto_tile, available_memory, parse_memory, predict_tiled,
+                                 receptive_field, tileable, tile_memory, work_ratio)
 from steerable_sr.tiling.memory import TensorMemory
+from steerable_sr.tiling.predict import axis_tiles
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -78,11 +81,12 @@ def test_receptive_field_is_the_topology_s_for_every_kind(kind, options):
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_tiles_equal_the_whole_volume(models, kind):
-    """14^3 -> 28^3 in tiles of 5 low-resolution voxels (5, 5, 4 per axis, boxes of 13 < 14): boundary
-    sides, a middle tile with exactly the halo on one side, a shorter last tile."""
+    """15^3 -> 30^3 in tiles of 2 low-resolution voxels (6, 2, 2, 5 per axis, boxes of 10 < 15): a first
+    tile with the halo on its inner side only, middle tiles with exactly the halo on both sides, a
+    shorter last tile whose box is shifted into the volume."""
     model = models[kind]
-    x = torch.randn(1, model.in_channels, 14, 14, 14)
-    assert relative_error(tiled(model, x, tile=10), whole(model, x)) <= RTOL
+    x = torch.randn(1, model.in_channels, 15, 15, 15)
+    assert relative_error(tiled(model, x, tile=4), whole(model, x)) <= RTOL
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -108,7 +112,7 @@ def test_a_halo_smaller_than_the_receptive_field_changes_the_output():
 
 
 def test_h5py_source_and_chunked_target_at_upscale_4(tmp_path):
-    """17^3 -> 68^3 (halo 5, tiles of 6, 6, 5, boxes of 16) from an h5py dataset into a chunked one."""
+    """17^3 -> 68^3 (halo 5, tiles of 11 and 6, boxes of 16) from an h5py dataset into a chunked one."""
     model = with_statistics("cnn", upscale=4)
     x = torch.randn(1, model.in_channels, 17, 17, 17)
     with h5py.File(tmp_path / "volumes.h5", "w") as f:
@@ -127,12 +131,30 @@ def test_the_torchscript_export_tiles_like_the_model():
 
 
 @pytest.mark.parametrize("size, tile, halo, periodic, boxes", [
-    (14, 5, 4, False, [13, 13, 13]),  # boxes shifted into the volume
-    (14, 14, 4, False, [14]),  # the whole volume: no halo
+    (14, 5, 4, False, [13, 13]),  # tiles of 9 and 5: no halo beyond the volume's sides
+    (15, 2, 4, False, [10, 10, 10, 10]),  # tiles of 6, 2, 2, 5
+    (14, 10, 4, False, [14]),  # the whole volume: no halo
     (6, 4, 4, True, [12, 12]),  # periodic boxes always carry the halo
 ])
 def test_work_ratio_counts_the_boxes_voxels(size, tile, halo, periodic, boxes):
     assert work_ratio(size, tile, halo, periodic) == pytest.approx((sum(boxes) / size) ** 3)
+
+
+@pytest.mark.parametrize("size", range(1, 30))
+@pytest.mark.parametrize("tile, halo", [(1, 0), (1, 4), (3, 5), (7, 2)])
+def test_the_tiles_of_an_axis_cover_it_and_every_box_holds_its_halo(size, tile, halo):
+    """Non-periodic: the tiles partition [0, n) in order, at most t wide inside the volume and t + h at
+    its sides (or one tile, when one box holds the volume); every box is E = min(n, t + 2 h) wide, inside
+    the volume, and holds its tile with the halo on each side (or the volume's side); no two boxes are
+    the same."""
+    tiles = axis_tiles(size, tile, halo, periodic=False)
+    edge = min(size, tile + 2 * halo)
+    assert [t.start for t in tiles] == [0] + [t.stop for t in tiles[:-1]] and tiles[-1].stop == size
+    for t in tiles:
+        assert t.box_edge == edge and 0 <= t.box_start and t.box_start + edge <= size
+        assert t.box_start <= max(t.start - halo, 0) and min(t.stop + halo, size) <= t.box_start + edge
+        assert t.stop - t.start <= tile + (halo if t.start == 0 or t.stop == size else 0) or edge == size
+    assert len({t.box_start for t in tiles}) == len(tiles)
 
 
 # ---- user errors --------------------------------------------------------------------------------
@@ -209,16 +231,22 @@ def test_the_estimate_bounds_the_tracked_peak_of_a_larger_box():
     assert memory.peak + 2 * x.nbytes + y.nbytes <= estimate.peak(12)
 
 
-def test_auto_tile_takes_the_fewest_tiles_that_fit():
-    """The tile's box fits the budget; one tile fewer per axis would not; the tiles are balanced."""
+@pytest.mark.parametrize("periodic", [False, True])
+def test_auto_tile_takes_the_fewest_tiles_that_fit(periodic):
+    """The tile's box fits the budget; one tile fewer per axis would not; a smaller tile would make more
+    tiles (the boxes are as small as the count allows)."""
     model, size = with_statistics("cnn", hidden=4), 40
     halo, s = receptive_field(model), model.upscale
     estimate = tile_memory(model, model.in_channels)
     budget = int(estimate.peak(20))
-    tile = auto_tile(model, model.in_channels, size, budget) // s
-    count = math.ceil(size / tile)
-    assert estimate.peak(tile + 2 * halo) <= budget < estimate.peak(math.ceil(size / (count - 1)) + 2 * halo)
-    assert tile == math.ceil(size / count)
+    tile = auto_tile(model, model.in_channels, size, budget, periodic=periodic) // s
+
+    def count(t):
+        return len(axis_tiles(size, t, halo, periodic))
+
+    fewer = min(t for t in range(1, size + 1) if count(t) < count(tile))
+    assert estimate.peak(tile + 2 * halo) <= budget < estimate.peak(fewer + 2 * halo)
+    assert count(tile - 1) > count(tile)
 
 
 def test_auto_tile_takes_a_whole_volume_that_fits_as_one_tile():
@@ -233,3 +261,59 @@ def test_auto_tile_refuses_a_budget_below_the_smallest_tile():
 
 def test_available_memory_of_the_host_is_positive():
     assert available_memory("cpu") > 0
+
+
+# ---- networks that tiling reads -----------------------------------------------------------------
+
+
+def test_a_network_without_upsampling_is_not_tileable_and_has_no_receptive_field():
+    """Tiling reads the upscale factor and the halo from transposed convolutions; a module without one
+    (a plain convolution, or a network whose layers are not modules) is refused, not given halo 0."""
+    conv = torch.nn.Conv3d(9, 3, 3, padding=1)
+    assert tileable(with_statistics("cnn")) and not tileable(conv) and not tileable(lambda x: x)
+    _one_line_error("no transposed convolution", lambda: receptive_field(conv))
+
+
+# ---- whole volumes within a budget (evaluate) ---------------------------------------------------
+
+
+@pytest.fixture
+def over_budget():
+    """A cnn, a batch of two 14^3 volumes and a budget that holds one box of 12^3 (tiles of 4 per axis)
+    but not the batch whole."""
+    model = with_statistics("cnn", hidden=4)
+    x = torch.randn(2, model.in_channels, 14, 14, 14)
+    return model, x, math.ceil(tile_memory(model, model.in_channels).peak(12))
+
+
+def test_a_batch_over_budget_is_predicted_in_tiles_within_the_budget(over_budget):
+    """The tracked peak stays within the budget (plus the output it returns), where the whole batch
+    goes beyond it; the values equal the whole batch's."""
+    model, x, budget = over_budget
+    with torch.no_grad(), TensorMemory() as memory:
+        reference = model(x)
+    assert memory.peak > budget
+    with torch.no_grad(), TensorMemory() as memory:
+        y = BoundedNetwork(model, budget)(x)
+    assert memory.peak <= budget + y.nbytes
+    assert relative_error(y, reference) <= RTOL
+
+
+def test_a_batch_within_budget_goes_through_the_model_whole(over_budget):
+    model, x, _ = over_budget
+    assert torch.equal(BoundedNetwork(model, parse_memory("1GB"))(x), whole(model, x))
+
+
+def test_evaluate_over_budget_gives_the_report_of_the_whole_volumes(over_budget):
+    """Metrics, spectra and equivariance errors of whole volumes predicted in tiles equal those of the
+    whole batch to float round-off (sums of squares of values equal to 1e-5: 1e-4 relative at most)."""
+    model, x, budget = over_budget
+    batches = [{"low_res": x, "high_res": torch.randn(2, 3, 28, 28, 28)}]
+    tiled = evaluate_model(model, batches, upscale=2, equivariance_elements=3, max_memory=budget)
+    reference = evaluate_model(model, batches, upscale=2, equivariance_elements=3, max_memory=parse_memory("1GB"))
+    for name in ("model", "truth"):
+        assert tiled["metrics"][name] == pytest.approx(reference["metrics"][name], rel=1e-4)
+    for name in ("max", "mean"):
+        assert tiled["equivariance"][name] == pytest.approx(reference["equivariance"][name], rel=1e-4)
+    for name, spectrum in reference["spectra"].items():
+        assert tiled["spectra"][name] == pytest.approx(spectrum, rel=1e-4)

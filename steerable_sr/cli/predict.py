@@ -1,9 +1,14 @@
 """``steerable-sr predict``: a trained network (a training checkpoint or an export,
 :func:`steerable_sr.export.load_for_inference`) applied to a velocity file.
 
-The input is a JHTDB cutout (HDF5, :mod:`steerable_sr.data.jhtdb`) or a tensor file; ``T`` frames
-give the ``T - frames + 1`` windows of consecutive frames, each predicted at the middle frame's time.
-The output is written in the same layout (``.h5``) or as a tensor (``.pt``).
+The input is a JHTDB cutout or a file written by ``generate`` (HDF5, opened, not loaded:
+:func:`steerable_sr.data.dataset.open_frames`), or a tensor file; ``T`` frames give the
+``T - frames + 1`` windows of consecutive frames, each predicted at the middle frame's time, one after
+the other. Each window goes through the network in tiles (:mod:`steerable_sr.tiling`; ``--tile auto``:
+the largest that fit ``--max-memory``), read box by box from the input and written tile by tile into
+a chunked HDF5 file in the JHTDB layout (``.h5``), so that neither the input nor the output is whole
+in memory; or as a tensor (``.pt``, in memory). ``--tile none`` runs whole windows in batches. Both
+give the same values to float round-off and the same file layout.
 """
 from __future__ import annotations
 
@@ -19,52 +24,102 @@ if TYPE_CHECKING:
     import numpy as np
     import torch
 
-HELP = "super-resolve a JHTDB-layout HDF5 file or a saved tensor (.pt)"
-JHTDB_SUFFIXES = (".h5", ".hdf5", ".hdf", ".he5")
+    from ..data.frames import VelocityFrames
+    from ..export import InferenceModel
+    from ..tiling.volumes import FrameWindow
+
+HELP = "super-resolve a JHTDB-layout HDF5 file, a generated dataset or a saved tensor (.pt)"
+HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf", ".he5")
 OUTPUT_SUFFIXES = (".h5", ".hdf5", ".hdf", ".pt")
 ACCEPTED_INPUTS = ("a JHTDB cutout file (.h5/.hdf5: datasets Velocity_NNNN of shape (nz, ny, nx, 3); a directory "
-                   "or glob of them) or a tensor file (.pt: (T, 3, n, n, n) frames or (B, 3*frames, n, n, n) "
-                   "windows)")
+                   "or glob of them), a dataset written by `steerable-sr generate` or a tensor file (.pt: "
+                   "(T, 3, n, n, n) frames or (B, 3*frames, n, n, n) windows)")
+#: Windows per forward pass of the whole-volume path (``--tile none``) unless ``--batch-size`` says otherwise.
+BATCH_SIZE = 4
+
+
+def tile_option(text: str) -> int | str | None:
+    """``--tile``: ``"auto"``, ``None`` for ``none``, or a positive edge in high-resolution voxels."""
+    if text in ("auto", "none"):
+        return None if text == "none" else text
+    try:
+        return positive_int(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected auto, none or a positive tile edge in high-resolution voxels, "
+                                         f"got {text!r}") from None
+
+
+def memory_option(text: str) -> int:
+    """``--max-memory``: bytes of a size such as ``2GB`` (:func:`steerable_sr.tiling.parse_memory`)."""
+    from ..tiling import parse_memory
+
+    try:
+        return parse_memory(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = (f"{HELP}. MODEL is a training checkpoint (.ckpt) or a module from `steerable-sr export`. "
-                          "A JHTDB input of T time steps gives T - frames + 1 predicted steps (the middle frame of "
-                          "every window), written in the same layout (.h5) or as a tensor (.pt).")
+                          "An input of T time steps gives T - frames + 1 predicted steps (the middle frame of every "
+                          "window), written in the JHTDB layout (.h5) or as a tensor (.pt). Each step is predicted "
+                          "in tiles that fit --max-memory and written tile by tile, so inputs and outputs of any "
+                          "size can be predicted.")
     parser.add_argument("model", help="training checkpoint (.ckpt) or exported module (.pt)")
-    parser.add_argument("input", help="JHTDB HDF5 file (.h5/.hdf5) or tensor (.pt): (T,3,n,n,n) or (B,3*frames,n,n,n)")
+    parser.add_argument("input", help="JHTDB HDF5 file (.h5/.hdf5), dataset written by `generate`, or tensor (.pt): "
+                                      "(T,3,n,n,n) or (B,3*frames,n,n,n)")
     parser.add_argument("output", help="output file: .h5/.hdf5 (JHTDB layout) or .pt")
     parser.add_argument("--downsample", action="store_true",
                         help="block-average a high-resolution input by the upscale factor first")
     parser.add_argument("--any-size", action="store_true",
                         help="allow an input resolution other than the training one")
-    parser.add_argument("--batch-size", type=positive_int, default=4)
+    parser.add_argument("--tile", type=tile_option, default="auto", metavar="EDGE|auto|none",
+                        help="tile edge in high-resolution voxels (a multiple of the upscale factor); auto (default): "
+                             "the largest tiles that fit --max-memory; none: whole volumes, in batches")
+    parser.add_argument("--max-memory", type=memory_option, default=None, metavar="SIZE",
+                        help="memory one tile may use with --tile auto, e.g. 2GB or 512MiB (default: half of what "
+                             "the device has available)")
+    parser.add_argument("--periodic", action="store_true",
+                        help="the input is periodic (a whole periodic box): the tiles' halos wrap around")
+    parser.add_argument("--batch-size", type=positive_int, default=None,
+                        help=f"windows per forward pass with --tile none (default {BATCH_SIZE})")
     parser.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1, ...)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     add_trust_option(parser)
 
 
-def _read_input(path: str) -> tuple[torch.Tensor, str, dict[str, Any]]:
-    """Returns (velocity tensor, layout, extra). layout 'jhtdb': (T, 3, n, n, n) plus times/coords in
-    extra; layout 'pt': whatever tensor the file holds."""
+def _check_options(args: argparse.Namespace) -> None:
+    """Refuse options that the chosen ``--tile`` would ignore."""
+    if args.tile is None and args.periodic:
+        raise CLIError("--periodic wraps the halos of the tiles around the volume; it needs --tile auto or --tile "
+                       "EDGE, not --tile none")
+    if args.tile != "auto" and args.max_memory is not None:
+        raise CLIError(f"--max-memory sizes the automatic tiles (--tile auto); with --tile "
+                       f"{'none' if args.tile is None else args.tile} it would be ignored")
+    if args.tile is not None and args.batch_size is not None:
+        raise CLIError("--batch-size sets the windows per forward pass of --tile none; tiled prediction runs one box "
+                       "at a time")
+
+
+def _open_input(path: str) -> tuple[VelocityFrames | torch.Tensor, dict[str, Any]]:
+    """The input, opened: the frames of an HDF5 file (read later, box by box), with their ``times`` in
+    the extra dict (a generated file's frame ``t`` is number ``t + 1``, as the ``frame`` of its samples)
+    and a JHTDB cutout's ``coords``; or the float32 tensor of a ``.pt`` file."""
     import torch
 
-    from ..data.checks import check_finite
-    from ..data.dataset import is_generated
-    from ..data.jhtdb import read_jhtdb
+    from ..data.checks import check_finite, velocity_dtype
+    from ..data.dataset import open_frames
+    from ..data.jhtdb import JHTDBFrames
 
     if not os.path.exists(path):
         raise CLIError(f"input file not found: {path}")
-    suffix = Path(path).suffix.lower()
-    if suffix in JHTDB_SUFFIXES or os.path.isdir(path):
-        if is_generated(Path(path)):
-            raise CLIError(f"{path} is a dataset written by `steerable-sr generate` (datasets velocity, splits); "
-                           f"predict reads {ACCEPTED_INPUTS}. For a generated dataset use `steerable-sr evaluate "
-                           f"CKPT --data {path} --out DIR`")
-        cut = read_jhtdb(path)  # FileNotFoundError / ValueError with a clear message
-        return cut.velocity.float(), "jhtdb", {"times": cut.times, "coords": cut.coords}
-    if suffix != ".pt":
-        raise CLIError(f"unknown input format {suffix!r} for {path}; predict reads {ACCEPTED_INPUTS}")
+    if Path(path).suffix.lower() in HDF5_SUFFIXES or os.path.isdir(path):
+        frames = open_frames(path)  # FileNotFoundError / ValueError with a clear message
+        if isinstance(frames, JHTDBFrames):
+            return frames, {"times": frames.times, "coords": frames.coords}
+        return frames, {"times": list(range(1, len(frames) + 1))}
+    if Path(path).suffix.lower() != ".pt":
+        raise CLIError(f"unknown input format {Path(path).suffix.lower()!r} for {path}; predict reads {ACCEPTED_INPUTS}")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
@@ -73,36 +128,49 @@ def _read_input(path: str) -> tuple[torch.Tensor, str, dict[str, Any]]:
         obj = next((obj[key] for key in ("low_res", "lr", "velocity", "x") if key in obj), obj)
     if not isinstance(obj, torch.Tensor):
         raise CLIError(f"{path} must hold a tensor (or a dict with key 'low_res' or 'velocity')")
+    if not obj.is_floating_point():
+        velocity_dtype(str(obj.dtype).removeprefix("torch."), path)  # refuses integers, naming file and dtype
     check_finite(obj, path)
-    return obj.float(), "pt", {}
+    return obj.float(), {}
 
 
-def _bad_shape(v: torch.Tensor, frames: int, layout: str) -> CLIError:
-    """The error for an input tensor of a shape the model cannot take: the accepted shapes."""
+def _bad_shape(shape: tuple[int, ...], frames: int, tensor: bool) -> CLIError:
+    """The error for an input of a shape the model cannot take: the accepted shapes."""
     shapes = "(T, 3, n, n, n) frames"
-    if layout == "pt":
+    if tensor:
         shapes += (f", (B, 3*frames, n, n, n) windows or one (3*frames, n, n, n) window, 3*frames = {3 * frames} "
                    "for this model")
-    return CLIError(f"input of shape {tuple(v.shape)}: expected {shapes}")
+    return CLIError(f"input of shape {shape}: expected {shapes}")
 
 
-def _windows(v: torch.Tensor, frames: int, layout: str) -> tuple[torch.Tensor, str]:
-    """(T, 3, n, n, n) frames -> (T - frames + 1, 3 frames, n, n, n) windows (window t: frames t ..
-    t + frames - 1, channel 3 i + a = component a of frame i); ready windows are taken as they are.
-    Returns the windows and what the input was: 'window' (one), 'sequence' or 'batch'."""
-    if v.dim() == 4 and v.shape[0] == 3 * frames and layout == "pt":
-        return v.unsqueeze(0), "window"
-    if v.dim() != 5:
-        raise _bad_shape(v, frames, layout)
-    if v.shape[1] == 3:
-        T = v.shape[0]
-        if T < frames:
-            raise CLIError(f"the input holds {T} time steps; the model needs at least {frames}")
-        windows = v.unfold(0, frames, 1).permute(0, 5, 1, 2, 3, 4)  # (T - frames + 1, frames, 3, n, n, n)
-        return windows.reshape(T - frames + 1, 3 * frames, *v.shape[2:]), "sequence"
-    if v.shape[1] == 3 * frames and layout == "pt":
-        return v, "batch"
-    raise _bad_shape(v, frames, layout)
+def _windows(source: VelocityFrames | torch.Tensor, frames: int, factor: int) -> tuple[list[FrameWindow], str]:
+    """The network inputs ``(3 frames, n, n, n)`` of an input, opened (:class:`FrameWindow`: window
+    ``t`` holds frames ``t .. t + frames - 1``, channel ``3 i + a`` = component ``a`` of frame ``i``);
+    ready windows of a tensor are taken as they are. Returns them and what the input was: ``'window'``
+    (one), ``'sequence'`` or ``'batch'``."""
+    import torch
+
+    from ..data.frames import TensorFrames
+    from ..tiling.volumes import FrameWindow
+
+    tensor = isinstance(source, torch.Tensor)
+    shape = tuple(source.shape)
+    if len(shape) not in (4, 5):
+        raise _bad_shape(shape, frames, tensor)
+    if len(set(shape[-3:])) != 1:
+        raise CLIError(f"input grid {shape[-3:]} is not cubic; the octahedral models need n x n x n")
+    if factor > 1 and shape[-1] % factor:
+        raise CLIError(f"--downsample: grid size {shape[-1]} is not divisible by the upscale factor {factor}")
+    if tensor and len(shape) == 4 and shape[0] == 3 * frames:
+        return [FrameWindow(TensorFrames(source.view(frames, 3, *shape[1:])), 0, frames, factor)], "window"
+    if len(shape) == 5 and shape[1] == 3:
+        if shape[0] < frames:
+            raise CLIError(f"the input holds {shape[0]} time steps; the model needs at least {frames}")
+        sequence = TensorFrames(source) if tensor else source
+        return [FrameWindow(sequence, t, frames, factor) for t in range(shape[0] - frames + 1)], "sequence"
+    if tensor and len(shape) == 5 and shape[1] == 3 * frames:
+        return [FrameWindow(TensorFrames(w.view(frames, 3, *shape[2:])), 0, frames, factor) for w in source], "batch"
+    raise _bad_shape(shape, frames, tensor)
 
 
 def _upsampled_coords(coords: list[np.ndarray], s: int) -> list[np.ndarray]:
@@ -127,52 +195,101 @@ def _input_files(path: str) -> list[str | os.PathLike]:
         return []
 
 
+def _predict_whole(model: InferenceModel, windows: list[FrameWindow], batch_size: int) -> torch.Tensor:
+    """``(W, 3, s n, s n, s n)``: every window whole, ``batch_size`` at a time (the ``--tile none`` path)."""
+    import torch
+
+    whole = (slice(None),) * 4
+    return torch.cat([model(torch.stack([w[whole] for w in windows[i: i + batch_size]]), batch_size)
+                      for i in range(0, len(windows), batch_size)])
+
+
+def _tiled_network(model: InferenceModel, args: argparse.Namespace, channels: int, n: int) -> tuple[torch.nn.Module, int]:
+    """The network in physical units and the tile edge (high-resolution voxels) of ``--tile``."""
+    from ..tiling import auto_tile, default_max_memory, tileable
+    from ..tiling.volumes import PhysicalUnits
+
+    network = PhysicalUnits(model.net, model.velocity_scale).eval()
+    if not tileable(network):
+        raise CLIError(f"{args.model}: tiled prediction reads the network's convolutions, which this "
+                       f"{model.source} module does not show; pass --tile none")
+    if args.tile != "auto":
+        return network, args.tile
+    budget = default_max_memory(args.device) if args.max_memory is None else args.max_memory
+    return network, auto_tile(network, channels, n, budget, periodic=args.periodic)
+
+
+def _write_tiled_jhtdb(path: Path, network: torch.nn.Module, windows: list[FrameWindow], tile: int,
+                       periodic: bool, start: int, coords: list[np.ndarray] | None, overwrite: bool) -> None:
+    """Predict every window in tiles into a new JHTDB-layout file (atomically): ``Velocity_{start:04d}``,
+    ... chunked, written tile by tile."""
+    import h5py
+
+    from ..io import atomic_output
+    from ..tiling import predict_tiled, upscale_of
+    from ..tiling.volumes import create_jhtdb_frames
+
+    size = upscale_of(network) * windows[0].shape[-1]
+    with atomic_output(path, overwrite=overwrite) as tmp, h5py.File(tmp, "w") as handle:
+        targets = create_jhtdb_frames(handle, size, range(start, start + len(windows)), coords)
+        for window, target in zip(windows, targets):
+            predict_tiled(network, window, target, tile=tile, periodic=periodic)
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..data.dataset import downsample
     from ..data.jhtdb import save_jhtdb
     from ..devices import check_device
     from ..export import load_for_inference
     from ..io import atomic_output
+    from ..tiling import predict_tiled, receptive_field
+    from ..tiling.predict import axis_tiles
 
     check_device(args.device)
+    _check_options(args)
     out = Path(args.output)
     out_suffix = out.suffix.lower()
     if out_suffix not in OUTPUT_SUFFIXES:
         raise CLIError(f"unknown output format {out_suffix!r}; use .h5/.hdf5 (JHTDB layout) or .pt")
     check_output(out, args.overwrite, inputs=[args.model, *_input_files(args.input)])
     model = load_for_inference(args.model, args.device, trust=args.trust_checkpoint)
-    velocity, layout, extra = _read_input(args.input)
-    if velocity.dim() not in (4, 5):
-        raise _bad_shape(velocity, model.frames, layout)
-    spatial = tuple(velocity.shape[-3:])
-    if len(set(spatial)) != 1:
-        raise CLIError(f"input grid {spatial} is not cubic; the octahedral models need n x n x n")
     s = model.upscale
-    coords = extra.get("coords")
-    if args.downsample:
-        if spatial[0] % s:
-            raise CLIError(f"--downsample: grid size {spatial[0]} is not divisible by the upscale factor {s}")
-        flat = velocity.reshape(-1, *velocity.shape[-4:])
-        velocity = downsample(flat, s).reshape(*velocity.shape[:-3], *(n // s for n in spatial))
-        spatial = tuple(velocity.shape[-3:])
-        hr_coords = coords  # the high-resolution file's own grid
-    else:
-        hr_coords = None if coords is None else _upsampled_coords(coords, s)
-    n = spatial[0]
-    if model.input_size and n != model.input_size and not args.any_size:
-        raise CLIError(f"input resolution {n}^3 does not match the model's training input {model.input_size}^3 "
-                       f"(it maps {model.input_size}^3 -> {model.input_size * s}^3); pass --downsample for a "
-                       f"high-resolution file, or --any-size to run anyway")
-    x, kind = _windows(velocity, model.frames, layout)
-    y = model(x, args.batch_size)
-    if out_suffix == ".pt":
-        with atomic_output(out, overwrite=args.overwrite) as tmp:
-            torch.save(y[0] if kind == "window" else y, tmp)
-    else:
-        times = extra.get("times")
+    source, extra = _open_input(args.input)
+    try:
+        windows, kind = _windows(source, model.frames, s if args.downsample else 1)
+        n = windows[0].shape[-1]
+        if model.input_size and n != model.input_size and not args.any_size:
+            raise CLIError(f"input resolution {n}^3 does not match the model's training input {model.input_size}^3 "
+                           f"(it maps {model.input_size}^3 -> {model.input_size * s}^3); pass --downsample for a "
+                           f"high-resolution file, or --any-size to run anyway")
+        coords, times = extra.get("coords"), extra.get("times")
+        if coords is not None:  # the high-resolution file's own grid, or the fine grid of the input's
+            coords = coords if args.downsample else _upsampled_coords(coords, s)
         start = times[model.frames // 2] if (times and kind == "sequence") else 1
-        save_jhtdb(out, y, coords=hr_coords, start=start, overwrite=args.overwrite)
-    print(f"wrote {out}: {tuple(y.shape)} ({model.source}, {model.meta.get('kind')}, {n}^3 -> {n * s}^3)")
+        shape = (len(windows), 3, s * n, s * n, s * n)
+        if args.tile is None:
+            how = f"whole volumes, {args.batch_size or BATCH_SIZE} a pass"
+            y = _predict_whole(model, windows, args.batch_size or BATCH_SIZE)
+        else:
+            network, tile = _tiled_network(model, args, windows[0].shape[0], n)
+            if out_suffix == ".pt":
+                y = torch.empty(shape)
+                for window, target in zip(windows, y):
+                    predict_tiled(network, window, target, tile=tile, periodic=args.periodic)
+            else:
+                _write_tiled_jhtdb(out, network, windows, tile, args.periodic, start, coords, args.overwrite)
+            halo = receptive_field(network)
+            axis = axis_tiles(n, min(tile // s, n), halo, args.periodic)
+            how = f"{len(axis)}^3 tiles a step, input boxes of {axis[0].box_edge}^3, halo {halo}"
+        if out_suffix == ".pt":
+            with atomic_output(out, overwrite=args.overwrite) as tmp:
+                torch.save(y[0] if kind == "window" else y, tmp)
+        elif args.tile is None:
+            save_jhtdb(out, y, coords=coords, start=start, overwrite=args.overwrite)
+    finally:
+        if not isinstance(source, torch.Tensor):
+            source.close()
+    print(f"wrote {out}: {shape[1:] if kind == 'window' else shape} ({model.source}, {model.meta.get('kind')}, "
+          f"{n}^3 -> {n * s}^3, {how})")
     return 0

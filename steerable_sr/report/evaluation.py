@@ -35,6 +35,7 @@ from .. import metrics
 from ..io import atomic_directory, atomic_files, to_json
 from ..plots import plot_spectra, save_png
 from ..symmetry import SymmetryReport
+from ..tiling import BoundedNetwork, default_max_memory, tileable
 
 
 _ROWS = [
@@ -52,8 +53,14 @@ _ROWS = [
 @torch.no_grad()
 def evaluate_model(model: torch.nn.Module, batches: Iterable[Any], group: str = "Oh", upscale: int = 4,
                    equivariance_elements: int | None = None, device: str | torch.device = "cpu",
-                   max_batches: int | None = None, divergence_periodic: bool = False) -> dict[str, Any]:
+                   max_batches: int | None = None, divergence_periodic: bool = False,
+                   max_memory: int | None = None) -> dict[str, Any]:
     """Metrics, spectra and one sample of fields for the report (module docstring).
+
+    A network of :mod:`steerable_sr.models` runs batch by batch within ``max_memory``
+    (:class:`steerable_sr.tiling.BoundedNetwork`): a batch of whole volumes too large for one pass is
+    predicted sample by sample in tiles, the same values to float round-off; crops that fit go through
+    the network whole, as batches.
 
     Parameters
     ----------
@@ -72,6 +79,9 @@ def evaluate_model(model: torch.nn.Module, batches: Iterable[Any], group: str = 
         Stop after this many batches.
     divergence_periodic : bool
         Samples are whole periodic boxes (else crops: interior differences).
+    max_memory : int, optional
+        Bytes that one forward pass may use (default :func:`steerable_sr.tiling.default_max_memory` of
+        ``device``); not used for a model that :func:`steerable_sr.tiling.tileable` does not read.
 
     Returns
     -------
@@ -84,6 +94,8 @@ def evaluate_model(model: torch.nn.Module, batches: Iterable[Any], group: str = 
     model = model.to(device)
     was_training = model.training
     model.eval()
+    network = (BoundedNetwork(model, default_max_memory(device) if max_memory is None else max_memory)
+               if tileable(model) else model)
     sums: dict[str, dict[str, float]] = {"model": {}, "trilinear": {}, "truth": {}}
     count = 0
     spectra: dict[str, torch.Tensor] = {}
@@ -99,7 +111,7 @@ def evaluate_model(model: torch.nn.Module, batches: Iterable[Any], group: str = 
                 x, y = batch[0], batch[1]
             x = x.to(device).float()
             y = y.to(device).float()
-            pred = model(x).float()
+            pred = network(x).float()
             base = metrics.trilinear(x, upscale)
             bs = x.shape[0]
             for name, field in (("model", pred), ("trilinear", base)):
@@ -115,7 +127,7 @@ def evaluate_model(model: torch.nn.Module, batches: Iterable[Any], group: str = 
             if sample is None:
                 sample = {"input": inp[0].cpu(), "trilinear": base[0].cpu(), "prediction": pred[0].cpu(),
                           "truth": y[0].cpu()}
-                errs = metrics.equivariance_errors(model, x, group, equivariance_elements)
+                errs = metrics.equivariance_errors(network, x, group, equivariance_elements)
                 equiv = {"max": float(errs.max()), "mean": float(errs.mean()), "elements": int(errs.numel()),
                          "group": group}
     finally:

@@ -31,6 +31,7 @@ from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
+from .predict import axis_tiles
 from .receptive import receptive_field, upscale_of
 
 #: Bytes per unit of a memory size (case-insensitive): decimal and binary prefixes.
@@ -40,6 +41,9 @@ MEMORY_UNITS = {"b": 1, "kb": 10 ** 3, "mb": 10 ** 6, "gb": 10 ** 9, "tb": 10 **
 SAFETY = 2.0
 #: Edge (low-resolution voxels) of the box that :func:`tile_memory` measures.
 CALIBRATION_EDGE = 8
+#: The share of what a device can give (:func:`available_memory`) that one tile may use by default
+#: (:func:`default_max_memory`): the rest covers the process's own footprint and other processes.
+DEFAULT_SHARE = 0.5
 
 
 def parse_memory(text: str) -> int:
@@ -85,6 +89,11 @@ def available_memory(device: str | torch.device) -> int:
     except OSError:
         pass
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def default_max_memory(device: str | torch.device) -> int:
+    """The default budget of one tile on ``device``: :data:`DEFAULT_SHARE` of :func:`available_memory`."""
+    return int(DEFAULT_SHARE * available_memory(device))
 
 
 class TensorMemory(TorchDispatchMode):
@@ -158,13 +167,13 @@ def tile_memory(model: nn.Module, in_channels: int, edge: int = CALIBRATION_EDGE
     return TileMemory(SAFETY * tile_bytes / edge ** 3)
 
 
-def auto_tile(model: nn.Module, in_channels: int, size: int, max_memory: int, *, periodic: bool = False) -> int:
+def auto_tile(model: nn.Module, in_channels: int, size: int, max_memory: int, *, periodic: bool = False,
+              memory: TileMemory | None = None) -> int:
     """The tile edge for :func:`~.predict.predict_tiled` whose estimated peak fits ``max_memory``.
 
     The largest tile whose box (tile plus halo, :func:`~.predict.axis_tiles`) fits gives the fewest
-    tiles per axis, ``k``; the tile is then ``ceil(n / k)``, the smallest with ``k`` tiles (same count,
-    the least halo work, no short last tile beyond rounding). A whole non-periodic volume that fits is
-    one tile.
+    tiles per axis, ``k``; the tile is then the smallest with ``k`` tiles (same count, smaller boxes:
+    the least halo work). A whole non-periodic volume that fits is one tile.
 
     Parameters
     ----------
@@ -179,6 +188,8 @@ def auto_tile(model: nn.Module, in_channels: int, size: int, max_memory: int, *,
         libraries, comes on top).
     periodic:
         As for :func:`~.predict.predict_tiled` (a periodic tile's box always carries the halo).
+    memory:
+        :func:`tile_memory` of the model, measured here if not given.
 
     Returns
     -------
@@ -191,7 +202,7 @@ def auto_tile(model: nn.Module, in_channels: int, size: int, max_memory: int, *,
         ``max_memory`` too small for a tile of one low-resolution voxel with its halo.
     """
     upscale, halo = upscale_of(model), receptive_field(model)
-    memory = tile_memory(model, in_channels)
+    memory = tile_memory(model, in_channels) if memory is None else memory
     if not periodic and memory.peak(size) <= max_memory:
         return upscale * size
     edge = math.floor((max_memory / memory.bytes_per_voxel) ** (1 / 3))
@@ -203,5 +214,5 @@ def auto_tile(model: nn.Module, in_channels: int, size: int, max_memory: int, *,
         raise ValueError(f"max memory {format_memory(max_memory)} is too small: the smallest tile (a box of "
                          f"{smallest}^3 low-resolution voxels, halo {halo}) needs about "
                          f"{format_memory(memory.peak(smallest))}")
-    count = math.ceil(size / largest)
-    return upscale * math.ceil(size / count)
+    count = len(axis_tiles(size, largest, halo, periodic))
+    return upscale * next(t for t in range(1, largest + 1) if len(axis_tiles(size, t, halo, periodic)) == count)

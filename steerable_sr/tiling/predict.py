@@ -1,17 +1,21 @@
 r"""Tiled prediction: a super-resolution network applied box by box, so that neither the input nor the
 output volume has to be in memory.
 
-The output ``(C_out, s n, s n, s n)`` is cut into cubic tiles of ``t`` low-resolution voxels per axis
-(``tile = s t`` high-resolution voxels; the last tile of an axis is shorter when ``t`` does not divide
-``n``). Each tile's input is a cubic box of ``E`` low-resolution voxels around it, read from the source,
-run through the network and cropped to the tile, which is written to the target:
+The output ``(C_out, s n, s n, s n)`` is cut into tiles of ``t`` low-resolution voxels per axis
+(``tile = s t`` high-resolution voxels). Each tile's input is a cubic box of ``E`` low-resolution
+voxels around it, read from the source, run through the network and cropped to the tile, which is
+written to the target:
 
-* non-periodic: ``E = min(n, t + 2 h)`` and the box is shifted into the volume (``[0, n)``): a side at
-  the volume's boundary reads nothing beyond it, so the network's own zero padding (and the trilinear
+* non-periodic: ``E = min(n, t + 2 h)``, the box inside the volume (``[0, n)``): a side at the
+  volume's boundary reads nothing beyond it, so the network's own zero padding (and the trilinear
   clamp) act there as in the whole-volume pass, and every side inside the volume carries at least the
-  halo ``h``. The boxes are cubes because the networks take cubic volumes only.
-* periodic: ``E = t + 2 h`` with indices taken modulo ``n``: the result is the whole-volume prediction
-  of the input circularly padded by ``h``, cropped to ``s n``.
+  halo ``h``. A tile at the boundary needs no halo on its outer side, so the first tile of an axis
+  is ``t + h`` wide, the tiles after it ``t``, and the last one takes the rest (at most ``t + h``,
+  its box ending at ``n``): every box computes ``E`` voxels, the fewest boxes for that edge. A volume
+  with ``n <= t + 2 h`` is one box. The boxes are cubes because the networks take cubic volumes only.
+* periodic: tiles of ``t`` (the last one shorter when ``t`` does not divide ``n``), each in a box of
+  ``E = t + 2 h`` with indices taken modulo ``n``: the result is the whole-volume prediction of the
+  input circularly padded by ``h``, cropped to ``s n``.
 
 With ``h >= receptive_field(model)`` (:mod:`.receptive`) every tile equals the whole-volume output
 to float round-off. The model must be in eval mode: batch norm then applies its running statistics, a
@@ -92,18 +96,23 @@ def axis_tiles(size: int, tile: int, halo: int, periodic: bool) -> list[AxisTile
     size:
         ``n``, the volume's edge in low-resolution voxels.
     tile:
-        ``t >= 1``, the tile's edge in low-resolution voxels (the last tile keeps the rest).
+        ``t >= 1``, the edge of the tiles inside the volume, in low-resolution voxels (non-periodic:
+        ``t + h`` for the first tile, the rest for the last; periodic: the last tile keeps the rest).
     halo:
         ``h >= 0``, low-resolution voxels of context on every side inside the volume.
     periodic:
-        Wrap the boxes around the axis instead of shifting them inside it.
+        Wrap the boxes around the axis instead of keeping them inside it.
     """
-    edge = tile + 2 * halo if periodic else min(size, tile + 2 * halo)
-    tiles = []
-    for start in range(0, size, tile):
-        stop = min(start + tile, size)
-        box_start = start - halo if periodic else min(max(start - halo, 0), size - edge)
-        tiles.append(AxisTile(start, stop, box_start, edge))
+    if periodic:
+        edge = tile + 2 * halo
+        return [AxisTile(start, min(start + tile, size), start - halo, edge) for start in range(0, size, tile)]
+    edge = min(size, tile + 2 * halo)
+    tiles, start = [], 0
+    while max(start - halo, 0) + edge < size:  # a box from this tile's halo on does not reach the end
+        stop = start + (edge - halo if start == 0 else tile)
+        tiles.append(AxisTile(start, stop, max(start - halo, 0), edge))
+        start = stop
+    tiles.append(AxisTile(start, size, size - edge, edge))
     return tiles
 
 

@@ -140,9 +140,26 @@ def _name(m: nn.Module) -> str:
     return getattr(m, "original_name", type(m).__name__)
 
 
+def tileable(module: object) -> bool:
+    """Whether tiled prediction can run ``module``: a torch module with a transposed convolution among
+    its :func:`grid_layers` (the upsampling that the tiles' geometry is read from)."""
+    return isinstance(module, nn.Module) and any(layer.transposed for layer in grid_layers(module))
+
+
+def _upsampling_layers(module: nn.Module) -> list[GridLayer]:
+    """:func:`grid_layers` of a network that upsamples; ``ValueError`` for one whose layers show no
+    upsampling (not a network of this package, or one whose convolutions are not modules)."""
+    layers = grid_layers(module)
+    if not any(layer.transposed for layer in layers):
+        raise ValueError(f"{_name(module)}: no transposed convolution among its modules; tiled prediction reads the "
+                         f"upscale factor and the halo from Conv3d / ConvTranspose3d / GridConv modules")
+    return layers
+
+
 def upscale_of(module: nn.Module) -> int:
-    """The network's upsampling factor: the product of its transposed convolutions' strides."""
-    return math.prod(layer.stride for layer in grid_layers(module) if layer.transposed)
+    """The network's upsampling factor: the product of its transposed convolutions' strides
+    (``ValueError`` if it has none)."""
+    return math.prod(layer.stride for layer in _upsampling_layers(module) if layer.transposed)
 
 
 def receptive_field(module: nn.Module) -> int:
@@ -163,8 +180,14 @@ def receptive_field(module: nn.Module) -> int:
     int
         ``h >= 0``: a tile whose input box extends ``h`` low-resolution voxels beyond its interior on
         every side inside the volume gives the whole-volume output in its interior, to float round-off.
+
+    Raises
+    ------
+    ValueError
+        A module without a transposed convolution, or with a convolution :func:`grid_layers` does not
+        describe.
     """
-    layers = grid_layers(module)
+    layers = _upsampling_layers(module)
     upscale = math.prod(layer.stride for layer in layers if layer.transposed)
     lo, hi = 0, upscale - 1
     for layer in reversed(layers):
