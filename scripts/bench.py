@@ -9,6 +9,7 @@
     python scripts/bench.py bf16 --batch 2 --size 8      # bf16-mixed vs fp32: time and drift on the same steps
     python scripts/bench.py data --kinds rsteer --steps 2  # fit peak RSS vs file size; loader samples/s
     python scripts/bench.py predict --kinds rgcnn --sizes 16 24 --tiles none auto  # whole vs tiled prediction
+    python scripts/bench.py export --kinds rsteer --size 32 --batch 1  # eager vs .pt2 vs onnxruntime inference
 
 * build: each kind in a new process. "cold" = empty steerable_sr cache and escnn's joblib cache
   moved aside (restored afterwards); "warm" = caches on disk. Import time is reported separately.
@@ -41,6 +42,14 @@
   training-mode pass) into a chunked HDF5 dataset, wall and CPU time (the process's, the fair measure on
   a shared machine with one thread) and peak memory (CPU: the process's peak RSS, total; CUDA:
   ``max_memory_allocated``); tiled outputs are compared with the whole volume's where both ran.
+* export: per kind, the network (``--preset``, batch-norm statistics from one training-mode pass)
+  exported to ``.pt2`` and ``.onnx`` (:func:`steerable_sr.export.write_export`, timed: tracing, writing
+  and the check against the network) and pickled as the plain module ``model.export()`` ("eager");
+  then each format in a new process: loaded (:func:`~steerable_sr.export.load_for_inference`; the
+  eager module with ``torch.load``), eval-mode inference of a random ``(--batch, 9, n, n, n)`` input,
+  median of ``--steps`` after one warm-up, peak memory (CPU: the process's peak RSS ``VmHWM``, total
+  and its growth over the imports; CUDA: ``max_memory_allocated``, which does not see onnxruntime's
+  allocations), and the output's relative difference from eager.
 """
 from __future__ import annotations
 
@@ -166,6 +175,44 @@ def _predict_child(kind: str, preset: str, size: str, tile: str, max_memory: str
     row["peak_gb"] = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
                       else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 1e9
     print(json.dumps(row))
+
+
+def _high_water_rss() -> float:
+    """The process's peak resident set size in GB, of its own program only: ``VmHWM``, which starts
+    afresh at ``exec`` (``ru_maxrss`` keeps the peak of the parent that forked it)."""
+    with open("/proc/self/status") as status:
+        line = next(line for line in status if line.startswith("VmHWM:"))
+    return int(line.split()[1]) * 1024 / 1e9
+
+
+def _export_child(fmt: str, path: str, size: str, batch: str, steps: str, device: str, out: str) -> None:
+    import torch
+
+    from steerable_sr.export import load_for_inference
+
+    imported = _high_water_rss()
+    start = time.perf_counter()
+    if fmt == "eager":
+        net = torch.load(path, weights_only=False).to(device).eval()  # our own pickle of model.export()
+    else:
+        net = load_for_inference(path, device).net
+    load_s = time.perf_counter() - start
+    n = int(size)
+    x = torch.randn(int(batch), 9, n, n, n, generator=torch.Generator().manual_seed(1)).to(device)
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats(device)
+    last = {}
+
+    def infer():
+        with torch.no_grad():
+            last["y"] = net(x)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize(device)
+
+    infer_s = _timed(infer, int(steps))
+    torch.save(last["y"].cpu(), out)
+    peak = torch.cuda.max_memory_allocated(device) / 1e9 if device.startswith("cuda") else _high_water_rss()
+    print(json.dumps({"load_s": load_s, "infer_s": infer_s, "peak_gb": peak, "imported_gb": imported}))
 
 
 def _run_child(args: list[str], env: dict) -> dict:
@@ -529,6 +576,51 @@ def bench_predict(opts) -> None:
                     print("| " + " | ".join(map(str, cells)) + " |", flush=True)
 
 
+def bench_export(opts) -> None:
+    import torch
+
+    from steerable_sr.export import write_export
+    from steerable_sr.metrics import relative_l2
+    from steerable_sr.training import SuperResolutionModule
+
+    n = opts.size
+    print(f"Inference of the exports, batch {opts.batch}, {n}^3 -> {4 * n}^3, preset {opts.preset}, {opts.device}, "
+          f"{torch.get_num_threads()} threads (torch and onnxruntime alike), median of {opts.steps} after one "
+          f"warm-up; each format a new process; load average {os.getloadavg()[0]:.1f} at the start\n")
+    peak = "peak RSS (GB) | growth over the imports (GB)" if opts.device == "cpu" else "peak allocated (GB) | -"
+    print(f"| kind | format | export (s) | file (MB) | load (s) | inference (s) | time / eager | {peak} | "
+          f"relative difference from eager |\n| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    with tempfile.TemporaryDirectory() as work:
+        for kind in opts.kinds:
+            torch.manual_seed(0)
+            module = SuperResolutionModule(kind=kind, preset=opts.preset)
+            with torch.no_grad():  # non-trivial batch-norm running statistics
+                module.model(2 * torch.randn(2, 9, 4, 4, 4) + 1)
+            module.train_input_size.fill_(n)
+            module.eval()
+            files = {"eager": (os.path.join(work, f"{kind}.pickle"), None)}
+            torch.save(module.model.export(), files["eager"][0])
+            for suffix in (".pt2", ".onnx"):
+                path = os.path.join(work, kind + suffix)
+                start = time.perf_counter()
+                write_export(module, path, source="benchmark")
+                files[suffix] = (path, time.perf_counter() - start)
+            eager = None
+            for fmt, (path, export_s) in files.items():
+                out = os.path.join(work, f"{kind}-{fmt}.out")
+                row = _run_child(["_export", fmt, path, str(n), str(opts.batch), str(opts.steps), opts.device, out],
+                                 dict(os.environ))
+                y = torch.load(out)
+                if eager is None:
+                    eager = (row["infer_s"], y)
+                cells = [kind, fmt, f"{export_s:.1f}" if export_s else "-", f"{os.path.getsize(path) / 1e6:.1f}",
+                         f"{row['load_s']:.2f}", f"{row['infer_s']:.3f}", f"{row['infer_s'] / eager[0]:.2f}",
+                         f"{row['peak_gb']:.2f}", f"{row['peak_gb'] - row['imported_gb']:.2f}" if opts.device == "cpu" else "-",
+                         f"{float(relative_l2(y, eager[1])):.1e}"]
+                print("| " + " | ".join(cells) + " |", flush=True)
+    print(f"\nload average {os.getloadavg()[0]:.1f} at the end")
+
+
 def _cap_address_space(limit: int) -> None:
     import resource
 
@@ -542,11 +634,12 @@ def main(argv=None) -> None:
     if argv is None and len(sys.argv) > 1 and sys.argv[1] == "_separable":
         _separable_child(*sys.argv[2:])
         return
-    if argv is None and len(sys.argv) > 1 and sys.argv[1] in ("_loader", "_predict"):
-        {"_loader": _loader_child, "_predict": _predict_child}[sys.argv[1]](*sys.argv[2:])
+    if argv is None and len(sys.argv) > 1 and sys.argv[1] in ("_loader", "_predict", "_export"):
+        {"_loader": _loader_child, "_predict": _predict_child, "_export": _export_child}[sys.argv[1]](*sys.argv[2:])
         return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=("build", "step", "infer", "separable", "memory", "bf16", "data", "predict"))
+    parser.add_argument("what", choices=("build", "step", "infer", "separable", "memory", "bf16", "data", "predict",
+                                                 "export"))
     parser.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS)
     parser.add_argument("--preset", default="small")
     parser.add_argument("--batch", type=int, default=2)
@@ -574,7 +667,8 @@ def main(argv=None) -> None:
     parser.add_argument("--max-memory", default="2GB", help="predict: the budget of auto tiles")
     opts = parser.parse_args(argv)
     {"build": bench_build, "step": bench_step, "infer": bench_infer, "separable": bench_separable,
-     "memory": bench_memory, "bf16": bench_bf16, "data": bench_data, "predict": bench_predict}[opts.what](opts)
+     "memory": bench_memory, "bf16": bench_bf16, "data": bench_data, "predict": bench_predict,
+     "export": bench_export}[opts.what](opts)
 
 
 if __name__ == "__main__":

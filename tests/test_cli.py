@@ -7,7 +7,6 @@ import os
 import re
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -129,39 +128,79 @@ def test_evaluate_writes_report_with_symmetry(work, relaxed_run, capsys):
     assert (out / "metrics.json").read_text() == before
 
 
-def test_export_reloads_in_a_fresh_interpreter_without_escnn(work, relaxed_run):
+EXPORT_SUFFIXES = [".pt2", ".onnx", ".pt"]
+
+
+@pytest.fixture(scope="module")
+def relaxed_exports(work, relaxed_run):
+    """The relaxed run's last checkpoint exported by the command line in every format, into ``work/export``."""
     ckpt = str(relaxed_run / "checkpoints" / "last.ckpt")
-    out = work / "export" / "rsteer.pt"
-    assert main(["export", ckpt, str(out)]) == 0
-    meta = json.loads(out.with_suffix(".json").read_text())
-    assert meta["kind"] == "rsteer" and meta["frames"] == 3 and meta["upscale"] == 4 and meta["input_size"] == 4
-    module = load_module(ckpt)
-    torch.manual_seed(0)
+    for suffix in EXPORT_SUFFIXES:
+        assert main(["export", ckpt, str(work / "export" / f"rsteer{suffix}")]) == 0
+    return work / "export"
+
+
+def test_export_writes_one_file_per_format_with_the_metadata_inside(work, relaxed_run, relaxed_exports):
+    from steerable_sr.export import EXPORT_TOL, load_for_inference
+    from steerable_sr.metrics import relative_l2
+
+    # nothing beside the exports: no metadata file that two formats of one name could share
+    assert sorted(p.name for p in relaxed_exports.iterdir()) == ["rsteer.onnx", "rsteer.pt", "rsteer.pt2"]
+    module = load_module(relaxed_run / "checkpoints" / "last.ckpt")
     x = torch.randn(2, 9, 4, 4, 4)
     with torch.no_grad():
         expected = module(x)
-    torch.save(x, work / "export" / "x.pt")
-    torch.save(expected, work / "export" / "y.pt")
-    script = textwrap.dedent("""
-        import sys
-        sys.modules["escnn"] = None          # any import of escnn (or of this package) now fails
-        sys.modules["steerable_sr"] = None
-        import torch
-        extra = {"metadata.json": ""}
-        m = torch.jit.load(sys.argv[1], _extra_files=extra)
-        x, y = torch.load(sys.argv[2]), torch.load(sys.argv[3])
+    for suffix in EXPORT_SUFFIXES:
+        model = load_for_inference(relaxed_exports / f"rsteer{suffix}")
+        meta = model.meta
+        assert meta["kind"] == "rsteer" and meta["frames"] == 3 and meta["upscale"] == 4 and meta["input_size"] == 4
+        assert meta["datamodule"]["path"] == str(work / "tiny.h5") and meta["velocity_scale"] == module.velocity_scale
         with torch.no_grad():
-            err = (m(x) - y).abs().max().item()
-        assert b'"kind": "rsteer"' in extra["metadata.json"]
-        print("max abs diff", err)
-        assert err < 1e-5, err
-        assert not any(k.startswith("escnn") and sys.modules[k] is not None for k in sys.modules)
-    """)
-    proc = subprocess.run([sys.executable, "-c", script, str(out), str(work / "export" / "x.pt"),
-                           str(work / "export" / "y.pt")], cwd=work / "export", env=_env(),
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "max abs diff" in proc.stdout
+            assert relative_l2(model.net(x), expected) < EXPORT_TOL
+
+
+def test_export_to_an_unknown_suffix_is_one_line(work, relaxed_run, capsys):
+    assert main(["export", str(relaxed_run / "checkpoints" / "last.ckpt"), str(work / "rsteer.h5")]) == 1
+    assert capsys.readouterr().err == ("steerable-sr: error: " + str(work / "rsteer.h5") + ": unknown export format "
+                                       "'.h5'; known: .pt2 (ExportedProgram), .onnx (ONNX), .pt (TorchScript)\n")
+    assert not (work / "rsteer.h5").exists()
+
+
+@pytest.fixture(scope="module")
+def relaxed_report(work, relaxed_run):
+    """The evaluation report of the relaxed run's last checkpoint on the test split."""
+    out = work / "relaxed_report"
+    assert main(["evaluate", str(relaxed_run / "checkpoints" / "last.ckpt"), "--out", str(out)]) == 0
+    return json.loads((out / "metrics.json").read_text())
+
+
+@pytest.mark.parametrize("suffix", EXPORT_SUFFIXES)
+def test_evaluate_takes_every_export_format(work, relaxed_exports, relaxed_report, suffix):
+    out = work / f"report{suffix.replace('.', '_')}"
+    assert main(["evaluate", str(relaxed_exports / f"rsteer{suffix}"), "--out", str(out)]) == 0  # data recorded
+    data = json.loads((out / "metrics.json").read_text())
+    for name in ("model", "trilinear", "truth"):
+        assert data["metrics"][name] == pytest.approx(relaxed_report["metrics"][name], rel=1e-5)
+    assert data["equivariance"]["max"] == pytest.approx(relaxed_report["equivariance"]["max"], rel=1e-4, abs=1e-6)
+    # an export holds no relaxed weights: no symmetry report, and the report says so
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "metrics.md", "slice.png", "spectra.png"]
+    assert "**symmetry**: not reported: an export holds no relaxed weights" in (out / "metrics.md").read_text()
+
+
+@pytest.mark.parametrize("suffix", EXPORT_SUFFIXES)
+def test_predict_takes_every_export_format(work, relaxed_run, relaxed_exports, suffix):
+    from steerable_sr.data.dataset import downsample, load_generated
+    from steerable_sr.export import EXPORT_TOL
+    from steerable_sr.metrics import relative_l2
+
+    d = work / f"predict{suffix.replace('.', '_')}"
+    d.mkdir()
+    torch.save(downsample(load_generated(work / "tiny.h5")["velocity"][:4]), d / "lr.pt")
+    assert main(["predict", str(relaxed_run / "checkpoints" / "last.ckpt"), str(d / "lr.pt"), str(d / "a.pt")]) == 0
+    assert main(["predict", str(relaxed_exports / f"rsteer{suffix}"), str(d / "lr.pt"), str(d / "b.pt")]) == 0
+    a, b = torch.load(d / "a.pt"), torch.load(d / "b.pt")
+    assert a.shape == (2, 3, 16, 16, 16)
+    assert relative_l2(b, a) < EXPORT_TOL
 
 
 def test_predict_jhtdb_file_with_checkpoint_and_export(work, cnn_run):

@@ -6,8 +6,8 @@ Commands::
     steerable-sr validate  --config configs/default.yaml --ckpt_path CKPT
     steerable-sr test      --config configs/default.yaml --ckpt_path CKPT
     steerable-sr predict   MODEL INPUT OUTPUT [--downsample]       (MODEL: checkpoint or exported module)
-    steerable-sr evaluate  CKPT --data PATH --out DIR               (report: metrics, plots, symmetry)
-    steerable-sr export    CKPT OUT                                 (exported module + OUT.json metadata)
+    steerable-sr evaluate  MODEL --out DIR [--data PATH]            (report: metrics, plots, symmetry)
+    steerable-sr export    CKPT OUT.pt2|OUT.onnx|OUT.pt             (network + metadata in one file)
     steerable-sr generate  OUT.h5 [--n 64] [--frames 20] ...        (simulated turbulence dataset)
     steerable-sr check     DATA                                     (a dataset's values: NaN / Inf)
     steerable-sr info      --kind rsteer [--preset small]           (parameter count, layer table)
