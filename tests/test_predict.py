@@ -108,7 +108,8 @@ def test_automatic_tiles_under_a_small_budget_equal_the_whole_volume(tmp_path, m
 
 @pytest.mark.parametrize("layout", ["frames", "windows", "window"])
 def test_tensor_inputs_in_tiles_equal_the_whole_volume(tmp_path, models, layout):
-    x = {"frames": frames(4), "windows": frames(6).reshape(2, 9, 15, 15, 15), "window": frames(3).reshape(9, 15, 15, 15)}
+    x = {"frames": frames(4), "windows": frames(6).reshape(2, 9, 15, 15, 15),
+         "window": frames(3).reshape(9, 15, 15, 15)}
     torch.save(x[layout], tmp_path / "lr.pt")
     predict(models["export"], tmp_path / "lr.pt", tmp_path / "whole.pt", "--tile", "none")
     predict(models["export"], tmp_path / "lr.pt", tmp_path / "tiled.pt", "--tile", "4")

@@ -119,7 +119,8 @@ def _open_input(path: str) -> tuple[VelocityFrames | torch.Tensor, dict[str, Any
             return frames, {"times": frames.times, "coords": frames.coords}
         return frames, {"times": list(range(1, len(frames) + 1))}
     if Path(path).suffix.lower() != ".pt":
-        raise CLIError(f"unknown input format {Path(path).suffix.lower()!r} for {path}; predict reads {ACCEPTED_INPUTS}")
+        raise CLIError(f"unknown input format {Path(path).suffix.lower()!r} for {path}; predict reads "
+                       f"{ACCEPTED_INPUTS}")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
@@ -204,7 +205,8 @@ def _predict_whole(model: InferenceModel, windows: list[FrameWindow], batch_size
                       for i in range(0, len(windows), batch_size)])
 
 
-def _tiled_network(model: InferenceModel, args: argparse.Namespace, channels: int, n: int) -> tuple[torch.nn.Module, int]:
+def _tiled_network(model: InferenceModel, args: argparse.Namespace, channels: int,
+                   n: int) -> tuple[torch.nn.Module, int]:
     """The network in physical units and the tile edge (high-resolution voxels) of ``--tile``."""
     from ..tiling import auto_tile, default_max_memory, tileable
     from ..tiling.volumes import PhysicalUnits
