@@ -116,9 +116,13 @@ class RuntimeModule(torch.nn.Module):
         ``(B, 3 frames, n, n, n)`` -> ``(B, 3, upscale n, upscale n, upscale n)``, on the input's device.
     """
 
-    def __init__(self, run: Network) -> None:
+    def __init__(self, run: Network, device: str = "cpu") -> None:
         super().__init__()
         self.run = run
+        #: Empty: says where ``run`` takes its input (:func:`steerable_sr.tiling.predict.placement`).
+        self.register_buffer("placement", torch.empty(0, device=device), persistent=False)
+        #: The network's :class:`~steerable_sr.tiling.TileGeometry` where its export recorded it.
+        self.tile_geometry = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.run(x)
@@ -151,7 +155,7 @@ def _load_exported_program(path: str, device: str) -> tuple[torch.nn.Module, dic
         raise ValueError(f"{path}: not a loadable ExportedProgram ({str(exc).strip().splitlines()[0]})") from None
     if device != "cpu":
         program = torch.export.passes.move_to_device_pass(program, device)
-    net = RuntimeModule(program.module().__call__)  # the bound call: the module itself refuses eval()
+    net = RuntimeModule(program.module().__call__, device)  # the bound call: the module refuses eval()
     return net, json.loads(extra[METADATA_KEY]) if extra[METADATA_KEY] else {}
 
 
@@ -219,7 +223,7 @@ def _load_onnx(path: str, device: str) -> tuple[torch.nn.Module, dict[str, Any]]
     except (Fail, InvalidGraph, InvalidProtobuf) as exc:
         raise ValueError(f"{path}: not a loadable ONNX model ({str(exc).strip().splitlines()[0]})") from None
     text = session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
-    return RuntimeModule(functools.partial(_run_session, session)), json.loads(text) if text else {}
+    return RuntimeModule(functools.partial(_run_session, session), device), json.loads(text) if text else {}
 
 
 # ---------------------------------------------------------------------------------------- .pt
@@ -291,6 +295,15 @@ def module_metadata(module: SuperResolutionModule) -> dict[str, Any]:
     meta["input_size"] = int(module.train_input_size) or None
     meta["velocity_scale"] = float(module.velocity_scale)
     return meta
+
+
+def tiling_metadata(net: torch.nn.Module, channels: int) -> dict[str, Any]:
+    """What tiled prediction reads from the network's layers (:class:`~steerable_sr.tiling.TileGeometry`:
+    halo and memory per voxel, measured on ``net`` in eval mode on the CPU), recorded with an export
+    whose graph hides the layers (``.pt2``, ``.onnx``)."""
+    from .tiling import receptive_field, tile_memory
+
+    return {"halo": receptive_field(net), "bytes_per_voxel": tile_memory(net, channels).bytes_per_voxel}
 
 
 @torch.no_grad()
@@ -365,6 +378,7 @@ def write_export(module: SuperResolutionModule, out: str | os.PathLike, source: 
     net = module.model.export().eval()
     n = meta["input_size"] or 4
     channels = 3 * int(meta["frames"])
+    meta["tiling"] = tiling_metadata(net, channels)
     example = torch.randn(2, channels, n, n, n, generator=torch.Generator().manual_seed(0))
     with atomic_output(out, overwrite=overwrite) as tmp:
         fmt.write(net, tmp, to_json(meta) + "\n", example)
@@ -456,4 +470,8 @@ def load_for_inference(path: str | os.PathLike, device: str = "cpu", trust: bool
     net, meta = fmt.load(path, device)
     if "frames" not in meta or "upscale" not in meta:
         raise ValueError(f"{path}: exported module without steerable-sr metadata (frames, upscale)")
+    if isinstance(net, RuntimeModule) and "tiling" in meta:
+        from .tiling import TileGeometry
+
+        net.tile_geometry = TileGeometry(upscale=int(meta["upscale"]), **meta["tiling"])
     return InferenceModel(net, meta, fmt.name, device)

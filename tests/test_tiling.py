@@ -317,3 +317,23 @@ def test_evaluate_over_budget_gives_the_report_of_the_whole_volumes(over_budget)
         assert tiled["equivariance"][name] == pytest.approx(reference["equivariance"][name], rel=1e-4)
     for name, spectrum in reference["spectra"].items():
         assert tiled["spectra"][name] == pytest.approx(spectrum, rel=1e-4)
+
+
+def test_a_network_whose_layers_are_hidden_tiles_from_its_declared_geometry(models):
+    """An exported program or ONNX session shows no convolutions: it tiles from the geometry its
+    export recorded (halo, upscale, memory), to the whole volume's output."""
+    from steerable_sr.export import RuntimeModule, tiling_metadata
+    from steerable_sr.tiling import TileGeometry
+
+    plain = models["rsteer"].export().eval()
+    hidden = RuntimeModule(plain.__call__).eval()
+    assert not tileable(hidden)
+    with pytest.raises(ValueError, match="no transposed convolution"):
+        receptive_field(hidden)
+    hidden.tile_geometry = TileGeometry(upscale=2, **tiling_metadata(plain, 9))
+    assert tileable(hidden) and receptive_field(hidden) == receptive_field(plain)
+    assert tile_memory(hidden, 9).bytes_per_voxel == hidden.tile_geometry.bytes_per_voxel
+    x = torch.randn(1, 9, 9, 9, 9)
+    out = torch.full((1, 3, 18, 18, 18), float("nan"))
+    predict_tiled(hidden, x, out, tile=8)  # 4 low-resolution voxels: 3 tiles an axis
+    assert relative_error(out, whole(plain, x)) <= RTOL

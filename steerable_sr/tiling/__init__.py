@@ -16,8 +16,8 @@ from .bounded import BoundedNetwork
 from .memory import (available_memory, auto_tile, default_max_memory, format_memory, parse_memory,
                      tile_memory)
 from .predict import predict_tiled, work_ratio
-from .receptive import receptive_field, tileable, upscale_of
+from .receptive import TileGeometry, receptive_field, tileable, upscale_of
 
-__all__ = ["BoundedNetwork", "auto_tile", "available_memory", "default_max_memory", "format_memory",
+__all__ = ["BoundedNetwork", "TileGeometry", "auto_tile", "available_memory", "default_max_memory", "format_memory",
            "parse_memory", "predict_tiled", "receptive_field", "tile_memory", "tileable", "upscale_of",
            "work_ratio"]

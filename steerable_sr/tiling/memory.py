@@ -32,7 +32,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from .predict import axis_tiles
-from .receptive import receptive_field, upscale_of
+from .receptive import declared_geometry, receptive_field, upscale_of
 
 #: Bytes per unit of a memory size (case-insensitive): decimal and binary prefixes.
 MEMORY_UNITS = {"b": 1, "kb": 10 ** 3, "mb": 10 ** 6, "gb": 10 ** 9, "tb": 10 ** 12,
@@ -156,8 +156,10 @@ def tile_memory(model: nn.Module, in_channels: int, edge: int = CALIBRATION_EDGE
     edge:
         The measured box's edge ``E``.
     """
+    declared = declared_geometry(model)
+    if declared is not None:
+        return TileMemory(declared.bytes_per_voxel)
     parameter = next(model.parameters())
-    upscale = upscale_of(model)
     with torch.no_grad():
         model(parameter.new_zeros(1, in_channels, 2, 2, 2))
         box = torch.randn(1, in_channels, edge, edge, edge, device=parameter.device, dtype=parameter.dtype)

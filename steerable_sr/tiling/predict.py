@@ -173,11 +173,11 @@ def predict_tiled(model: nn.Module, source: Volume, target: Volume, *, tile: int
     if out_size != upscale * size:
         raise ValueError(f"target of shape {tuple(target.shape)} does not fit the source {tuple(source.shape)}: its "
                          f"edge must be {upscale} x {size} = {upscale * size} (upscale x input edge)")
-    parameter = next(model.parameters())
+    device, dtype = placement(model)
     axes = axis_tiles(size, min(tile // upscale, size), halo, periodic)
     with torch.no_grad():
         for tiles in itertools.product(axes, repeat=3):
-            box = read_box(source, tiles, size).to(parameter.device, parameter.dtype)
+            box = read_box(source, tiles, size).to(device, dtype)
             if not torch.isfinite(box).all():
                 where = ", ".join(f"{t.box_start}:{t.box_start + t.box_edge}" for t in tiles)
                 raise ValueError(f"the source holds NaN or Inf in the box [{where}] (low-resolution voxels)")
@@ -187,6 +187,13 @@ def predict_tiled(model: nn.Module, source: Volume, target: Volume, *, tile: int
                                  f"{tuple(target.shape)} holds {target.shape[-4]}")
             interior = output[(slice(None), *(t.crop(upscale) for t in tiles))]
             write_box(target, tiles, upscale, interior)
+
+
+def placement(model: nn.Module) -> tuple[torch.device, torch.dtype]:
+    """The device and dtype of the model's first parameter, else of its first buffer (a network run by
+    another runtime keeps an empty one for that), else the CPU in float32."""
+    tensor = next(itertools.chain(model.parameters(), model.buffers()), None)
+    return (tensor.device, tensor.dtype) if tensor is not None else (torch.device("cpu"), torch.float32)
 
 
 def _cubic_edge(volume: Volume, name: str) -> int:

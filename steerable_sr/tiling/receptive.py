@@ -140,10 +140,43 @@ def _name(m: nn.Module) -> str:
     return getattr(m, "original_name", type(m).__name__)
 
 
+@dataclass(frozen=True)
+class TileGeometry:
+    """The tiling facts of a network whose layers cannot be read (an ExportedProgram's graph, an ONNX
+    session), measured on the network when it was exported and stored with it.
+
+    A module declares them as its attribute ``tile_geometry``; :func:`upscale_of`,
+    :func:`receptive_field`, :func:`tileable` and :func:`~.memory.tile_memory` read a declared
+    geometry before the layers.
+
+    Attributes
+    ----------
+    upscale : int
+        The upsampling factor.
+    halo : int
+        :func:`receptive_field` of the network, low-resolution voxels.
+    bytes_per_voxel : float
+        :attr:`~.memory.TileMemory.bytes_per_voxel` of the network (measured on the CPU).
+    """
+
+    upscale: int
+    halo: int
+    bytes_per_voxel: float
+
+
+def declared_geometry(module: object) -> TileGeometry | None:
+    """The :class:`TileGeometry` that ``module`` declares (attribute ``tile_geometry``), or ``None``."""
+    geometry = getattr(module, "tile_geometry", None)
+    return geometry if isinstance(geometry, TileGeometry) else None
+
+
 def tileable(module: object) -> bool:
-    """Whether tiled prediction can run ``module``: a torch module with a transposed convolution among
-    its :func:`grid_layers` (the upsampling that the tiles' geometry is read from)."""
-    return isinstance(module, nn.Module) and any(layer.transposed for layer in grid_layers(module))
+    """Whether tiled prediction can run ``module``: a torch module that declares its
+    :class:`TileGeometry`, or has a transposed convolution among its :func:`grid_layers` (the
+    upsampling that the tiles' geometry is read from)."""
+    if not isinstance(module, nn.Module):
+        return False
+    return declared_geometry(module) is not None or any(layer.transposed for layer in grid_layers(module))
 
 
 def _upsampling_layers(module: nn.Module) -> list[GridLayer]:
@@ -158,7 +191,10 @@ def _upsampling_layers(module: nn.Module) -> list[GridLayer]:
 
 def upscale_of(module: nn.Module) -> int:
     """The network's upsampling factor: the product of its transposed convolutions' strides
-    (``ValueError`` if it has none)."""
+    (``ValueError`` if it has none), or the declared :class:`TileGeometry`'s."""
+    declared = declared_geometry(module)
+    if declared is not None:
+        return declared.upscale
     return math.prod(layer.stride for layer in _upsampling_layers(module) if layer.transposed)
 
 
@@ -186,7 +222,15 @@ def receptive_field(module: nn.Module) -> int:
     ValueError
         A module without a transposed convolution, or with a convolution :func:`grid_layers` does not
         describe.
+
+    Notes
+    -----
+    A module that declares its :class:`TileGeometry` (an export whose layers cannot be read) gives
+    the halo measured on the network when it was exported.
     """
+    declared = declared_geometry(module)
+    if declared is not None:
+        return declared.halo
     layers = _upsampling_layers(module)
     upscale = math.prod(layer.stride for layer in layers if layer.transposed)
     lo, hi = 0, upscale - 1

@@ -150,5 +150,10 @@ class PhysicalUnits(nn.Module):
         super().__init__()
         self.net, self.scale = net, scale
 
+    @property
+    def tile_geometry(self):
+        """``net``'s declared :class:`~.receptive.TileGeometry` (``None`` if its layers are read)."""
+        return getattr(self.net, "tile_geometry", None)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x / self.scale) * self.scale
