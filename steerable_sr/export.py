@@ -154,7 +154,9 @@ def _load_exported_program(path: str, device: str) -> tuple[torch.nn.Module, dic
     except (RuntimeError, KeyError) as exc:
         raise ValueError(f"{path}: not a loadable ExportedProgram ({str(exc).strip().splitlines()[0]})") from None
     if device != "cpu":
-        program = torch.export.passes.move_to_device_pass(program, device)
+        from torch.export.passes import move_to_device_pass  # torch 2.11 does not import it with torch.export
+
+        program = move_to_device_pass(program, device)
     net = RuntimeModule(program.module().__call__, device)  # the bound call: the module refuses eval()
     return net, json.loads(extra[METADATA_KEY]) if extra[METADATA_KEY] else {}
 
@@ -438,7 +440,7 @@ class InferenceModel:
         return torch.cat(parts)
 
 
-def recognised_format(path: str | os.PathLike) -> ExportFormat | None:
+def _recognised_format(path: str | os.PathLike) -> ExportFormat | None:
     """The export format of the file at ``path`` (:attr:`ExportFormat.recognises`); ``None`` for any
     other file (a checkpoint)."""
     path = os.fspath(path)
@@ -461,7 +463,7 @@ def load_for_inference(path: str | os.PathLike, device: str = "cpu", trust: bool
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"model file not found: {path}")
-    fmt = recognised_format(path)
+    fmt = _recognised_format(path)
     if fmt is None:
         checkpoint = read_checkpoint(path, trust=trust)
         module = module_from_checkpoint(checkpoint, device, source=path)
