@@ -65,7 +65,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                           "window), written in the JHTDB layout (.h5) or as a tensor (.pt). Each step is predicted "
                           "in tiles that fit --max-memory and written tile by tile, so inputs and outputs of any "
                           "size can be predicted.")
-    parser.add_argument("model", help="training checkpoint (.ckpt) or exported module (.pt)")
+    parser.add_argument("model", help="training checkpoint (.ckpt) or export (.pt2, .onnx, .pt)")
     parser.add_argument("input", help="JHTDB HDF5 file (.h5/.hdf5), dataset written by `generate`, or tensor (.pt): "
                                       "(T,3,n,n,n) or (B,3*frames,n,n,n)")
     parser.add_argument("output", help="output file: .h5/.hdf5 (JHTDB layout) or .pt")
