@@ -17,6 +17,7 @@ from ..io import to_json, write_text
 from ..plots import plot_spectra, save_png
 from .config import StudyConfig
 from .output import StudyOutput
+from .paired import convergence, paired_differences, paired_markdown
 from .runs import measure_build_time, set_threads, train_one
 
 #: Test metrics of the table: (key logged by SuperResolutionModule, column title, format).
@@ -203,8 +204,8 @@ def run_compare(cfg: StudyConfig, log: Callable[[str], Any] = print) -> dict[str
     Returns
     -------
     dict
-        ``{"config", "build", "table", "runs"}`` as in ``results.json``. The finished runs are kept in
-        ``cfg.out/partial/results.json`` while the study trains; at the end ``results.json``,
+        ``{"config", "build", "table", "paired", "convergence", "runs"}`` as in ``results.json``. The
+        finished runs are kept in ``cfg.out/partial/results.json`` while the study trains; at the end ``results.json``,
         ``results.md``, ``val_curves.png`` and ``spectra.png`` are published together.
     """
     if not Path(cfg.data).exists():
@@ -231,7 +232,7 @@ def run_compare(cfg: StudyConfig, log: Callable[[str], Any] = print) -> dict[str
             write_text(staging / "results.json", to_json(progress, indent=1))
     with output.publish(staging) as tmp:
         result = render(tmp, cfg, runs, build)
-    log(table_markdown(result["table"], cfg))
+    log(table_markdown(result["table"], cfg) + "\n\n" + paired_markdown(runs))
     return result
 
 
@@ -253,12 +254,16 @@ def render(directory: Path, cfg: StudyConfig, runs: Sequence[dict], build: dict[
     Returns
     -------
     dict
-        ``{"config", "build", "table", "runs"}``.
+        ``{"config", "build", "table", "paired", "convergence", "runs"}``: ``paired`` the relaxed
+        minus exact differences of test MAE (:func:`~steerable_sr.study.paired.paired_differences`),
+        ``convergence`` per run (:func:`~steerable_sr.study.paired.convergence`).
     """
     table = aggregate(runs, build)
-    result = {"config": asdict(cfg), "build": build or {}, "table": table, "runs": list(runs)}
+    result = {"config": asdict(cfg), "build": build or {}, "table": table, "paired": paired_differences(runs),
+              "convergence": [{"kind": r["kind"], "seed": r["seed"], **convergence(r.get("curve", []))} for r in runs],
+              "runs": list(runs)}
     (directory / "results.json").write_text(to_json(result, indent=1))
-    (directory / "results.md").write_text(table_markdown(table, cfg) + "\n")
+    (directory / "results.md").write_text(table_markdown(table, cfg) + "\n\n" + paired_markdown(runs) + "\n")
     plot_curves(directory / "val_curves.png", runs)
     plot_run_spectra(directory / "spectra.png", runs)
     return result
@@ -295,5 +300,5 @@ def render_from_json(path: str | os.PathLike, out: str | None = None, log: Calla
     output.check(overwrite, partial=False)
     with output.publish() as tmp:
         result = render(tmp, cfg, saved["runs"], saved.get("build") or {})
-    log(table_markdown(result["table"], cfg))
+    log(table_markdown(result["table"], cfg) + "\n\n" + paired_markdown(saved["runs"]))
     return result
