@@ -150,6 +150,14 @@ def test_aggregate_mean_and_spread():
     assert "1.0000 ± 1.0000" in table_markdown(aggregate(runs))
 
 
+def test_the_table_states_the_steps_the_runs_took_not_the_batch_limit(toy_data, tmp_path):
+    """A split shorter than ``limit_train_batches`` ends each epoch early: the caption says so."""
+    runs = [fake_run("cnn", seed, None) | {"steps": 100} for seed in range(2)]
+    cfg = StudyConfig(data=str(toy_data), out=str(tmp_path), max_epochs=10, limit_train_batches=20)
+    text = table_markdown(aggregate(runs), cfg)
+    assert "10 epochs of at most 20 batches, 100 training steps per run" in text
+
+
 def test_discover_end_to_end_at_toy_size_with_symmetrised_control(toy_data, tmp_path):
     torch.set_num_threads(1)
     cfg = StudyConfig(data=str(toy_data), out=str(tmp_path / "disc"), seeds=(0,), crop=8, batch_size=1,

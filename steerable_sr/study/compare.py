@@ -60,7 +60,8 @@ def aggregate(runs: Sequence[dict], build: dict[str, dict] | None = None) -> dic
     for spec in dict.fromkeys(r["kind"] for r in runs):
         mine = [r for r in runs if r["kind"] == spec]
         row: dict[str, Any] = {"params": mine[0]["params"], "seeds": [r["seed"] for r in mine],
-                               "step_s": _stats([r["step_s"] for r in mine])}
+                               "step_s": _stats([r["step_s"] for r in mine]),
+                               "steps": sorted({int(r["steps"]) for r in mine if "steps" in r})}
         for key in sorted({k for r in mine for k in r["test"]}):
             row[key] = _stats([r["test"].get(key) for r in mine])
         if build and spec in build:
@@ -76,6 +77,15 @@ def _pm(stats: dict | None, fmt: str) -> str:
     if stats["n"] > 1:
         text += " ± " + fmt.format(stats["std"])
     return text
+
+
+def _steps_taken(table: dict[str, dict]) -> str:
+    """``", 100 training steps per run"``: the steps the runs took (an epoch ends with its data, before
+    ``limit_train_batches`` when the split is short)."""
+    steps = sorted({n for row in table.values() for n in row.get("steps", [])})
+    if not steps:
+        return ""
+    return f", {steps[0]}{'-' + str(steps[-1]) if len(steps) > 1 else ''} training steps per run"
 
 
 def table_markdown(table: dict[str, dict], cfg: StudyConfig | None = None) -> str:
@@ -118,8 +128,9 @@ def table_markdown(table: dict[str, dict], cfg: StudyConfig | None = None) -> st
         lines.append("")
         lines.append(f"Data `{cfg.data}`, crops {cfg.crop}^3 (input {cfg.crop // 4 if cfg.crop else 'whole'}^3), "
                      f"batch {cfg.batch_size}, {cfg.max_epochs} epochs"
-                     + (f" of {cfg.limit_train_batches} batches" if cfg.limit_train_batches else "")
+                     + (f" of at most {cfg.limit_train_batches} batches" if cfg.limit_train_batches else "")
                      + (f" (at most {cfg.max_steps} steps)" if cfg.max_steps and cfg.max_steps > 0 else "")
+                     + _steps_taken(table)
                      + f", Adam lr {cfg.lr} (weight decay "
                      f"{cfg.weight_decay}, StepLR {cfg.gamma}), penalty weight {cfg.penalty_weight} (relaxed kinds), "
                      f"preset `{cfg.preset}`, group {cfg.group}, seeds {seeds}: mean ± sample std over seeds; "
