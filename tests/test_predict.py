@@ -106,6 +106,32 @@ def test_automatic_tiles_under_a_small_budget_equal_the_whole_volume(tmp_path, m
     assert relative_error(torch.load(tmp_path / "tiled.pt"), torch.load(tmp_path / "whole.pt")) <= RTOL
 
 
+@pytest.mark.parametrize("model", ["checkpoint", "export"])
+def test_stage_by_stage_equals_the_whole_volume_file_and_leaves_no_scratch(tmp_path, models, model, capsys):
+    """4 frames -> 2 windows, 15^3 -> 30^3, under a budget that cuts the 30^3 stages into tiles."""
+    save_jhtdb(tmp_path / "lr.h5", frames(), start=7)
+    predict(models[model], tmp_path / "lr.h5", tmp_path / "whole.h5", "--tile", "none")
+    capsys.readouterr()
+    predict(models[model], tmp_path / "lr.h5", tmp_path / "staged.h5", "--tile", "stages", "--max-memory", "1MB")
+    assert "stage by stage, 4 stages" in capsys.readouterr().out
+    assert_same_file(tmp_path / "staged.h5", tmp_path / "whole.h5")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lr.h5", "staged.h5", "whole.h5"]
+
+
+def test_stages_without_the_scratch_space_they_need_are_refused_before_any_work(tmp_path, models, capsys,
+                                                                                 monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10 ** 6, 10 ** 6 - 100, 100))
+    save_jhtdb(tmp_path / "lr.h5", frames(3, 6))
+    # the ResBlock's input and output on the 12^3 grid, 2 channels of float32: 2 x 2 x 12^3 x 4 bytes
+    _one_line_error([models["checkpoint"], tmp_path / "lr.h5", tmp_path / "out.h5", "--tile", "stages"],
+                    "--tile stages needs 27.6 kB of scratch space in", capsys)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lr.h5"]
+
+
 @pytest.mark.parametrize("layout", ["frames", "windows", "window"])
 def test_tensor_inputs_in_tiles_equal_the_whole_volume(tmp_path, models, layout):
     x = {"frames": frames(4), "windows": frames(6).reshape(2, 9, 15, 15, 15),
@@ -192,7 +218,9 @@ def test_float16_velocity_is_read_as_float32(tmp_path, models):
     (["--tile", "none", "--max-memory", "2GB"], "with --tile none it would be ignored"),
     (["--tile", "8", "--max-memory", "2GB"], "with --tile 8 it would be ignored"),
     (["--batch-size", "2"], "tiled prediction runs one box at a time"),
-    (["--tile", "big"], "argument --tile: expected auto, none or a positive tile edge"),
+    (["--tile", "big"], "argument --tile: expected auto, stages, none or a positive tile edge"),
+    (["--scratch", "."], "with --tile auto it would be ignored"),
+    (["--tile", "stages", "--scratch", "missing"], "scratch folder missing does not exist"),
     (["--max-memory", "2XB"], "argument --max-memory: memory size '2XB'"),
 ])
 def test_a_tiling_option_that_cannot_be_honoured_is_one_line_and_writes_nothing(tmp_path, models, capsys, options,

@@ -8,6 +8,9 @@
 * :mod:`.memory`: memory sizes (:func:`parse_memory`), the peak memory of a tile
   (:func:`tile_memory`), the tile edge that fits a budget (:func:`auto_tile`) and the default budget
   (:func:`default_max_memory`);
+* :mod:`.staged`: :func:`predict_staged`, the network stage by stage, each stage in tiles with its own
+  halo and the fields between stages in scratch files: about the whole-volume pass's time, for disk
+  (:func:`scratch_bytes`);
 * :mod:`.bounded`: :class:`BoundedNetwork`, batches of whole volumes within a budget (``evaluate``);
 * :mod:`.volumes`: the volumes of velocity files read and written box by box, and the network in
   physical units (``predict``; imported on its own, it needs the data package).
@@ -17,7 +20,8 @@ from .memory import (available_memory, auto_tile, default_max_memory, format_mem
                      tile_memory)
 from .predict import predict_tiled, work_ratio
 from .receptive import TileGeometry, receptive_field, tileable, upscale_of
+from .staged import network_stages, predict_staged, scratch_bytes
 
 __all__ = ["BoundedNetwork", "TileGeometry", "auto_tile", "available_memory", "default_max_memory", "format_memory",
-           "parse_memory", "predict_tiled", "receptive_field", "tile_memory", "tileable", "upscale_of",
-           "work_ratio"]
+           "network_stages", "parse_memory", "predict_staged", "predict_tiled", "receptive_field", "scratch_bytes",
+           "tile_memory", "tileable", "upscale_of", "work_ratio"]

@@ -31,7 +31,7 @@ from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from .predict import axis_tiles
+from .predict import axis_tiles, placement
 from .receptive import declared_geometry, receptive_field, upscale_of
 
 #: Bytes per unit of a memory size (case-insensitive): decimal and binary prefixes.
@@ -159,10 +159,10 @@ def tile_memory(model: nn.Module, in_channels: int, edge: int = CALIBRATION_EDGE
     declared = declared_geometry(model)
     if declared is not None:
         return TileMemory(declared.bytes_per_voxel)
-    parameter = next(model.parameters())
+    device, dtype = placement(model)
     with torch.no_grad():
-        model(parameter.new_zeros(1, in_channels, 2, 2, 2))
-        box = torch.randn(1, in_channels, edge, edge, edge, device=parameter.device, dtype=parameter.dtype)
+        model(torch.zeros(1, in_channels, 2, 2, 2, device=device, dtype=dtype))
+        box = torch.randn(1, in_channels, edge, edge, edge, device=device, dtype=dtype)
         with TensorMemory() as memory:
             output = model(box)
     tile_bytes = memory.peak + 2 * box.nbytes + output.nbytes

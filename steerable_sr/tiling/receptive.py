@@ -231,10 +231,35 @@ def receptive_field(module: nn.Module) -> int:
     declared = declared_geometry(module)
     if declared is not None:
         return declared.halo
-    layers = _upsampling_layers(module)
+    upscale, halo = _walk(_upsampling_layers(module))
+    skip_lo, skip_hi = trilinear_reads(0, upscale - 1, upscale)
+    return max(halo, -skip_lo, skip_hi)
+
+
+def stage_geometry(module: nn.Module) -> tuple[int, int]:
+    """The upscale factor and the halo of one part of a network on its own grid (e.g. a block of the
+    decoder): :func:`receptive_field` without the trilinear skip of the input, for modules with or
+    without upsampling.
+
+    Parameters
+    ----------
+    module:
+        A chain of :func:`grid_layers` and pointwise layers, ``(B, C, m, m, m) -> (B, C', u m, u m, u m)``.
+
+    Returns
+    -------
+    (int, int)
+        ``u`` (1 without a transposed convolution) and the halo ``h >= 0`` in voxels of the module's
+        input grid: a box extending ``h`` voxels beyond a tile on every side inside the volume gives the
+        whole-volume output in the tile.
+    """
+    return _walk(grid_layers(module))
+
+
+def _walk(layers: list[GridLayer]) -> tuple[int, int]:
+    """``(upscale, halo)``: the reads of the output block of input voxel 0, walked back through ``layers``."""
     upscale = math.prod(layer.stride for layer in layers if layer.transposed)
     lo, hi = 0, upscale - 1
     for layer in reversed(layers):
         lo, hi = layer.reads(lo, hi)
-    skip_lo, skip_hi = trilinear_reads(0, upscale - 1, upscale)
-    return max(-min(lo, skip_lo), max(hi, skip_hi), 0)
+    return upscale, max(-lo, hi, 0)

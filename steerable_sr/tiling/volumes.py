@@ -96,13 +96,18 @@ class JHTDBTarget:
     shape : tuple of int
         ``(3, nx, ny, nz)``.
 
-    ``target[:, x, y, z] = box`` writes a box ``(3, bx, by, bz)`` (array or tensor) in its place.
+    ``target[:, x, y, z] = box`` writes a box ``(3, bx, by, bz)`` (array or tensor) in its place;
+    ``target[:, x, y, z]`` reads one back.
     """
 
     def __init__(self, dataset: h5py.Dataset) -> None:
         self.dataset = dataset
         nz, ny, nx, _ = dataset.shape
         self.shape = (3, nx, ny, nz)
+
+    def __getitem__(self, index: tuple) -> np.ndarray:
+        bx, by, bz = _box(index, self.shape[-1])
+        return self.dataset[bz, by, bx, :].transpose(3, 2, 1, 0)
 
     def __setitem__(self, index: tuple, value: np.ndarray | torch.Tensor) -> None:
         bx, by, bz = _box(index, self.shape[-1])
