@@ -8,7 +8,7 @@
     python scripts/bench.py memory --batch 2 --size 16   # peak memory and step, with/without checkpointing
     python scripts/bench.py bf16 --batch 2 --size 8      # bf16-mixed vs fp32: time and drift on the same steps
     python scripts/bench.py data --kinds rsteer --steps 2  # fit peak RSS vs file size; loader samples/s
-    python scripts/bench.py predict --kinds rgcnn --sizes 16 24 --tiles none auto  # whole vs tiled prediction
+    python scripts/bench.py predict --kinds rgcnn --sizes 16 24 --tiles none auto stages  # whole vs tiled prediction
     python scripts/bench.py export --kinds rsteer --size 32 --batch 1  # eager vs .pt2 vs onnxruntime inference
 
 * build: each kind in a new process. "cold" = empty steerable_sr cache and escnn's joblib cache
@@ -36,8 +36,9 @@
   validation), its peak RSS from ``os.wait4``; and the training loader alone: samples/s over
   ``--batches`` batches after the first (worker start-up excluded), per ``--crops`` and ``--workers``.
 * predict: per kind, volume size (``--sizes``, low-resolution edge n) and tile (``--tiles``: ``none`` for
-  the whole volume at once, ``auto`` for :func:`~steerable_sr.tiling.auto_tile` under ``--max-memory``, or
-  an edge in high-resolution voxels), each in a new process (CPU address space capped by
+  the whole volume at once, ``auto`` for :func:`~steerable_sr.tiling.auto_tile` under ``--max-memory``,
+  ``stages`` for :func:`~steerable_sr.tiling.predict_staged` under ``--max-memory`` with its scratch
+  files next to the output, or an edge in high-resolution voxels), each in a new process (CPU address space capped by
   ``--mem-limit-gib``): eval-mode prediction of a random input (batch-norm statistics from one
   training-mode pass) into a chunked HDF5 dataset, wall and CPU time (the process's, the fair measure on
   a shared machine with one thread) and peak memory (CPU: the process's peak RSS, total; CUDA:
@@ -133,7 +134,8 @@ def _predict_child(kind: str, preset: str, size: str, tile: str, max_memory: str
     import torch
 
     from steerable_sr.models import build_model
-    from steerable_sr.tiling import auto_tile, parse_memory, predict_tiled, receptive_field, tile_memory, work_ratio
+    from steerable_sr.tiling import (auto_tile, network_stages, parse_memory, predict_staged, predict_tiled,
+                                     receptive_field, scratch_bytes, tile_memory, work_ratio)
     from steerable_sr.tiling.predict import axis_tiles
 
     device, n = torch.device(device), int(size)
@@ -145,9 +147,14 @@ def _predict_child(kind: str, preset: str, size: str, tile: str, max_memory: str
     x = torch.randn(1, model.in_channels, n, n, n, generator=torch.Generator().manual_seed(1))
     s, halo = model.upscale, receptive_field(model)
     row = {"halo": halo}
-    if tile == "auto":
+    stages = None
+    if tile in ("auto", "stages"):
         start = time.perf_counter()
-        edge = auto_tile(model, model.in_channels, n, parse_memory(max_memory))
+        if tile == "auto":
+            edge = auto_tile(model, model.in_channels, n, parse_memory(max_memory))
+        else:
+            edge, stages = None, network_stages(model)
+            row["scratch_gb"] = scratch_bytes(stages, n) / 1e9
         row["calibration_s"] = time.perf_counter() - start
     else:
         edge = None if tile == "none" else int(tile)
@@ -164,7 +171,10 @@ def _predict_child(kind: str, preset: str, size: str, tile: str, max_memory: str
     with h5py.File(out, "w") as f:
         target = f.create_dataset("velocity", shape=(3, s * n, s * n, s * n), dtype="f4", chunks=(3, *[chunk] * 3))
         start, cpu_start = time.perf_counter(), time.process_time()
-        if edge is None:
+        if stages is not None:
+            row["stage_tiles"] = predict_staged(model, x[0], target, max_memory=parse_memory(max_memory),
+                                                scratch=os.path.dirname(out), stages=stages)
+        elif edge is None:
             with torch.no_grad():
                 target[...] = model(x.to(device))[0].cpu().numpy()
         else:
@@ -566,8 +576,10 @@ def bench_predict(opts) -> None:
                     if tile == "none":
                         whole = (out, r["cpu_s"])
                     compared = tile != "none" and whole is not None
-                    cells = [kind, volume, "whole" if tile == "none" else f"{r['tile']}" + " (auto)" * (tile == "auto"),
-                             r.get("boxes", 1), f"{r.get('work', 1):.2f}",
+                    name = {"none": "whole", "stages": f"stages ({r.get('scratch_gb', 0):.2f} GB scratch)"}.get(
+                        tile, f"{r.get('tile')}" + " (auto)" * (tile == "auto"))
+                    cells = [kind, volume, name, "-" if tile == "stages" else r.get("boxes", 1),
+                             "-" if tile == "stages" else f"{r.get('work', 1):.2f}",
                              f"{r['estimate_gb']:.2f}" if "estimate_gb" in r else "-",
                              f"{r['peak_gb']:.2f}", f"{r['before_gb']:.2f}", f"{r['time_s']:.1f}", f"{r['cpu_s']:.1f}",
                              f"{r['cpu_s'] / (4 * n) ** 3 * 1e6:.1f}",
@@ -663,8 +675,9 @@ def main(argv=None) -> None:
     parser.add_argument("--data-dir", default=None, help="data: where the files are written (then removed)")
     parser.add_argument("--sizes", type=int, nargs="+", default=[16, 24], help="predict: input edges n (output 4n)")
     parser.add_argument("--tiles", nargs="+", default=["none", "auto"],
-                        help="predict: none (whole volume), auto (--max-memory) or tile edges in output voxels")
-    parser.add_argument("--max-memory", default="2GB", help="predict: the budget of auto tiles")
+                        help="predict: none (whole volume), auto (--max-memory), stages (stage by stage under "
+                             "--max-memory) or tile edges in output voxels")
+    parser.add_argument("--max-memory", default="2GB", help="predict: the budget of auto tiles and of stages")
     opts = parser.parse_args(argv)
     {"build": bench_build, "step": bench_step, "infer": bench_infer, "separable": bench_separable,
      "memory": bench_memory, "bf16": bench_bf16, "data": bench_data, "predict": bench_predict,

@@ -100,7 +100,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _check_options(args: argparse.Namespace) -> None:
     """Refuse options that the chosen ``--tile`` would ignore."""
     if args.tile is None and args.periodic:
-        raise CLIError("--periodic wraps the halos of the tiles around the volume; it needs --tile auto or --tile "
+        raise CLIError("--periodic wraps the halos of the tiles around the volume; it needs --tile auto, stages or "
                        "EDGE, not --tile none")
     if args.tile not in ("auto", "stages") and args.max_memory is not None:
         raise CLIError(f"--max-memory sizes the automatic tiles (--tile auto or stages); with --tile "

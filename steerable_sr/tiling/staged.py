@@ -70,12 +70,15 @@ class Stage(nn.Module):
         y = self.body(x)
         return y * self.scale_out if self.scale_out != 1.0 else y
 
+    def geometry(self) -> tuple[int, int]:
+        """``(upscale, halo)`` of its layers (:func:`~.receptive.stage_geometry`)."""
+        return stage_geometry(self.body)
+
     def measure(self, in_channels: int) -> "Stage":
-        """Declare the upscale and halo of its layers and its memory per input voxel (on a small box)."""
-        upscale, halo = stage_geometry(self.body)
+        """Declare its :meth:`geometry` and its memory per input voxel (measured on a small box)."""
         self.tile_geometry = None
         memory = tile_memory(self, in_channels)
-        self.tile_geometry = TileGeometry(upscale, halo, memory.bytes_per_voxel)
+        self.tile_geometry = TileGeometry(*self.geometry(), memory.bytes_per_voxel)
         return self
 
 
@@ -83,23 +86,20 @@ class TrilinearSkip(Stage):
     """The trilinear skip of a network: ``x (B, C_in, n, n, n) -> scale * trilinear(x[:, f:f+3])``
     upsampled by ``upscale`` (``align_corners=False``, as in the network's forward)."""
 
-    def __init__(self, frame: int, upscale: int, scale: float, placed: torch.Tensor) -> None:
+    def __init__(self, frame: int, upscale: int, scale: float, device: torch.device, dtype: torch.dtype) -> None:
         super().__init__([])
         self.frame, self.upscale, self.scale = frame, upscale, scale
         # An empty buffer on the network's device and dtype, for placement().
-        self.register_buffer("anchor", placed.new_empty(0), persistent=False)
+        self.register_buffer("anchor", torch.empty(0, device=device, dtype=dtype), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         middle = x[:, self.frame:self.frame + 3] / self.scale
         y = F.interpolate(middle, scale_factor=float(self.upscale), mode="trilinear", align_corners=False)
         return y * self.scale
 
-    def measure(self, in_channels: int) -> "TrilinearSkip":
+    def geometry(self) -> tuple[int, int]:
         lo, hi = trilinear_reads(0, self.upscale - 1, self.upscale)
-        self.tile_geometry = None
-        memory = tile_memory(self, in_channels)
-        self.tile_geometry = TileGeometry(self.upscale, max(-lo, hi, 0), memory.bytes_per_voxel)
-        return self
+        return self.upscale, max(-lo, hi, 0)
 
 
 @dataclass(frozen=True)
@@ -160,8 +160,7 @@ def network_stages(model: nn.Module) -> NetworkStages | None:
     upscales = tuple(stage.tile_geometry.upscale for stage in stages)
     skip = None
     if skip_frame is not None:
-        anchor = torch.empty(0, device=device, dtype=dtype)
-        skip = TrilinearSkip(int(skip_frame), math.prod(upscales), scale, anchor).measure(in_channels)
+        skip = TrilinearSkip(int(skip_frame), math.prod(upscales), scale, device, dtype).measure(in_channels)
     return NetworkStages(tuple(stages), tuple(channels), upscales, skip)
 
 
