@@ -22,7 +22,7 @@ its own layers (:func:`~.receptive.stage_geometry`), so its tiles equal its whol
 float round-off, the volume's boundary included (a box that ends at the boundary zero-pads there,
 like the whole pass); by induction so does the last stage. Periodic: every stage wraps its halo, and
 the stages' periodic outputs compose to the network's periodic output, the whole-volume prediction of
-the circularly padded input (:mod:`.predict`).
+the circularly padded input (:mod:`steerable_sr.tiling.predict`).
 """
 from __future__ import annotations
 
