@@ -64,6 +64,20 @@ def test_stages_in_tiles_equal_the_whole_volume(models, kind, tmp_path):
     assert relative_error(out, whole(model, x)) <= RTOL
 
 
+@pytest.mark.parametrize("kind, options", [
+    ("gcnn", {"separable": True}), ("rsteer", {"group": "O"}), ("cnn", {"upscale": 2}), ("steer", {"upscale": 8}),
+    ("cnn", {"trilinear_skip": False}), ("cnn", {"frames": 1})])
+def test_stages_of_other_networks_equal_the_whole_volume(kind, options, tmp_path):
+    """Separable convolutions, the rotation group O, 1 or 3 upsampling stages, no skip, one frame."""
+    torch.manual_seed(0)
+    model = with_statistics(kind, **{"upscale": 4, **options})
+    x = torch.randn(1, model.in_channels, 7, 7, 7)
+    reference = whole(model, x)
+    out = torch.full_like(reference[0], float("nan"))
+    predict_staged(model, x[0], out, max_memory=2 * 10 ** 6, scratch=tmp_path)
+    assert relative_error(out[None], reference) <= RTOL
+
+
 @pytest.mark.parametrize("kind", ["cnn", "rsteer"])
 def test_periodic_stages_equal_the_circularly_padded_whole_volume(models, kind, tmp_path):
     model = models[kind]
