@@ -1,8 +1,15 @@
-r"""Relaxed weights ``w_l : G -> R`` stored by their Fourier blocks (docs/conventions.md, "Relaxed group
-convolution").
+r"""Relaxed weights ``w_l : G -> R``, learned by their values on the elements and read by their Fourier
+blocks (docs/conventions.md, "Relaxed group convolution").
 
-``RelaxedWeights`` holds ``L`` functions on the group as coefficients ``(L, |G|)`` in the
-Peter-Weyl basis (one ``d_psi x d_psi`` block per irrep ``psi``). Multiplying a field by ``w_l``
+``RelaxedWeights`` holds ``L`` functions on the group by their values ``(L, |G|)`` (Wang et al.'s
+parametrisation); their coefficients in the Peter-Weyl basis (one ``d_psi x d_psi`` block per irrep
+``psi``) give the layer's mixing, the penalty and the read-out. The values are the parameters because
+the group acts on them by permutations, which commute with an optimiser's per-parameter steps (Adam):
+trained on data that keep an element, the weights are driven towards invariance under it from every
+side. The group acts on a Fourier block by an orthogonal matrix instead, which per-coordinate steps do
+not respect: they pull a block's direction towards the axes of its basis (measured: a y <-> z part of
+about 0.2 in the defect of an x-axis quadrupole, the same in every seed, even on exactly D4h-symmetric
+training data). Multiplying a field by ``w_l``
 acts on any field type through its Fourier embedding ``F`` (:mod:`steerable_sr.nn.fourier`):
 
     M_rho(w) = F^T diag(w) F            (d x d, one per field representation)
@@ -39,8 +46,11 @@ class RelaxedWeights(torch.nn.Module):
 
     Attributes
     ----------
-    coefficients : torch.nn.Parameter
-        ``(L, |G|)``: the Fourier coefficients in the Peter-Weyl basis, grouped by irrep block.
+    values : torch.nn.Parameter
+        ``(L, |G|)``: the weights on the elements, in the order of ``group_matrices``.
+    coefficients : torch.Tensor
+        ``(L, |G|)``: their Fourier coefficients in the Peter-Weyl basis, grouped by irrep block
+        (``values = coefficients @ phi``).
     """
 
     def __init__(self, group: str, num_filter_banks: int):
@@ -51,30 +61,45 @@ class RelaxedWeights(torch.nn.Module):
         phi, blocks = peter_weyl_basis(group)
         self.blocks = blocks
         self.register_buffer("phi", torch.from_numpy(phi.copy()).float(), persistent=False)
-        coefficients = torch.zeros(num_filter_banks, len(phi))
-        # The trivial irrep's basis function is the constant 1/sqrt(|G|): w = 1 everywhere.
-        coefficients[:, blocks[0][1]] = math.sqrt(len(phi))
-        self.coefficients = torch.nn.Parameter(coefficients)
+        self.values = torch.nn.Parameter(torch.ones(num_filter_banks, len(phi)))
+
+    @property
+    def coefficients(self) -> torch.Tensor:
+        """``(L, |G|)``: the Fourier coefficients of the weights, ``values @ phi^T`` (``phi`` is orthogonal).
+
+        The trivial one is ``sqrt(|G|)`` times the mean, the others are those of ``values - mean``
+        (the non-trivial basis functions are orthogonal to constants): exactly zero for constant
+        weights, so a layer at its initialisation is exactly equivariant."""
+        mean = self.values.mean(dim=1, keepdim=True)
+        order = self.values.shape[1]
+        return torch.cat([mean * math.sqrt(order), (self.values - mean) @ self.phi[1:].T], dim=1)
 
     @property
     def num_filter_banks(self) -> int:
         """``L``."""
-        return self.coefficients.shape[0]
+        return self.values.shape[0]
 
     def on_group(self) -> torch.Tensor:
-        """The weights sampled on the elements, ``(L, |G|)``, in the order of ``group_matrices``."""
-        return self.coefficients @ self.phi
+        """The weights on the elements, ``(L, |G|)``, in the order of ``group_matrices``."""
+        return self.values
 
     @torch.no_grad()
     def set_on_group(self, weights: torch.Tensor) -> None:
         """Set the weights from their values on the elements, ``(L, |G|)``."""
-        weights = torch.as_tensor(weights, dtype=self.coefficients.dtype, device=self.coefficients.device)
-        expected = tuple(self.coefficients.shape)
+        weights = torch.as_tensor(weights, dtype=self.values.dtype, device=self.values.device)
+        expected = tuple(self.values.shape)
         if tuple(weights.shape) != expected:
             raise ValueError(f"relaxed weights must have shape (L, |G|) = {expected}, got {tuple(weights.shape)}")
         if not torch.isfinite(weights).all():
             raise ValueError("relaxed weights contain NaN or Inf")
-        self.coefficients.copy_(weights @ self.phi.T)
+        self.values.copy_(weights)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Checkpoints written before the weights were learned by their values hold the coefficients.
+        if prefix + "coefficients" in state_dict and prefix + "values" not in state_dict:
+            coefficients = state_dict.pop(prefix + "coefficients")
+            state_dict[prefix + "values"] = coefficients @ self.phi.to(coefficients)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def irrep_energies(self) -> dict[str, torch.Tensor]:
         """Per irrep ``psi``: the Frobenius norm of each bank's block ``w_l(psi)``, a tensor ``(L,)``."""
