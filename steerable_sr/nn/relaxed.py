@@ -2,7 +2,7 @@ r"""Relaxed weights ``w_l : G -> R``, learned by their values on the elements an
 blocks (docs/conventions.md, "Relaxed group convolution").
 
 ``RelaxedWeights`` holds ``L`` functions on the group by their values ``(L, |G|)`` (Wang et al.'s
-parametrisation); their coefficients in the Peter-Weyl basis (one ``d_psi x d_psi`` block per irrep
+parametrisation, with the mean of each function a parameter apart); their coefficients in the Peter-Weyl basis (one ``d_psi x d_psi`` block per irrep
 ``psi``) give the layer's mixing, the penalty and the read-out. The values are the parameters because
 the group acts on them by permutations, which commute with an optimiser's per-parameter steps (Adam):
 trained on data that keep an element, the weights are driven towards invariance under it from every
@@ -46,11 +46,15 @@ class RelaxedWeights(torch.nn.Module):
 
     Attributes
     ----------
-    values : torch.nn.Parameter
-        ``(L, |G|)``: the weights on the elements, in the order of ``group_matrices``.
+    trivial : torch.nn.Parameter
+        ``(L,)``: the mean of each bank over the elements.
+    deviation : torch.nn.Parameter
+        ``(L, |G|)``: each bank's values on the elements (order of ``group_matrices``) minus their mean
+        (its own mean is removed in use): the weights are ``trivial + deviation - mean(deviation)``.
+        Apart, the mean's gradient does not swamp the deviation's in Adam's per-parameter scaling.
     coefficients : torch.Tensor
-        ``(L, |G|)``: their Fourier coefficients in the Peter-Weyl basis, grouped by irrep block
-        (``values = coefficients @ phi``).
+        ``(L, |G|)``: the weights' Fourier coefficients in the Peter-Weyl basis, grouped by irrep block
+        (``on_group() = coefficients @ phi``).
     """
 
     def __init__(self, group: str, num_filter_banks: int):
@@ -61,44 +65,49 @@ class RelaxedWeights(torch.nn.Module):
         phi, blocks = peter_weyl_basis(group)
         self.blocks = blocks
         self.register_buffer("phi", torch.from_numpy(phi.copy()).float(), persistent=False)
-        self.values = torch.nn.Parameter(torch.ones(num_filter_banks, len(phi)))
+        self.trivial = torch.nn.Parameter(torch.ones(num_filter_banks))
+        self.deviation = torch.nn.Parameter(torch.zeros(num_filter_banks, len(phi)))
+
+    def _centred(self) -> torch.Tensor:
+        return self.deviation - self.deviation.mean(dim=1, keepdim=True)
 
     @property
     def coefficients(self) -> torch.Tensor:
-        """``(L, |G|)``: the Fourier coefficients of the weights, ``values @ phi^T`` (``phi`` is orthogonal).
-
-        The trivial one is ``sqrt(|G|)`` times the mean, the others are those of ``values - mean``
-        (the non-trivial basis functions are orthogonal to constants): exactly zero for constant
-        weights, so a layer at its initialisation is exactly equivariant."""
-        mean = self.values.mean(dim=1, keepdim=True)
-        order = self.values.shape[1]
-        return torch.cat([mean * math.sqrt(order), (self.values - mean) @ self.phi[1:].T], dim=1)
+        """``(L, |G|)``: the Fourier coefficients of the weights, ``on_group() @ phi^T`` (``phi`` is
+        orthogonal): ``sqrt(|G|)`` times the mean, then those of the deviation (the non-trivial basis
+        functions are orthogonal to constants), exactly zero for constant weights."""
+        order = self.deviation.shape[1]
+        return torch.cat([self.trivial[:, None] * math.sqrt(order), self._centred() @ self.phi[1:].T], dim=1)
 
     @property
     def num_filter_banks(self) -> int:
         """``L``."""
-        return self.values.shape[0]
+        return self.deviation.shape[0]
 
     def on_group(self) -> torch.Tensor:
         """The weights on the elements, ``(L, |G|)``, in the order of ``group_matrices``."""
-        return self.values
+        return self.trivial[:, None] + self._centred()
 
     @torch.no_grad()
     def set_on_group(self, weights: torch.Tensor) -> None:
         """Set the weights from their values on the elements, ``(L, |G|)``."""
-        weights = torch.as_tensor(weights, dtype=self.values.dtype, device=self.values.device)
-        expected = tuple(self.values.shape)
+        weights = torch.as_tensor(weights, dtype=self.deviation.dtype, device=self.deviation.device)
+        expected = tuple(self.deviation.shape)
         if tuple(weights.shape) != expected:
             raise ValueError(f"relaxed weights must have shape (L, |G|) = {expected}, got {tuple(weights.shape)}")
         if not torch.isfinite(weights).all():
             raise ValueError("relaxed weights contain NaN or Inf")
-        self.values.copy_(weights)
+        mean = weights.mean(dim=1, keepdim=True)
+        self.trivial.copy_(mean[:, 0])
+        self.deviation.copy_(weights - mean)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # Checkpoints written before the weights were learned by their values hold the coefficients.
-        if prefix + "coefficients" in state_dict and prefix + "values" not in state_dict:
+        # Checkpoints written when the parameter was the Fourier coefficients.
+        if prefix + "coefficients" in state_dict and prefix + "deviation" not in state_dict:
             coefficients = state_dict.pop(prefix + "coefficients")
-            state_dict[prefix + "values"] = coefficients @ self.phi.to(coefficients)
+            phi = self.phi.to(coefficients)
+            state_dict[prefix + "trivial"] = coefficients[:, 0] / math.sqrt(coefficients.shape[1])
+            state_dict[prefix + "deviation"] = coefficients[:, 1:] @ phi[1:]
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def irrep_energies(self) -> dict[str, torch.Tensor]:
