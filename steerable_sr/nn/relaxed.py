@@ -52,9 +52,8 @@ class RelaxedWeights(torch.nn.Module):
         ``(L, |G|)``: each bank's values on the elements (order of ``group_matrices``) minus their mean
         (its own mean is removed in use): the weights are ``trivial + deviation - mean(deviation)``.
         Apart, the mean's gradient does not swamp the deviation's in Adam's per-parameter scaling.
-    coefficients : torch.Tensor
-        ``(L, |G|)``: the weights' Fourier coefficients in the Peter-Weyl basis, grouped by irrep block
-        (``on_group() = coefficients @ phi``).
+
+    The Fourier coefficients, grouped by irrep block, are the property :attr:`coefficients`.
     """
 
     def __init__(self, group: str, num_filter_banks: int):
