@@ -2,15 +2,17 @@ r"""Relaxed weights ``w_l : G -> R``, learned by their values on the elements an
 blocks (docs/conventions.md, "Relaxed group convolution").
 
 ``RelaxedWeights`` holds ``L`` functions on the group by their values ``(L, |G|)`` (Wang et al.'s
-parametrisation, with the mean of each function a parameter apart); their coefficients in the Peter-Weyl basis (one ``d_psi x d_psi`` block per irrep
-``psi``) give the layer's mixing, the penalty and the read-out. The values are the parameters because
-the group acts on them by permutations, which commute with an optimiser's per-parameter steps (Adam):
-trained on data that keep an element, the weights are driven towards invariance under it from every
-side. The group acts on a Fourier block by an orthogonal matrix instead, which per-coordinate steps do
-not respect: they pull a block's direction towards the axes of its basis (measured: a y <-> z part of
-about 0.2 in the defect of an x-axis quadrupole, the same in every seed, even on exactly D4h-symmetric
-training data). Multiplying a field by ``w_l``
-acts on any field type through its Fourier embedding ``F`` (:mod:`steerable_sr.nn.fourier`):
+parametrisation, with the mean of each function a parameter apart); their coefficients in the
+Peter-Weyl basis (one ``d_psi x d_psi`` block per irrep ``psi``) give the layer's mixing, the penalty
+and the read-out. The values are the parameters because the group acts on them by permutations,
+which commute with an optimiser's per-parameter steps (Adam): trained on data that keep an element,
+the weights are driven towards invariance under it from every side. The group acts on a Fourier
+block by an orthogonal matrix instead, which per-coordinate steps do not respect: they pull a
+block's direction towards the axes of its basis (measured: a y <-> z part of about 0.2 in the defect
+of an x-axis quadrupole, the same in every seed, even on exactly D4h-symmetric training data).
+
+Multiplying a field by ``w_l`` acts on any field type through its Fourier embedding ``F``
+(:mod:`steerable_sr.nn.fourier`):
 
     M_rho(w) = F^T diag(w) F            (d x d, one per field representation)
 
