@@ -32,9 +32,10 @@ def spatial(request) -> dict:
 def model_with_statistics():
     """``make(kind, **options)``: ``build_model(kind, trilinear_skip=False, **options)`` whose batch-norm
     statistics come from one training-mode pass on a random 4^3 batch, in eval mode. Without the
-    trilinear skip, the errors measured are those of the learned network alone."""
+    trilinear skip, the errors measured are those of the learned network alone; ``options`` may turn
+    it on where the whole network is compared (tiles, stages)."""
     def make(kind: str, **options):
-        model = build_model(kind, trilinear_skip=False, **options)
+        model = build_model(kind, **{"trilinear_skip": False, **options})
         with torch.no_grad():
             model(torch.randn(2, model.in_channels, 4, 4, 4))
         return model.eval()
