@@ -43,6 +43,14 @@ kept symmetry"):
    (*kept with confidence*, the stabilizer) and the largest subgroup without a broken element (*at
    most*): the symmetry of the weights lies between the two.
 
+7. **Calibration** (optional, :func:`direction_noise`). The white noise of step 5 is the noise of the
+   blocks that carry no breaking; a significant block's *direction* wanders more (its coefficients
+   get gradient from the data). Modelled as noise of per-entry rms ``kappa`` times the block's own
+   per-entry rms, ``kappa`` is measured on runs whose data keep a known subgroup exactly (the
+   symmetrised control of ``discover``): there ``N_k`` of every element ``k`` of the subgroup is noise,
+   and ``kappa^2 = sum N_k / sum m_k`` (``m_k``: the mean of ``N_k`` under unit ``kappa``). With it,
+   ``r_k`` is the larger of the two noises' quantiles.
+
 Every layer is read alike, so pooling many layers sharpens the read-out and a layer of pure noise,
 however large its blocks, adds none of its noise to the decisions. The report also gives each
 layer's *breaking ratio* ``||v|| / ||m||`` over all its non-trivial blocks (``m`` the group mean,
@@ -57,6 +65,7 @@ import functools
 import json
 import math
 from dataclasses import asdict, dataclass, field
+from typing import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -220,6 +229,8 @@ class BreakingMeasure:
         ``sigma`` per layer (:func:`noise_level`).
     decisions : list of str
         Per element, one of :data:`DECISIONS`.
+    direction_noise : float or None
+        ``kappa`` the uncertainty includes (:func:`direction_noise`), if any.
     """
 
     group: str
@@ -229,6 +240,7 @@ class BreakingMeasure:
     uncertainty: list[float]
     noise: list[float]
     decisions: list[str]
+    direction_noise: float | None = None
 
     def kept_subgroup(self) -> list[int]:
         """The largest subgroup of the kept elements: the symmetry kept with confidence."""
@@ -239,8 +251,63 @@ class BreakingMeasure:
         return largest_subgroup_in({k for k, d in enumerate(self.decisions) if d != "broken"}, self.group)
 
 
+@dataclass
+class _Moments:
+    """What the read-out of one layer or several pooled needs (module docstring, steps 2-5)."""
+
+    odd: np.ndarray  # N_k, (|G|,)
+    energy: float  # E
+    white: tuple[np.ndarray, np.ndarray]  # mean and variance of N_k under the layers' white noise
+    direction: tuple[np.ndarray, np.ndarray]  # the same under direction noise of unit kappa
+    ratios: list[float]
+    significance: float
+    noise: list[float]
+
+
+def _moments(weights_list, group: str, block_tol: float | None, alpha: float) -> _Moments:
+    _, blocks = peter_weyl_basis(group)
+    T, (t1, t2) = _translations(group), _odd_traces(group)
+    order = group_order(group)
+    odd, energy = np.zeros(order), 0.0
+    white_mean, white_var, direction_mean, direction_var = (np.zeros(order) for _ in range(4))
+    ratios, significance, noise = [], 0.0, []
+    for weights in weights_list:
+        w = _weights_np(weights)
+        x = _normalised_coefficients(w, group)
+        ratios.append(float((x[:, blocks[0][1].stop:] ** 2).sum()))
+        significance = max(significance, max(float(s.max()) for s in block_significance(w, group).values()))
+        sigma = noise_level(w, group)
+        noise.append(sigma)
+        mask = significant_blocks(w, group, block_tol, alpha)
+        xs = np.zeros_like(x)
+        rms2 = np.zeros(mask.shape)  # per-entry mean square of each significant block
+        for j, (_, sl) in enumerate(blocks):
+            xs[mask[:, j], sl] = x[mask[:, j], sl]
+            rms2[:, j] = (xs[:, sl] ** 2).sum(axis=1) / (sl.stop - sl.start)
+        odd += ((np.einsum("li,kij->klj", xs, T) - xs) ** 2).sum(axis=(1, 2))
+        energy += float((xs ** 2).sum())
+        counts = mask.sum(axis=0)
+        white_mean += sigma ** 2 * t1 @ counts
+        white_var += 2 * sigma ** 4 * t2 @ counts
+        direction_mean += t1 @ rms2.sum(axis=0)
+        direction_var += 2 * t2 @ (rms2 ** 2).sum(axis=0)
+    return _Moments(odd, energy, (white_mean, white_var), (direction_mean, direction_var), ratios, significance,
+                    noise)
+
+
+def _quantile(mean: np.ndarray, var: np.ndarray, alpha: float) -> np.ndarray:
+    """The ``1 - alpha`` quantile of a non-negative quadratic form of Gaussians with these moments: a
+    scaled chi-square of the same mean and variance (0 where the mean is 0)."""
+    out = np.zeros_like(mean)
+    noisy = mean > 0
+    scale, dof = var[noisy] / (2 * mean[noisy]), 2 * mean[noisy] ** 2 / var[noisy]
+    out[noisy] = scale * stats.chi2.ppf(1 - alpha, dof)
+    return out
+
+
 def breaking_measure(weights_list, group: str = "Oh", block_tol: float | None = None,
-                     defect_tol: float | None = None, alpha: float | None = None) -> BreakingMeasure:
+                     defect_tol: float | None = None, alpha: float | None = None,
+                     direction_noise: float | None = None) -> BreakingMeasure:
     """The read-out of one layer's relaxed weights or of several layers' pooled (module docstring).
 
     Parameters
@@ -255,6 +322,10 @@ def breaking_measure(weights_list, group: str = "Oh", block_tol: float | None = 
     alpha : float, optional
         Probability that noise alone makes a block significant or an element broken (default
         :data:`ALPHA`).
+    direction_noise : float, optional
+        ``kappa`` of :func:`direction_noise`, measured on runs whose data keep a known subgroup:
+        ``r_k`` is then the larger of the white-noise quantile and the quantile under noise of
+        per-entry rms ``kappa`` times each significant block's own (module docstring, step 7).
 
     Returns
     -------
@@ -266,39 +337,60 @@ def breaking_measure(weights_list, group: str = "Oh", block_tol: float | None = 
     alpha = ALPHA if alpha is None else alpha
     if not isinstance(weights_list, (list, tuple)):
         weights_list = [weights_list]
-    _, blocks = peter_weyl_basis(group)
-    T, (t1, t2) = _translations(group), _odd_traces(group)
     order = group_order(group)
-    odd, energy, mean, var = np.zeros(order), 0.0, np.zeros(order), np.zeros(order)
-    ratios, significance, noise = [], 0.0, []
-    for weights in weights_list:
-        w = _weights_np(weights)
-        x = _normalised_coefficients(w, group)
-        ratios.append(float((x[:, blocks[0][1].stop:] ** 2).sum()))
-        significance = max(significance, max(float(s.max()) for s in block_significance(w, group).values()))
-        sigma = noise_level(w, group)
-        noise.append(sigma)
-        mask = significant_blocks(w, group, block_tol, alpha)
-        xs = np.zeros_like(x)
-        for j, (_, sl) in enumerate(blocks):
-            xs[mask[:, j], sl] = x[mask[:, j], sl]
-        odd += ((np.einsum("li,kij->klj", xs, T) - xs) ** 2).sum(axis=(1, 2))
-        energy += float((xs ** 2).sum())
-        counts = mask.sum(axis=0)
-        mean += sigma ** 2 * t1 @ counts
-        var += 2 * sigma ** 4 * t2 @ counts
-    ratio = math.sqrt(float(np.mean(ratios))) if ratios else 0.0
-    if energy == 0:
-        return BreakingMeasure(group, ratio, significance, [0.0] * order, [0.0] * order, noise, ["kept"] * order)
-    quantile = np.zeros(order)
-    noisy = mean > 0
-    scale, dof = var[noisy] / (2 * mean[noisy]), 2 * mean[noisy] ** 2 / var[noisy]
-    quantile[noisy] = scale * stats.chi2.ppf(1 - alpha, dof)
-    defects, uncertainty = np.sqrt(odd / (2 * energy)), np.sqrt(quantile / (2 * energy))
+    m = _moments(weights_list, group, block_tol, alpha)
+    ratio = math.sqrt(float(np.mean(m.ratios))) if m.ratios else 0.0
+    if m.energy == 0:
+        return BreakingMeasure(group, ratio, m.significance, [0.0] * order, [0.0] * order, m.noise,
+                               ["kept"] * order, direction_noise)
+    quantile = _quantile(*m.white, alpha)
+    if direction_noise is not None:
+        mean, var = m.direction
+        quantile = np.maximum(quantile, _quantile(direction_noise ** 2 * mean, direction_noise ** 4 * var, alpha))
+    defects, uncertainty = np.sqrt(m.odd / (2 * m.energy)), np.sqrt(quantile / (2 * m.energy))
     broken = defects > np.maximum(uncertainty, ROUNDOFF)
     kept = ~broken & (defects + uncertainty <= defect_tol)
     decisions = np.where(broken, "broken", np.where(kept, "kept", "undecided")).tolist()
-    return BreakingMeasure(group, ratio, significance, defects.tolist(), uncertainty.tolist(), noise, decisions)
+    return BreakingMeasure(group, ratio, m.significance, defects.tolist(), uncertainty.tolist(), m.noise, decisions,
+                           direction_noise)
+
+
+def direction_noise(runs: Sequence, symmetric: Iterable[int], group: str = "Oh", block_tol: float | None = None,
+                    alpha: float | None = None) -> float | None:
+    """How far the directions of significant blocks wander in training, measured where the answer is known.
+
+    Parameters
+    ----------
+    runs : sequence of list of array_like
+        Per run, the ``(L, |G|)`` weights of its relaxed layers; the runs were trained on data that
+        the elements ``symmetric`` keep exactly (e.g. batches symmetrised by them, the control of
+        ``discover``).
+    symmetric : iterable of int
+        Element indices.
+    group : {"Oh", "O"}
+    block_tol, alpha : float, optional
+        Of the significant blocks (:func:`significant_blocks`).
+
+    Returns
+    -------
+    float or None
+        ``kappa``, the per-entry rms of a significant block's noise relative to the block's own rms
+        (module docstring, step 7): ``kappa^2 = sum N_k / sum m_k`` over the runs and the elements
+        ``k`` of ``symmetric``, with ``m_k`` the mean of ``N_k`` under unit ``kappa``. ``None`` when
+        those elements act trivially on every significant block (they measure nothing) or no block is
+        significant.
+    """
+    alpha = ALPHA if alpha is None else alpha
+    symmetric = sorted(set(int(k) for k in symmetric))
+    odd = mean = energy = 0.0
+    for weights_list in runs:
+        m = _moments(list(weights_list), group, block_tol, alpha)
+        odd += float(m.odd[symmetric].sum())
+        mean += float(m.direction[0][symmetric].sum())
+        energy += m.energy
+    if mean <= 1e-9 * energy or energy == 0:
+        return None
+    return math.sqrt(odd / mean)
 
 
 def robust_stabilizer(weights_list, group: str = "Oh", block_tol: float | None = None,
@@ -438,6 +530,8 @@ class SymmetryReport:
         ``d_k`` and ``r_k`` per element, pooled over layers.
     decisions : list of str
         Per element: kept, broken or undecided.
+    direction_noise : float or None
+        ``kappa`` the uncertainty includes (:func:`direction_noise`); ``None``: white noise only.
     """
 
     group: str
@@ -452,6 +546,7 @@ class SymmetryReport:
     defects: list[float] = field(default_factory=list)
     uncertainty: list[float] = field(default_factory=list)
     decisions: list[str] = field(default_factory=list)
+    direction_noise: float | None = None
 
     def to_dict(self) -> dict:
         """The report as plain values (JSON)."""
@@ -507,7 +602,8 @@ def _span(values: list[float], members: list[int]) -> str:
 
 
 def symmetry_report(model: torch.nn.Module, tol: float | None = None, block_tol: float | None = None,
-                    defect_tol: float | None = None, alpha: float | None = None) -> SymmetryReport:
+                    defect_tol: float | None = None, alpha: float | None = None,
+                    direction_noise: float | None = None) -> SymmetryReport:
     """The symmetry read-out of a model's relaxed layers.
 
     Parameters
@@ -516,8 +612,9 @@ def symmetry_report(model: torch.nn.Module, tol: float | None = None, block_tol:
         A network or a single layer with relaxed weights.
     tol : float, optional
         The strict criterion (module docstring); default: the robust one.
-    block_tol, defect_tol, alpha : float, optional
-        Of the robust criterion (:func:`breaking_measure`).
+    block_tol, defect_tol, alpha, direction_noise : float, optional
+        Of the robust criterion (:func:`breaking_measure`); ``direction_noise`` applies to the pooled
+        read-out (it is measured on whole models, :func:`direction_noise`).
 
     Returns
     -------
@@ -542,15 +639,19 @@ def symmetry_report(model: torch.nn.Module, tol: float | None = None, block_tol:
             measure = breaking_measure(w, group, block_tol, defect_tol, alpha)
             report.layers.append(LayerSymmetry(name, energies, len(stab), subgroup_name(stab, group), measure.ratio,
                                                measure.significance, measure.noise[0]))
-    pooled = breaking_measure(weights, group, block_tol, defect_tol, alpha)
+    pooled = breaking_measure(weights, group, block_tol, defect_tol, alpha, direction_noise if tol is None else None)
     report.breaking_ratio, report.significance = pooled.ratio, pooled.significance
     report.defects, report.uncertainty = pooled.defects, pooled.uncertainty
     if tol is None:
         report.decisions = pooled.decisions
         report.stabilizer, report.at_most = pooled.kept_subgroup(), pooled.unbroken_subgroup()
+        report.direction_noise = pooled.direction_noise
+        noise = ("the layers' white noise" if direction_noise is None else
+                 f"the larger of the layers' white noise and a direction noise kappa = {direction_noise:.3g} of the "
+                 f"significant blocks")
         report.criterion = (f"robust (irrep blocks with significance s > {block_tol:g} that stand out of their layer's "
                             f"noise break the symmetry; an element k is broken when its invariance defect d_k exceeds "
-                            f"r_k, the defect that noise alone reaches with probability {alpha:g}, kept when "
+                            f"r_k, the defect that {noise} reaches with probability {alpha:g}, kept when "
                             f"d_k <= r_k and d_k + r_k <= {defect_tol:g}, undecided otherwise)")
     else:
         report.stabilizer = report.at_most = stabilizer(model, tol)

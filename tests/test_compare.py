@@ -184,6 +184,36 @@ def test_discover_end_to_end_at_toy_size_with_symmetrised_control(toy_data, tmp_
     assert (tmp_path / "merged" / "discover.md").read_text() == md
 
 
+def test_every_run_is_read_again_with_the_direction_noise_of_the_other_controls():
+    """One plain and three control runs of wandering D4h(x)-invariant weights (test_symmetry): read
+    with white noise alone they break D4h(x); calibrated on the controls they keep it, and each
+    control is calibrated on the other two only. A run without controls is left as it was."""
+    from test_symmetry import D4H_X, wandering
+
+    from steerable_sr import fields
+    from steerable_sr.nn import OctahedralConv
+    from steerable_sr.study.discover import calibrate_on_controls
+    from steerable_sr.symmetry import symmetry_report
+
+    regular = fields.regular_type("Oh", 1)
+    models, results = [], []
+    for data, augment, seed in [("a.h5", None, 0), ("a.h5", "D4h", 0), ("a.h5", "D4h", 1), ("a.h5", "D4h", 2),
+                                ("b.h5", None, 0)]:
+        layer = OctahedralConv(regular, regular, num_filter_banks=4, kernel_size=3)
+        layer.set_relaxed_weights_on_group(wandering(0.0, 0.05, seed=10 * len(models)).float())
+        models.append(layer)
+        results.append({"data": data, "kind": "rgcnn", "augment": augment, "seed": seed,
+                        "augment_elements": sorted(D4H_X) if augment else None,
+                        "report": symmetry_report(layer).to_dict()})
+    assert all(r["report"]["stabilizer_name"] != "D4h, axis x" for r in results)
+    lines = calibrate_on_controls(results, models)
+    assert len(lines) == 4 and "direction noise" in lines[0]
+    assert [r["report"]["stabilizer_name"] for r in results[:4]] == ["D4h, axis x"] * 4
+    assert [r["direction_noise"]["seeds"] for r in results[:4]] == [[0, 1, 2], [1, 2], [0, 2], [0, 1]]
+    assert all(r["report"]["direction_noise"] == r["direction_noise"]["kappa"] for r in results[:4])
+    assert "direction_noise" not in results[4] and results[4]["report"]["direction_noise"] is None
+
+
 @pytest.fixture(scope="module")
 def relaxed_model():
     from steerable_sr.models import build_model

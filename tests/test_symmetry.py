@@ -11,7 +11,8 @@ from steerable_sr.groups import named_subgroups, subgroup_elements, subgroup_nam
 from steerable_sr.nn import OctahedralConv
 from steerable_sr.nn.fourier import peter_weyl_basis
 from steerable_sr.symmetry import (BLOCK_TOL, DEFECT_TOL, SymmetryReport, block_significance, breaking_measure,
-                                   consensus_stabilizer, robust_stabilizer, symmetry_report, weight_stabilizer)
+                                   consensus_stabilizer, direction_noise, robust_stabilizer, symmetry_report,
+                                   weight_stabilizer)
 
 
 def invariant_weights(subgroup, banks: int = 2, seed: int = 0, group: str = "Oh") -> torch.Tensor:
@@ -200,3 +201,52 @@ def test_a_relaxed_layer_reports_each_element_with_its_numbers():
     assert f"| {groups.element_label(SWAP_YZ)} | undecided |" in md
     again = SymmetryReport.from_dict(report.to_dict())
     assert again.to_markdown() == md
+
+
+def wandering(defect: float, kappa: float, banks: int = 4, seed: int = 0) -> torch.Tensor:
+    """:func:`weakly_broken` weights (breaking 0.05, white noise 1e-5 on every block: the quiet blocks of
+    a trained head) whose ``Eg`` block also wanders: per bank, Gaussian noise of per-entry rms ``kappa``
+    times the block's own per-entry rms, as training moves the direction of a block that carries
+    breaking."""
+    phi, blocks = peter_weyl_basis("Oh")
+    eg = torch.from_numpy(phi[dict(blocks)["Eg"]].copy())
+    w = weakly_broken(defect, breaking=0.05, noise=1e-5, banks=banks, seed=seed)
+    rms = (w @ eg.T).norm(dim=1, keepdim=True) / 2  # Eg has 4 coefficients per bank
+    g = torch.randn(banks, 4, generator=torch.Generator().manual_seed(1000 + seed), dtype=torch.float64)
+    return w + kappa * rms * g @ eg
+
+
+def test_the_direction_noise_is_measured_on_runs_that_keep_the_subgroup():
+    """20 runs x 4 banks of D4h(x)-invariant weights with wander 0.05: each y/z exchange sees the 2
+    coefficients per bank across the invariant direction, 160 squares in all, so kappa^2 comes out
+    within sqrt(2 / 160) ~ 11% (kappa within ~6%) per standard deviation; 20% is over 3 of them."""
+    runs = [[wandering(0.0, 0.05, seed=seed)] for seed in range(20)]
+    assert direction_noise(runs, D4H_X) == pytest.approx(0.05, rel=0.2)
+    assert direction_noise([[wandering(0.0, 0.0, seed=0)]], D4H_X) < 1e-3  # white noise 1e-5 only
+
+
+def test_elements_acting_trivially_on_every_significant_block_measure_no_direction_noise():
+    """D2h acts trivially on Eg, where all the breaking sits: its elements cannot see the wander."""
+    assert direction_noise([[wandering(0.0, 0.05, seed=seed)] for seed in range(3)], D2H) is None
+    assert direction_noise([[trained_like(None, breaking=0.0, noise=1e-5)]], D4H_X) is None  # nothing significant
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_wandering_symmetric_breaking_reads_its_symmetry_once_calibrated(seed):
+    """Without calibration the white noise (1e-5) cannot explain the exchange defects the wander makes,
+    and D4h(x) reads broken; with kappa from other runs of the same kind it reads D4h(x)."""
+    w = wandering(0.0, 0.05, seed=seed)
+    assert subgroup_name(breaking_measure(w).kept_subgroup()) != "D4h, axis x"
+    kappa = direction_noise([[wandering(0.0, 0.05, seed=100 + s)] for s in range(3)], D4H_X)
+    m = breaking_measure(w, direction_noise=kappa)
+    assert subgroup_name(m.kept_subgroup()) == "D4h, axis x" and m.direction_noise == kappa
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_weak_breaking_beyond_the_wander_still_reads_broken_once_calibrated(seed):
+    """A y/z exchange broken by 0.3 under wander 0.05 (noise quantile about 2.6 kappa for one 2-d
+    direction per bank, less pooled over banks) stays broken: D2h."""
+    kappa = direction_noise([[wandering(0.0, 0.05, seed=100 + s)] for s in range(3)], D4H_X)
+    m = breaking_measure(wandering(0.3, 0.05, seed=seed), direction_noise=kappa)
+    assert [m.decisions[k] for k in D4H_ONLY] == ["broken"] * 8
+    assert subgroup_name(m.kept_subgroup()) == "D2h"

@@ -40,7 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "reports into --out")
     parser.add_argument("--control", action="store_true",
                         help="also train on batches of every generated dataset symmetrised by the group its forcing "
-                             "keeps (O_h, D4h about the axis, D2h for Kolmogorov): a control")
+                             "keeps (O_h, D4h about the axis, D2h for Kolmogorov): a control, which also calibrates "
+                             "the noise of every run's read-out")
     parser.add_argument("--tol", type=float, default=None,
                         help="strict stabilizer tolerance (default: the robust criterion of steerable_sr.symmetry)")
     parser.add_argument("--augment", default=argparse.SUPPRESS,

@@ -100,13 +100,16 @@ def summary_markdown(summary: Sequence[dict]) -> list[str]:
         A heading and one table row per dataset, training and kind.
     """
     lines = ["## Summary", "",
-             "| data | training | kind | kept symmetry per seed (at most; largest significance s) "
+             "| data | training | kind | kept symmetry per seed (at most; largest significance s; direction noise "
+             "kappa, where a control calibrates it) "
              "| consensus over seeds | sample keeps | forcing keeps |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for row in summary:
         training = f"batches symmetrised by random {row['augment']} elements" if row["augment"] else "plain"
-        seeds = "; ".join(f"{seed}: {_kept(name, at_most)} (s = {s:.2g})" for seed, name, at_most, s
-                          in zip(row["seeds"], row["per_seed"], row["per_seed_at_most"], row["significance"]))
+        kappas = row.get("direction_noise") or [None] * len(row["seeds"])
+        seeds = "; ".join(f"{seed}: {_kept(name, at_most)} (s = {s:.2g}" + ("" if kappa is None else f", kappa {kappa:.2g}")
+                          + ")" for seed, name, at_most, s, kappa
+                          in zip(row["seeds"], row["per_seed"], row["per_seed_at_most"], row["significance"], kappas))
         lines.append(f"| `{row['data']}` ({row['forcing_label']}) | {training} | {row['kind']} | {seeds} "
                      f"| {_kept(row['consensus'], row['consensus_at_most'], bold=True)} "
                      f"| {row.get('sample_keeps') or '-'} | {row.get('forcing_keeps') or '-'} |")

@@ -22,7 +22,8 @@ from ..io import atomic_output, to_json, write_text
 from ..models import RELAXED_KINDS
 from ..report import discovery_markdown
 from ..report.discovery import statistics_line, summary_markdown
-from ..symmetry import consensus_stabilizer, symmetry_report
+from ..nn.relaxed import relaxed_layers
+from ..symmetry import consensus_stabilizer, direction_noise, symmetry_report
 from .config import StudyConfig, parse_kind
 from .output import StudyOutput
 from .runs import set_threads, train_one
@@ -80,6 +81,8 @@ def run_discover(datasets: Sequence[str], cfg: StudyConfig, kinds: Sequence[str]
         element each of the group the forcing keeps
         (:func:`steerable_sr.data.spectral.forcing_symmetry`; ``cfg.augment``): a training
         distribution with exactly the physics' symmetry, whatever the finite sample's asymmetry.
+        With robust read-outs (``tol`` None), every run is then read again with the direction noise
+        those controls measure (:func:`calibrate_on_controls`).
     log : callable
         Progress lines: the sample statistics of each dataset, each run's read-out, the summary.
 
@@ -110,13 +113,14 @@ def run_discover(datasets: Sequence[str], cfg: StudyConfig, kinds: Sequence[str]
     for data in datasets:
         log(f"[discover] {data}: {statistics_line(statistics[data], forcing_symmetry(attributes[data]))}")
     staging = output.start()
-    results = []
+    results, models = [], []
     for data, job in discovery_jobs(attributes, cfg, control):
         attrs = attributes[data]
         for spec in kinds:
             for seed in job.seeds:
                 r = train_one(spec, seed, job, data=data, penalty_weight=penalty_weight, keep_model=True)
                 model = r.pop("model")
+                models.append(model)
                 tag = "_aug" + re.sub(r"[^A-Za-z0-9]", "", job.augment) if job.augment else ""
                 with atomic_output(staging / f"{Path(data).stem}{tag}_{spec}_seed{seed}.pt", overwrite=True) as tmp:
                     torch.save(model.state_dict(), tmp)
@@ -132,6 +136,9 @@ def run_discover(datasets: Sequence[str], cfg: StudyConfig, kinds: Sequence[str]
                     f"seed {seed}: kept {report.stabilizer_name} (order {len(report.stabilizer)}), "
                     f"at most {report.at_most_name}")
                 write_discovery(staging, {"config": asdict(cfg), "results": results})
+    if tol is None:
+        for line in calibrate_on_controls(results, models):
+            log(f"[discover] {line}")
     with output.publish(staging) as tmp:
         for weights in staging.glob("*.pt"):
             os.replace(weights, tmp / weights.name)
@@ -167,6 +174,50 @@ def discovery_jobs(attributes: Mapping[str, Mapping[str, Any]], cfg: StudyConfig
         if control and keeps is not None:
             jobs.append((data, replace(cfg, augment=keeps)))
     return jobs
+
+
+def calibrate_on_controls(results: list[dict], models: Sequence[torch.nn.Module]) -> list[str]:
+    """Read every run again with the direction noise of its dataset's symmetrised control.
+
+    The runs trained on batches symmetrised by a subgroup ``H`` (``control``) keep ``H`` exactly in
+    their data, so what their relaxed weights break of ``H`` is training noise: it measures ``kappa``
+    (:func:`steerable_sr.symmetry.direction_noise`) for the runs of the same dataset and kind. A control
+    run is read with the ``kappa`` of the *other* control runs (it does not calibrate itself).
+
+    Parameters
+    ----------
+    results : list of dict
+        The runs of :func:`run_discover`; the ``report`` of each run with a calibration is replaced,
+        and ``direction_noise`` records ``kappa`` and the runs it came from.
+    models : sequence of torch.nn.Module
+        The trained model of each run, in the same order.
+
+    Returns
+    -------
+    list of str
+        One line per re-read run: ``kappa``, its source, the new read-out.
+    """
+    lines = []
+    with torch.no_grad():
+        weights = [[layer.relaxed_weights_on_group() for _, layer in relaxed_layers(model)] for model in models]
+    for i, run in enumerate(results):
+        controls = [j for j, other in enumerate(results) if j != i and other["augment"]
+                    and other["data"] == run["data"] and other["kind"] == run["kind"]]
+        if not controls:
+            continue
+        symmetric = results[controls[0]]["augment_elements"]
+        kappa = direction_noise([weights[j] for j in controls], symmetric, run["report"]["group"])
+        if kappa is None:
+            continue
+        report = symmetry_report(models[i], direction_noise=kappa)
+        run["report"] = report.to_dict()
+        run["direction_noise"] = {"kappa": kappa, "control": results[controls[0]]["augment"],
+                                  "seeds": [results[j]["seed"] for j in controls]}
+        lines.append(f"{run['kind']} on {run['data']}{' (' + run['augment'] + '-symmetrised)' if run['augment'] else ''} "
+                     f"seed {run['seed']}, calibrated on the {results[controls[0]]['augment']} control (seeds "
+                     f"{', '.join(str(results[j]['seed']) for j in controls)}: direction noise {kappa:.3g}): "
+                     f"kept {report.stabilizer_name} (order {len(report.stabilizer)}), at most {report.at_most_name}")
+    return lines
 
 
 def write_discovery(directory: Path, result: dict[str, Any]) -> dict[str, Any]:
@@ -266,6 +317,7 @@ def discovery_summary(results: Sequence[dict]) -> list[dict[str, Any]]:
                         "per_seed": [r["report"]["stabilizer_name"] for r in rows],
                         "per_seed_at_most": [r["report"]["at_most_name"] for r in rows],
                         "significance": [r["report"]["significance"] for r in rows],
+                        "direction_noise": [r["report"].get("direction_noise") for r in rows],
                         "consensus": subgroup_name(consensus, group), "consensus_stabilizer": consensus,
                         "consensus_at_most": subgroup_name(at_most, group)})
     return summary
