@@ -48,8 +48,11 @@ kept symmetry"):
    get gradient from the data). Modelled as noise of per-entry rms ``kappa`` times the block's own
    per-entry rms, ``kappa`` is measured on runs whose data keep a known subgroup exactly (the
    symmetrised control of ``discover``): there ``N_k`` of every element ``k`` of the subgroup is noise,
-   and ``kappa^2 = sum N_k / sum m_k`` (``m_k``: the mean of ``N_k`` under unit ``kappa``). With it,
-   ``r_k`` is the larger of the two noises' quantiles.
+   and ``kappa^2 = sum N_k / sum m_k`` (``m_k``: the mean of ``N_k`` under unit ``kappa``), an
+   estimate with ``nu`` degrees of freedom (the exact two moments of ``sum_k N_k``). With it, ``r_k``
+   is the larger of the white-noise quantile and ``kappa^2 m_k F_{1 - alpha}(f_k, nu)``, ``f_k`` the
+   degrees of freedom of ``N_k``: the ratio of the element's noise to the estimate is F-distributed,
+   so an estimate from few runs widens the quantile, as Student's t does.
 
 Every layer is read alike, so pooling many layers sharpens the read-out and a layer of pure noise,
 however large its blocks, adds none of its noise to the decisions. The report also gives each
@@ -125,6 +128,20 @@ def _odd_traces(group: str) -> tuple[np.ndarray, np.ndarray]:
             A = T[k][sl, sl] - np.eye(sl.stop - sl.start)
             M = A @ A.T
             t1[k, j], t2[k, j] = np.trace(M), np.trace(M @ M)
+    return t1, t2
+
+
+@functools.lru_cache(maxsize=None)
+def _set_traces(group: str, elements: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """``tr(A)`` and ``tr(A^2)`` of ``A = sum_k M_k`` over ``elements`` on each block, ``(blocks,)`` each:
+    the moments of ``sum_k ||n (T_k - 1)||^2`` on a block of unit white noise."""
+    _, blocks = peter_weyl_basis(group)
+    T = _translations(group)
+    t1, t2 = np.zeros(len(blocks)), np.zeros(len(blocks))
+    for j, (_, sl) in enumerate(blocks):
+        eye = np.eye(sl.stop - sl.start)
+        A = sum((T[k][sl, sl] - eye) @ (T[k][sl, sl] - eye).T for k in elements)
+        t1[j], t2[j] = np.trace(A), np.trace(A @ A)
     return t1, t2
 
 
@@ -229,8 +246,8 @@ class BreakingMeasure:
         ``sigma`` per layer (:func:`noise_level`).
     decisions : list of str
         Per element, one of :data:`DECISIONS`.
-    direction_noise : float or None
-        ``kappa`` the uncertainty includes (:func:`direction_noise`), if any.
+    direction_noise : DirectionNoise or None
+        The direction noise the uncertainty includes, if any.
     """
 
     group: str
@@ -240,7 +257,7 @@ class BreakingMeasure:
     uncertainty: list[float]
     noise: list[float]
     decisions: list[str]
-    direction_noise: float | None = None
+    direction_noise: DirectionNoise | None = None
 
     def kept_subgroup(self) -> list[int]:
         """The largest subgroup of the kept elements: the symmetry kept with confidence."""
@@ -251,6 +268,24 @@ class BreakingMeasure:
         return largest_subgroup_in({k for k, d in enumerate(self.decisions) if d != "broken"}, self.group)
 
 
+@dataclass(frozen=True)
+class DirectionNoise:
+    """The direction noise of significant blocks, measured on runs whose data keep a known subgroup
+    (:func:`direction_noise`).
+
+    Attributes
+    ----------
+    kappa : float
+        Per-entry rms of a significant block's noise relative to the block's own per-entry rms.
+    dof : float
+        Degrees of freedom of the estimate ``kappa^2`` (a scaled chi-square of the same two moments):
+        few runs or blocks give few, and the noise quantiles widen accordingly.
+    """
+
+    kappa: float
+    dof: float
+
+
 @dataclass
 class _Moments:
     """What the read-out of one layer or several pooled needs (module docstring, steps 2-5)."""
@@ -259,6 +294,7 @@ class _Moments:
     energy: float  # E
     white: tuple[np.ndarray, np.ndarray]  # mean and variance of N_k under the layers' white noise
     direction: tuple[np.ndarray, np.ndarray]  # the same under direction noise of unit kappa
+    block_rms2: tuple[np.ndarray, np.ndarray]  # per irrep block: sum over banks of rms^2 and of rms^4
     ratios: list[float]
     significance: float
     noise: list[float]
@@ -269,7 +305,8 @@ def _moments(weights_list, group: str, block_tol: float | None, alpha: float) ->
     T, (t1, t2) = _translations(group), _odd_traces(group)
     order = group_order(group)
     odd, energy = np.zeros(order), 0.0
-    white_mean, white_var, direction_mean, direction_var = (np.zeros(order) for _ in range(4))
+    white_mean, white_var = np.zeros(order), np.zeros(order)
+    rms2_sum, rms4_sum = np.zeros(len(blocks)), np.zeros(len(blocks))
     ratios, significance, noise = [], 0.0, []
     for weights in weights_list:
         w = _weights_np(weights)
@@ -289,10 +326,11 @@ def _moments(weights_list, group: str, block_tol: float | None, alpha: float) ->
         counts = mask.sum(axis=0)
         white_mean += sigma ** 2 * t1 @ counts
         white_var += 2 * sigma ** 4 * t2 @ counts
-        direction_mean += t1 @ rms2.sum(axis=0)
-        direction_var += 2 * t2 @ (rms2 ** 2).sum(axis=0)
-    return _Moments(odd, energy, (white_mean, white_var), (direction_mean, direction_var), ratios, significance,
-                    noise)
+        rms2_sum += rms2.sum(axis=0)
+        rms4_sum += (rms2 ** 2).sum(axis=0)
+    direction_mean, direction_var = t1 @ rms2_sum, 2 * t2 @ rms4_sum
+    return _Moments(odd, energy, (white_mean, white_var), (direction_mean, direction_var), (rms2_sum, rms4_sum),
+                    ratios, significance, noise)
 
 
 def _quantile(mean: np.ndarray, var: np.ndarray, alpha: float) -> np.ndarray:
@@ -307,7 +345,7 @@ def _quantile(mean: np.ndarray, var: np.ndarray, alpha: float) -> np.ndarray:
 
 def breaking_measure(weights_list, group: str = "Oh", block_tol: float | None = None,
                      defect_tol: float | None = None, alpha: float | None = None,
-                     direction_noise: float | None = None) -> BreakingMeasure:
+                     direction_noise: DirectionNoise | None = None) -> BreakingMeasure:
     """The read-out of one layer's relaxed weights or of several layers' pooled (module docstring).
 
     Parameters
@@ -322,10 +360,10 @@ def breaking_measure(weights_list, group: str = "Oh", block_tol: float | None = 
     alpha : float, optional
         Probability that noise alone makes a block significant or an element broken (default
         :data:`ALPHA`).
-    direction_noise : float, optional
-        ``kappa`` of :func:`direction_noise`, measured on runs whose data keep a known subgroup:
-        ``r_k`` is then the larger of the white-noise quantile and the quantile under noise of
-        per-entry rms ``kappa`` times each significant block's own (module docstring, step 7).
+    direction_noise : DirectionNoise, optional
+        Measured on runs whose data keep a known subgroup (:func:`direction_noise`): ``r_k`` is then
+        the larger of the white-noise quantile and the quantile under noise of per-entry rms ``kappa``
+        times each significant block's own, with the estimate's own spread (module docstring, step 7).
 
     Returns
     -------
@@ -346,7 +384,11 @@ def breaking_measure(weights_list, group: str = "Oh", block_tol: float | None = 
     quantile = _quantile(*m.white, alpha)
     if direction_noise is not None:
         mean, var = m.direction
-        quantile = np.maximum(quantile, _quantile(direction_noise ** 2 * mean, direction_noise ** 4 * var, alpha))
+        noisy = mean > 0
+        dof = 2 * mean[noisy] ** 2 / var[noisy]
+        wander = np.zeros_like(mean)
+        wander[noisy] = direction_noise.kappa ** 2 * mean[noisy] * stats.f.ppf(1 - alpha, dof, direction_noise.dof)
+        quantile = np.maximum(quantile, wander)
     defects, uncertainty = np.sqrt(m.odd / (2 * m.energy)), np.sqrt(quantile / (2 * m.energy))
     broken = defects > np.maximum(uncertainty, ROUNDOFF)
     kept = ~broken & (defects + uncertainty <= defect_tol)
@@ -356,7 +398,7 @@ def breaking_measure(weights_list, group: str = "Oh", block_tol: float | None = 
 
 
 def direction_noise(runs: Sequence, symmetric: Iterable[int], group: str = "Oh", block_tol: float | None = None,
-                    alpha: float | None = None) -> float | None:
+                    alpha: float | None = None) -> DirectionNoise | None:
     """How far the directions of significant blocks wander in training, measured where the answer is known.
 
     Parameters
@@ -373,24 +415,27 @@ def direction_noise(runs: Sequence, symmetric: Iterable[int], group: str = "Oh",
 
     Returns
     -------
-    float or None
-        ``kappa``, the per-entry rms of a significant block's noise relative to the block's own rms
-        (module docstring, step 7): ``kappa^2 = sum N_k / sum m_k`` over the runs and the elements
-        ``k`` of ``symmetric``, with ``m_k`` the mean of ``N_k`` under unit ``kappa``. ``None`` when
+    DirectionNoise or None
+        ``kappa^2 = sum N_k / sum m_k`` over the runs and the elements ``k`` of ``symmetric``, with
+        ``m_k`` the mean of ``N_k`` under unit ``kappa`` (module docstring, step 7); its degrees of
+        freedom from the exact mean and variance of ``sum_k N_k`` under that noise. ``None`` when
         those elements act trivially on every significant block (they measure nothing) or no block is
         significant.
     """
     alpha = ALPHA if alpha is None else alpha
-    symmetric = sorted(set(int(k) for k in symmetric))
-    odd = mean = energy = 0.0
+    symmetric = tuple(sorted(set(int(k) for k in symmetric)))
+    a1, a2 = _set_traces(group, symmetric)
+    odd = mean = var = energy = 0.0
     for weights_list in runs:
         m = _moments(list(weights_list), group, block_tol, alpha)
-        odd += float(m.odd[symmetric].sum())
-        mean += float(m.direction[0][symmetric].sum())
+        rms2, rms4 = m.block_rms2
+        odd += float(m.odd[list(symmetric)].sum())
+        mean += float(a1 @ rms2)
+        var += float(2 * a2 @ rms4)
         energy += m.energy
-    if mean <= 1e-9 * energy or energy == 0:
+    if energy == 0 or mean <= 1e-9 * energy:
         return None
-    return math.sqrt(odd / mean)
+    return DirectionNoise(math.sqrt(odd / mean), 2 * mean ** 2 / var)
 
 
 def robust_stabilizer(weights_list, group: str = "Oh", block_tol: float | None = None,
@@ -530,8 +575,9 @@ class SymmetryReport:
         ``d_k`` and ``r_k`` per element, pooled over layers.
     decisions : list of str
         Per element: kept, broken or undecided.
-    direction_noise : float or None
-        ``kappa`` the uncertainty includes (:func:`direction_noise`); ``None``: white noise only.
+    direction_noise, direction_noise_dof : float or None
+        ``kappa`` and its degrees of freedom (:class:`DirectionNoise`) the uncertainty includes;
+        ``None``: white noise only.
     """
 
     group: str
@@ -547,6 +593,7 @@ class SymmetryReport:
     uncertainty: list[float] = field(default_factory=list)
     decisions: list[str] = field(default_factory=list)
     direction_noise: float | None = None
+    direction_noise_dof: float | None = None
 
     def to_dict(self) -> dict:
         """The report as plain values (JSON)."""
@@ -603,7 +650,7 @@ def _span(values: list[float], members: list[int]) -> str:
 
 def symmetry_report(model: torch.nn.Module, tol: float | None = None, block_tol: float | None = None,
                     defect_tol: float | None = None, alpha: float | None = None,
-                    direction_noise: float | None = None) -> SymmetryReport:
+                    direction_noise: DirectionNoise | None = None) -> SymmetryReport:
     """The symmetry read-out of a model's relaxed layers.
 
     Parameters
@@ -612,9 +659,11 @@ def symmetry_report(model: torch.nn.Module, tol: float | None = None, block_tol:
         A network or a single layer with relaxed weights.
     tol : float, optional
         The strict criterion (module docstring); default: the robust one.
-    block_tol, defect_tol, alpha, direction_noise : float, optional
-        Of the robust criterion (:func:`breaking_measure`); ``direction_noise`` applies to the pooled
-        read-out (it is measured on whole models, :func:`direction_noise`).
+    block_tol, defect_tol, alpha : float, optional
+        Of the robust criterion (:func:`breaking_measure`).
+    direction_noise : DirectionNoise, optional
+        Of the robust criterion, for the pooled read-out (it is measured on whole models,
+        :func:`direction_noise`).
 
     Returns
     -------
@@ -645,10 +694,11 @@ def symmetry_report(model: torch.nn.Module, tol: float | None = None, block_tol:
     if tol is None:
         report.decisions = pooled.decisions
         report.stabilizer, report.at_most = pooled.kept_subgroup(), pooled.unbroken_subgroup()
-        report.direction_noise = pooled.direction_noise
-        noise = ("the layers' white noise" if direction_noise is None else
-                 f"the larger of the layers' white noise and a direction noise kappa = {direction_noise:.3g} of the "
-                 f"significant blocks")
+        noise = "the layers' white noise"
+        if direction_noise is not None:
+            report.direction_noise, report.direction_noise_dof = direction_noise.kappa, direction_noise.dof
+            noise = (f"the larger of the layers' white noise and a direction noise kappa = {direction_noise.kappa:.3g} "
+                     f"({direction_noise.dof:.3g} degrees of freedom) of the significant blocks")
         report.criterion = (f"robust (irrep blocks with significance s > {block_tol:g} that stand out of their layer's "
                             f"noise break the symmetry; an element k is broken when its invariance defect d_k exceeds "
                             f"r_k, the defect that {noise} reaches with probability {alpha:g}, kept when "

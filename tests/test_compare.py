@@ -211,6 +211,7 @@ def test_every_run_is_read_again_with_the_direction_noise_of_the_other_controls(
     assert [r["report"]["stabilizer_name"] for r in results[:4]] == ["D4h, axis x"] * 4
     assert [r["direction_noise"]["seeds"] for r in results[:4]] == [[0, 1, 2], [1, 2], [0, 2], [0, 1]]
     assert all(r["report"]["direction_noise"] == r["direction_noise"]["kappa"] for r in results[:4])
+    assert all(r["report"]["direction_noise_dof"] == r["direction_noise"]["dof"] > 0 for r in results[:4])
     assert "direction_noise" not in results[4] and results[4]["report"]["direction_noise"] is None
 
 
@@ -294,3 +295,30 @@ def test_the_control_of_a_kolmogorov_dataset_is_symmetrised_by_d2h(toy_data, tmp
     for _ in range(64):
         augment.on_train_batch_start(None, None, batch, 0)
     assert set(augment.drawn) == set(subgroup_elements("D2h"))
+
+
+def test_a_saved_discovery_is_read_again_from_its_weights(toy_data, tmp_path, monkeypatch):
+    """--from-json re-reads each run from the weights beside its discover.json (a report edited in the
+    file is replaced by the read-out of the weights); without the weights the saved reports are kept,
+    and weights that do not fit the run's model are refused in one line."""
+    torch.set_num_threads(1)
+    cfg = StudyConfig(data=str(toy_data), out=str(tmp_path / "disc"), seeds=(0,), crop=8, batch_size=1,
+                      crops_per_window=1, max_epochs=1, max_steps=1, limit_val_batches=1, limit_test_batches=1,
+                      test_equivariance_elements=2, build_time=False, model_overrides=DISCOVERY_OVERRIDES)
+    run_discover([str(toy_data)], cfg, kinds=("rgcnn",), log=lambda *a: None)
+    path = tmp_path / "disc" / "discover.json"
+    saved = json.loads(path.read_text())
+    true_name = saved["results"][0]["report"]["stabilizer_name"]
+    saved["results"][0]["report"]["stabilizer_name"] = "edited"
+    path.write_text(json.dumps(saved))
+    again = render_discovery_from_json([path], tmp_path / "again", log=lambda *a: None)
+    assert again["results"][0]["report"]["stabilizer_name"] == true_name
+    copy = tmp_path / "copy" / "discover.json"
+    copy.parent.mkdir()
+    shutil.copy(path, copy)
+    kept = render_discovery_from_json([copy], tmp_path / "kept", log=lambda *a: None)
+    assert kept["results"][0]["report"]["stabilizer_name"] == "edited"
+    weights = next((tmp_path / "disc").glob("*.pt"))
+    torch.save({"not": torch.zeros(1)}, weights)
+    with pytest.raises(ValueError, match=r"does not hold the weights of its run"):
+        render_discovery_from_json([path], tmp_path / "bad", log=lambda *a: None)

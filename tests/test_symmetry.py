@@ -221,14 +221,21 @@ def test_the_direction_noise_is_measured_on_runs_that_keep_the_subgroup():
     coefficients per bank across the invariant direction, 160 squares in all, so kappa^2 comes out
     within sqrt(2 / 160) ~ 11% (kappa within ~6%) per standard deviation; 20% is over 3 of them."""
     runs = [[wandering(0.0, 0.05, seed=seed)] for seed in range(20)]
-    assert direction_noise(runs, D4H_X) == pytest.approx(0.05, rel=0.2)
-    assert direction_noise([[wandering(0.0, 0.0, seed=0)]], D4H_X) < 1e-3  # white noise 1e-5 only
+    noise = direction_noise(runs, D4H_X)
+    assert noise.kappa == pytest.approx(0.05, rel=0.2)
+    assert direction_noise([[wandering(0.0, 0.0, seed=0)]], D4H_X).kappa < 1e-3  # white noise 1e-5 only
 
 
-def test_elements_acting_trivially_on_every_significant_block_measure_no_direction_noise():
-    """D2h acts trivially on Eg, where all the breaking sits: its elements cannot see the wander."""
-    assert direction_noise([[wandering(0.0, 0.05, seed=seed)] for seed in range(3)], D2H) is None
-    assert direction_noise([[trained_like(None, breaking=0.0, noise=1e-5)]], D4H_X) is None  # nothing significant
+def test_the_direction_noise_counts_its_degrees_of_freedom():
+    """On Eg the 8 elements of D4h(x) outside D2h all act as the same reflection, so each bank adds
+    the 2 coefficients across the invariant direction: at most 2 dof per bank (equality when the
+    banks' blocks are equally large; Satterthwaite's count is smaller for unequal ones). Independent
+    runs add their dof: a run pooled twice has exactly twice its dof."""
+    run = [wandering(0.0, 0.05, banks=4, seed=0)]
+    one = direction_noise([run], D4H_X).dof
+    assert 1 < one <= 8 + 1e-9
+    assert direction_noise([run, run], D4H_X).dof == pytest.approx(2 * one, rel=1e-12)
+    assert direction_noise([[wandering(0.0, 0.05, seed=s)] for s in range(8)], D4H_X).dof > 4 * one
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -240,6 +247,17 @@ def test_a_wandering_symmetric_breaking_reads_its_symmetry_once_calibrated(seed)
     kappa = direction_noise([[wandering(0.0, 0.05, seed=100 + s)] for s in range(3)], D4H_X)
     m = breaking_measure(w, direction_noise=kappa)
     assert subgroup_name(m.kept_subgroup()) == "D4h, axis x" and m.direction_noise == kappa
+
+
+def test_a_calibration_from_fewer_runs_widens_the_noise_quantile():
+    """The same kappa from one run instead of twenty: the F quantile of the element's noise over a
+    few-dof estimate exceeds the chi-square quantile of the many-dof one."""
+    w = wandering(0.0, 0.05, seed=0)
+    many = direction_noise([[wandering(0.0, 0.05, seed=100 + s)] for s in range(20)], D4H_X)
+    one = direction_noise([[wandering(0.0, 0.05, seed=100)]], D4H_X)
+    same = type(one)(many.kappa, one.dof)
+    wide, narrow = breaking_measure(w, direction_noise=same), breaking_measure(w, direction_noise=many)
+    assert all(wide.uncertainty[k] > 1.2 * narrow.uncertainty[k] for k in D4H_ONLY)
 
 
 @pytest.mark.parametrize("seed", range(4))

@@ -19,10 +19,10 @@ from ..data.spectral import forcing_label, forcing_symmetry
 from ..data.statistics import dataset_statistics
 from ..groups import subgroup_elements, subgroup_name
 from ..io import atomic_output, to_json, write_text
-from ..models import RELAXED_KINDS
+from ..models import RELAXED_KINDS, build_model
+from ..nn.relaxed import relaxed_layers
 from ..report import discovery_markdown
 from ..report.discovery import statistics_line, summary_markdown
-from ..nn.relaxed import relaxed_layers
 from ..symmetry import consensus_stabilizer, direction_noise, symmetry_report
 from .config import StudyConfig, parse_kind
 from .output import StudyOutput
@@ -57,6 +57,12 @@ WEIGHTS = "*_seed*.pt"
 def discovery_output(out: str | os.PathLike) -> StudyOutput:
     """The output directory of a discovery."""
     return StudyOutput(Path(out), "discover", DISCOVER_FILES, WEIGHTS)
+
+
+def weights_name(data: str, augment: str | None, spec: str, seed: int) -> str:
+    """The file name of a run's trained weights, beside its ``discover.json``."""
+    tag = "_aug" + re.sub(r"[^A-Za-z0-9]", "", augment) if augment else ""
+    return f"{Path(data).stem}{tag}_{spec}_seed{seed}.pt"
 
 
 def run_discover(datasets: Sequence[str], cfg: StudyConfig, kinds: Sequence[str] = RELAXED_KINDS,
@@ -121,8 +127,7 @@ def run_discover(datasets: Sequence[str], cfg: StudyConfig, kinds: Sequence[str]
                 r = train_one(spec, seed, job, data=data, penalty_weight=penalty_weight, keep_model=True)
                 model = r.pop("model")
                 models.append(model)
-                tag = "_aug" + re.sub(r"[^A-Za-z0-9]", "", job.augment) if job.augment else ""
-                with atomic_output(staging / f"{Path(data).stem}{tag}_{spec}_seed{seed}.pt", overwrite=True) as tmp:
+                with atomic_output(staging / weights_name(data, job.augment, spec, seed), overwrite=True) as tmp:
                     torch.save(model.state_dict(), tmp)
                 report = symmetry_report(model, **({} if tol is None else {"tol": tol}))
                 results.append({"data": data, "forcing": attrs.get("forcing"), "axis": attrs.get("axis"),
@@ -188,7 +193,7 @@ def calibrate_on_controls(results: list[dict], models: Sequence[torch.nn.Module]
     ----------
     results : list of dict
         The runs of :func:`run_discover`; the ``report`` of each run with a calibration is replaced,
-        and ``direction_noise`` records ``kappa`` and the runs it came from.
+        and ``direction_noise`` records ``kappa``, its degrees of freedom and the runs it came from.
     models : sequence of torch.nn.Module
         The trained model of each run, in the same order.
 
@@ -206,16 +211,17 @@ def calibrate_on_controls(results: list[dict], models: Sequence[torch.nn.Module]
         if not controls:
             continue
         symmetric = results[controls[0]]["augment_elements"]
-        kappa = direction_noise([weights[j] for j in controls], symmetric, run["report"]["group"])
-        if kappa is None:
+        noise = direction_noise([weights[j] for j in controls], symmetric, run["report"]["group"])
+        if noise is None:
             continue
-        report = symmetry_report(models[i], direction_noise=kappa)
+        report = symmetry_report(models[i], direction_noise=noise)
         run["report"] = report.to_dict()
-        run["direction_noise"] = {"kappa": kappa, "control": results[controls[0]]["augment"],
+        run["direction_noise"] = {"kappa": noise.kappa, "dof": noise.dof, "control": results[controls[0]]["augment"],
                                   "seeds": [results[j]["seed"] for j in controls]}
         lines.append(f"{run['kind']} on {run['data']}{' (' + run['augment'] + '-symmetrised)' if run['augment'] else ''} "
                      f"seed {run['seed']}, calibrated on the {results[controls[0]]['augment']} control (seeds "
-                     f"{', '.join(str(results[j]['seed']) for j in controls)}: direction noise {kappa:.3g}): "
+                     f"{', '.join(str(results[j]['seed']) for j in controls)}: direction noise {noise.kappa:.3g}, "
+                     f"{noise.dof:.3g} degrees of freedom): "
                      f"kept {report.stabilizer_name} (order {len(report.stabilizer)}), at most {report.at_most_name}")
     return lines
 
@@ -246,6 +252,10 @@ def render_discovery_from_json(paths: Sequence[str | os.PathLike], out: str | os
                                log: Callable[[str], Any] = print, overwrite: bool = False) -> dict[str, Any]:
     """Merge the runs of saved ``discover.json`` files and write their summary and reports.
 
+    Where a file's trained weights lie beside it (as ``discover`` writes them), its runs are read
+    again with the current read-out (:func:`steerable_sr.symmetry.symmetry_report`) and calibrated on
+    their controls (:func:`calibrate_on_controls`); otherwise their saved reports are kept.
+
     Parameters
     ----------
     paths : sequence of path
@@ -254,7 +264,7 @@ def render_discovery_from_json(paths: Sequence[str | os.PathLike], out: str | os
         The output directory; refused if it holds a discovery's results, unless ``overwrite``
         (then only ``discover.json`` and ``discover.md`` are replaced).
     log : callable
-        Receives the summary table.
+        Receives a line per re-read file and the summary table.
     overwrite : bool
 
     Returns
@@ -263,6 +273,7 @@ def render_discovery_from_json(paths: Sequence[str | os.PathLike], out: str | os
         As :func:`write_discovery`.
     """
     output = discovery_output(out)
+    output.check(overwrite, partial=False)
     saved = []
     for path in paths:
         if not Path(path).is_file():
@@ -273,16 +284,65 @@ def render_discovery_from_json(paths: Sequence[str | os.PathLike], out: str | os
             raise ValueError(f"{path} is not valid JSON ({exc})") from None
         if not isinstance(data, dict) or not {"config", "results"} <= data.keys():
             raise ValueError(f"{path} is not a discover.json of `steerable-sr discover` (no config and results)")
-        if not all(isinstance(entry, dict) and "decisions" in entry.get("report", {}) for entry in data["results"]):
+        models = saved_models(Path(path), data)
+        if models is None and not all(isinstance(entry, dict) and "decisions" in entry.get("report", {})
+                                      for entry in data["results"]):
             raise ValueError(f"{path} was written by an earlier `steerable-sr discover` (its reports have no "
-                             "per-element decisions): run the discovery again")
-        saved.append(data)
-    output.check(overwrite, partial=False)
+                             "per-element decisions) and its weights are not beside it: run the discovery again")
+        saved.append((path, data, models))
+    results = []
+    for path, data, models in saved:
+        if models is not None:
+            for entry, model in zip(data["results"], models):
+                entry.pop("direction_noise", None)
+                entry["report"] = symmetry_report(model).to_dict()
+            for line in calibrate_on_controls(data["results"], models):
+                log(f"[discover] {line}")
+            log(f"[discover] {path}: {len(models)} runs read again from their saved weights")
+        results += data["results"]
     with output.publish() as tmp:
-        result = write_discovery(tmp, {"config": saved[0]["config"],
-                                       "results": [entry for s in saved for entry in s["results"]]})
+        result = write_discovery(tmp, {"config": saved[0][1]["config"], "results": results})
     log("\n".join(summary_markdown(result["summary"])))
     return result
+
+
+def saved_models(path: Path, data: dict[str, Any]) -> list[torch.nn.Module] | None:
+    """The trained models of a saved ``discover.json``'s runs, from the weights beside it.
+
+    Parameters
+    ----------
+    path : pathlib.Path
+        The ``discover.json``.
+    data : dict
+        Its contents.
+
+    Returns
+    -------
+    list of torch.nn.Module or None
+        One model per run, in order; ``None`` if any run's weights are missing (a merged or copied
+        file) or a run was read with the strict criterion (its tolerance is not saved). Weights that do
+        not fit the run's model are refused in one line.
+    """
+    config, runs = data["config"], data["results"]
+    if not all(isinstance(e, dict) and {"data", "augment", "kind", "seed", "report"} <= e.keys() for e in runs):
+        return None
+    if any(str(e["report"].get("criterion", "")).startswith("strict") for e in runs):
+        return None
+    files = [path.parent / weights_name(e["data"], e["augment"], e["kind"], e["seed"]) for e in runs]
+    if not files or not all(f.is_file() for f in files):
+        return None
+    models = []
+    for entry, file in zip(runs, files):
+        kind, overrides = parse_kind(entry["kind"])
+        model = build_model(kind, group=config.get("group", "Oh"), preset=config.get("preset", "small"),
+                            **{**overrides, **(config.get("model_overrides") or {})})
+        try:
+            model.load_state_dict(torch.load(file, map_location="cpu", weights_only=True))
+        except (RuntimeError, ValueError, OSError) as exc:
+            raise ValueError(f"{file} does not hold the weights of its run in {path} "
+                             f"({str(exc).strip().splitlines()[0]})") from None
+        models.append(model.eval())
+    return models
 
 
 def discovery_summary(results: Sequence[dict]) -> list[dict[str, Any]]:
