@@ -322,3 +322,7 @@ def test_a_saved_discovery_is_read_again_from_its_weights(toy_data, tmp_path, mo
     torch.save({"not": torch.zeros(1)}, weights)
     with pytest.raises(ValueError, match=r"does not hold the weights of its run"):
         render_discovery_from_json([path], tmp_path / "bad", log=lambda *a: None)
+    weights.write_bytes(b"not a torch file")
+    with pytest.raises(ValueError, match=r"does not hold the weights of its run"):
+        render_discovery_from_json([path], tmp_path / "bad", log=lambda *a: None)
+    assert not (tmp_path / "bad").exists() or not any((tmp_path / "bad").iterdir())  # nothing half-written

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import re
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -338,7 +339,7 @@ def saved_models(path: Path, data: dict[str, Any]) -> list[torch.nn.Module] | No
                             **{**overrides, **(config.get("model_overrides") or {})})
         try:
             model.load_state_dict(torch.load(file, map_location="cpu", weights_only=True))
-        except (RuntimeError, ValueError, OSError) as exc:
+        except (RuntimeError, ValueError, OSError, EOFError, pickle.UnpicklingError) as exc:
             raise ValueError(f"{file} does not hold the weights of its run in {path} "
                              f"({str(exc).strip().splitlines()[0]})") from None
         models.append(model.eval())
