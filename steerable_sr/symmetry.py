@@ -117,24 +117,10 @@ def _translations(group: str) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=None)
-def _odd_traces(group: str) -> tuple[np.ndarray, np.ndarray]:
-    """``tr(M)`` and ``tr(M^2)`` of ``M = (T_k - 1)(T_k - 1)^T`` on each block, ``(|G|, blocks)`` each:
-    the mean and half the variance of ``||n (T_k - 1)||^2`` on a block of unit white noise."""
-    _, blocks = peter_weyl_basis(group)
-    T = _translations(group)
-    t1, t2 = np.zeros((len(T), len(blocks))), np.zeros((len(T), len(blocks)))
-    for j, (_, sl) in enumerate(blocks):
-        for k in range(len(T)):
-            A = T[k][sl, sl] - np.eye(sl.stop - sl.start)
-            M = A @ A.T
-            t1[k, j], t2[k, j] = np.trace(M), np.trace(M @ M)
-    return t1, t2
-
-
-@functools.lru_cache(maxsize=None)
 def _set_traces(group: str, elements: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
-    """``tr(A)`` and ``tr(A^2)`` of ``A = sum_k M_k`` over ``elements`` on each block, ``(blocks,)`` each:
-    the moments of ``sum_k ||n (T_k - 1)||^2`` on a block of unit white noise."""
+    """``tr(A)`` and ``tr(A^2)`` of ``A = sum_k M_k``, ``M_k = (T_k - 1)(T_k - 1)^T``, over ``elements``
+    on each block, ``(blocks,)`` each: the mean and half the variance of ``sum_k ||n (T_k - 1)||^2`` on
+    a block of unit white noise."""
     _, blocks = peter_weyl_basis(group)
     T = _translations(group)
     t1, t2 = np.zeros(len(blocks)), np.zeros(len(blocks))
@@ -143,6 +129,13 @@ def _set_traces(group: str, elements: tuple[int, ...]) -> tuple[np.ndarray, np.n
         A = sum((T[k][sl, sl] - eye) @ (T[k][sl, sl] - eye).T for k in elements)
         t1[j], t2[j] = np.trace(A), np.trace(A @ A)
     return t1, t2
+
+
+@functools.lru_cache(maxsize=None)
+def _odd_traces(group: str) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_set_traces` of each single element, ``(|G|, blocks)`` each."""
+    t1, t2 = zip(*(_set_traces(group, (k,)) for k in range(group_order(group))))
+    return np.stack(t1), np.stack(t2)
 
 
 def block_significance(weights, group: str = "Oh") -> dict[str, np.ndarray]:
@@ -293,7 +286,6 @@ class _Moments:
     odd: np.ndarray  # N_k, (|G|,)
     energy: float  # E
     white: tuple[np.ndarray, np.ndarray]  # mean and variance of N_k under the layers' white noise
-    direction: tuple[np.ndarray, np.ndarray]  # the same under direction noise of unit kappa
     block_rms2: tuple[np.ndarray, np.ndarray]  # per irrep block: sum over banks of rms^2 and of rms^4
     ratios: list[float]
     significance: float
@@ -328,18 +320,20 @@ def _moments(weights_list, group: str, block_tol: float | None, alpha: float) ->
         white_var += 2 * sigma ** 4 * t2 @ counts
         rms2_sum += rms2.sum(axis=0)
         rms4_sum += (rms2 ** 2).sum(axis=0)
-    direction_mean, direction_var = t1 @ rms2_sum, 2 * t2 @ rms4_sum
-    return _Moments(odd, energy, (white_mean, white_var), (direction_mean, direction_var), (rms2_sum, rms4_sum),
-                    ratios, significance, noise)
+    return _Moments(odd, energy, (white_mean, white_var), (rms2_sum, rms4_sum), ratios, significance, noise)
 
 
-def _quantile(mean: np.ndarray, var: np.ndarray, alpha: float) -> np.ndarray:
+def _quantile(mean: np.ndarray, var: np.ndarray, alpha: float, estimate_dof: float | None = None) -> np.ndarray:
     """The ``1 - alpha`` quantile of a non-negative quadratic form of Gaussians with these moments: a
-    scaled chi-square of the same mean and variance (0 where the mean is 0)."""
+    scaled chi-square of the same mean and variance, ``f`` degrees of freedom (0 where the mean is 0).
+    With ``estimate_dof``, the noise's scale is itself an estimate of that many degrees of freedom,
+    and the form over it is F-distributed: ``mean * F_{1 - alpha}(f, estimate_dof)``."""
     out = np.zeros_like(mean)
     noisy = mean > 0
-    scale, dof = var[noisy] / (2 * mean[noisy]), 2 * mean[noisy] ** 2 / var[noisy]
-    out[noisy] = scale * stats.chi2.ppf(1 - alpha, dof)
+    dof = 2 * mean[noisy] ** 2 / var[noisy]
+    ratio = (stats.chi2.ppf(1 - alpha, dof) / dof if estimate_dof is None
+             else stats.f.ppf(1 - alpha, dof, estimate_dof))
+    out[noisy] = mean[noisy] * ratio
     return out
 
 
@@ -383,11 +377,8 @@ def breaking_measure(weights_list, group: str = "Oh", block_tol: float | None = 
                                ["kept"] * order, direction_noise)
     quantile = _quantile(*m.white, alpha)
     if direction_noise is not None:
-        mean, var = m.direction
-        noisy = mean > 0
-        dof = 2 * mean[noisy] ** 2 / var[noisy]
-        wander = np.zeros_like(mean)
-        wander[noisy] = direction_noise.kappa ** 2 * mean[noisy] * stats.f.ppf(1 - alpha, dof, direction_noise.dof)
+        (t1, t2), (rms2, rms4), kappa2 = _odd_traces(group), m.block_rms2, direction_noise.kappa ** 2
+        wander = _quantile(kappa2 * t1 @ rms2, 2 * kappa2 ** 2 * t2 @ rms4, alpha, direction_noise.dof)
         quantile = np.maximum(quantile, wander)
     defects, uncertainty = np.sqrt(m.odd / (2 * m.energy)), np.sqrt(quantile / (2 * m.energy))
     broken = defects > np.maximum(uncertainty, ROUNDOFF)
