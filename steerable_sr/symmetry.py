@@ -586,6 +586,18 @@ class SymmetryReport:
     direction_noise: float | None = None
     direction_noise_dof: float | None = None
 
+    @property
+    def resolved(self) -> bool:
+        """Whether any breaking is resolved: some element's defect is above round-off. ``False`` when
+        no irrep block is significant; every element is then kept only to within the read-out's
+        resolution (the significance threshold), not measured as kept."""
+        return bool(self.defects) and max(self.defects) > ROUNDOFF
+
+    def in_words(self) -> str:
+        """The read-out in one line, e.g. ``kept D4h, axis x (order 16), at most D4h, axis x``."""
+        kept = f"kept {self.stabilizer_name} (order {len(self.stabilizer)})"
+        return f"{kept}, at most {self.at_most_name}" if self.resolved else f"{kept}, no breaking resolved"
+
     def to_dict(self) -> dict:
         """The report as plain values (JSON)."""
         return asdict(self)
@@ -602,8 +614,10 @@ class SymmetryReport:
     def to_markdown(self) -> str:
         """The report as Markdown: the kept symmetry, the criterion, a table of the decisions (every
         undecided element on its own row) and a table of the layers."""
-        lines = [f"Kept symmetry: **{self.stabilizer_name}** (order {len(self.stabilizer)} of {self.group}), kept "
-                 f"with confidence; at most **{self.at_most_name}** (order {len(self.at_most)}).", "",
+        kept = (f"kept with confidence; at most **{self.at_most_name}** (order {len(self.at_most)})" if self.resolved
+                else "no breaking resolved: no irrep block is significant, so every element is kept only to "
+                     "within the read-out's resolution")
+        lines = [f"Kept symmetry: **{self.stabilizer_name}** (order {len(self.stabilizer)} of {self.group}), {kept}.", "",
                  f"Criterion: {self.criterion}; largest block significance {self.significance:.3g}, pooled breaking "
                  f"ratio ||v||/||m|| = {self.breaking_ratio:.3g}.", ""]
         if self.decisions:

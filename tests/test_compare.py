@@ -215,6 +215,31 @@ def test_every_run_is_read_again_with_the_direction_noise_of_the_other_controls(
     assert "direction_noise" not in results[4] and results[4]["report"]["direction_noise"] is None
 
 
+def test_the_summary_tells_a_seed_without_resolved_breaking_from_one_that_keeps_its_symmetry():
+    """Seed 0 breaks O_h down to D4h(x) beyond the noise; seed 1's weights are noise below the
+    significance threshold: both keep their read-out, only seed 1's says nothing was resolved."""
+    from test_symmetry import D4H_X, trained_like
+
+    from steerable_sr import fields
+    from steerable_sr.nn import OctahedralConv
+    from steerable_sr.report.discovery import summary_markdown
+    from steerable_sr.study.discover import discovery_summary
+    from steerable_sr.symmetry import BLOCK_TOL, symmetry_report
+
+    regular = fields.regular_type("Oh", 1)
+    results = []
+    for seed, (subgroup, breaking, noise) in enumerate([(D4H_X, 0.05, 0.005), (None, 0.0, BLOCK_TOL * 48 ** 0.5 / 5)]):
+        layer = OctahedralConv(regular, regular, num_filter_banks=2, kernel_size=3)
+        layer.set_relaxed_weights_on_group(trained_like(subgroup, breaking, noise, seed=seed).float())
+        results.append({"data": "a.h5", "augment": None, "kind": "rgcnn", "seed": seed, "forcing": "anisotropic",
+                        "axis": 0, "forcing_label": "anisotropic, axis x", "forcing_keeps": "D4h, axis x",
+                        "data_statistics": None, "report": symmetry_report(layer).to_dict()})
+    (row,) = discovery_summary(results)
+    assert row["per_seed"] == ["D4h, axis x", "Oh"] and row["resolved"] == [True, False]
+    cell = summary_markdown([row])[4].split(" | ")[3]
+    assert cell.startswith("0: D4h, axis x (s = ") and "; 1: Oh, no breaking resolved (s = " in cell
+
+
 @pytest.fixture(scope="module")
 def relaxed_model():
     from steerable_sr.models import build_model

@@ -203,6 +203,26 @@ def test_a_relaxed_layer_reports_each_element_with_its_numbers():
     assert again.to_markdown() == md
 
 
+def test_weights_without_a_significant_block_resolve_no_breaking():
+    regular = fields.regular_type("Oh", 1)
+    layer = OctahedralConv(regular, regular, num_filter_banks=2, kernel_size=3)
+    layer.set_relaxed_weights_on_group(trained_like(None, breaking=0.0, noise=BLOCK_TOL * np.sqrt(48) / 5).float())
+    report = symmetry_report(layer)
+    assert report.stabilizer_name == "Oh" and not report.resolved
+    assert "no breaking resolved" in report.to_markdown() and "kept with confidence" not in report.to_markdown()
+    assert report.in_words() == "kept Oh (order 48), no breaking resolved"
+
+
+def test_weights_with_a_significant_block_resolve_their_breaking():
+    regular = fields.regular_type("Oh", 1)
+    layer = OctahedralConv(regular, regular, num_filter_banks=2, kernel_size=3)
+    layer.set_relaxed_weights_on_group(trained_like(D4H_X, breaking=0.05, noise=0.005).float())
+    report = symmetry_report(layer)
+    assert report.stabilizer_name == "D4h, axis x" and report.resolved
+    assert report.in_words() == "kept D4h, axis x (order 16), at most D4h, axis x"
+    assert "kept with confidence" in report.to_markdown()
+
+
 def wandering(defect: float, kappa: float, banks: int = 4, seed: int = 0) -> torch.Tensor:
     """:func:`weakly_broken` weights (breaking 0.05, white noise 1e-5 on every block: the quiet blocks of
     a trained head) whose ``Eg`` block also wanders: per bank, Gaussian noise of per-entry rms ``kappa``

@@ -24,7 +24,7 @@ from ..models import RELAXED_KINDS, build_model
 from ..nn.relaxed import relaxed_layers
 from ..report import discovery_markdown
 from ..report.discovery import statistics_line, summary_markdown
-from ..symmetry import consensus_stabilizer, direction_noise, symmetry_report
+from ..symmetry import SymmetryReport, consensus_stabilizer, direction_noise, symmetry_report
 from .config import StudyConfig, parse_kind
 from .output import StudyOutput
 from .runs import set_threads, train_one
@@ -139,8 +139,7 @@ def run_discover(datasets: Sequence[str], cfg: StudyConfig, kinds: Sequence[str]
                                 "penalty_weight": penalty_weight, "steps": r["steps"], "fit_s": r["fit_s"],
                                 "test": r["test"], "curve": r["curve"], "report": report.to_dict()})
                 log(f"[discover] {spec} on {data}{' (' + job.augment + '-symmetrised)' if job.augment else ''} "
-                    f"seed {seed}: kept {report.stabilizer_name} (order {len(report.stabilizer)}), "
-                    f"at most {report.at_most_name}")
+                    f"seed {seed}: {report.in_words()}")
                 write_discovery(staging, {"config": asdict(cfg), "results": results})
     if tol is None:
         for line in calibrate_on_controls(results, models):
@@ -222,8 +221,7 @@ def calibrate_on_controls(results: list[dict], models: Sequence[torch.nn.Module]
         lines.append(f"{run['kind']} on {run['data']}{' (' + run['augment'] + '-symmetrised)' if run['augment'] else ''} "
                      f"seed {run['seed']}, calibrated on the {results[controls[0]]['augment']} control (seeds "
                      f"{', '.join(str(results[j]['seed']) for j in controls)}: direction noise {noise.kappa:.3g}, "
-                     f"{noise.dof:.3g} degrees of freedom): "
-                     f"kept {report.stabilizer_name} (order {len(report.stabilizer)}), at most {report.at_most_name}")
+                     f"{noise.dof:.3g} degrees of freedom): {report.in_words()}")
     return lines
 
 
@@ -359,7 +357,9 @@ def discovery_summary(results: Sequence[dict]) -> list[dict[str, Any]]:
     Returns
     -------
     list of dict
-        One row per dataset, training and kind, in order of first appearance.
+        One row per dataset, training and kind, in order of first appearance: per seed the kept
+        symmetry, the most it may be, the largest significance, ``kappa`` and whether any breaking is
+        resolved (:attr:`steerable_sr.symmetry.SymmetryReport.resolved`); the consensus of both.
     """
     runs: dict[tuple, list[dict]] = {}
     for r in results:
@@ -378,6 +378,7 @@ def discovery_summary(results: Sequence[dict]) -> list[dict[str, Any]]:
                         "per_seed": [r["report"]["stabilizer_name"] for r in rows],
                         "per_seed_at_most": [r["report"]["at_most_name"] for r in rows],
                         "significance": [r["report"]["significance"] for r in rows],
+                        "resolved": [SymmetryReport.from_dict(r["report"]).resolved for r in rows],
                         "direction_noise": [r["report"].get("direction_noise") for r in rows],
                         "consensus": subgroup_name(consensus, group), "consensus_stabilizer": consensus,
                         "consensus_at_most": subgroup_name(at_most, group)})
