@@ -217,7 +217,8 @@ def test_every_run_is_read_again_with_the_direction_noise_of_the_other_controls(
 
 def test_the_summary_tells_a_seed_without_resolved_breaking_from_one_that_keeps_its_symmetry():
     """Seed 0 breaks O_h down to D4h(x) beyond the noise; seed 1's weights are noise below the
-    significance threshold: both keep their read-out, only seed 1's says nothing was resolved."""
+    significance threshold: both keep their read-out, only seed 1's says nothing was resolved, and
+    when its read-out last broke part of O_h during training."""
     from test_symmetry import D4H_X, trained_like
 
     from steerable_sr import fields
@@ -228,16 +229,36 @@ def test_the_summary_tells_a_seed_without_resolved_breaking_from_one_that_keeps_
 
     regular = fields.regular_type("Oh", 1)
     results = []
-    for seed, (subgroup, breaking, noise) in enumerate([(D4H_X, 0.05, 0.005), (None, 0.0, BLOCK_TOL * 48 ** 0.5 / 5)]):
+    worn = [{"epoch": 0, "symmetry": "D2h", "significance": 0.004}, {"epoch": 1, "symmetry": "D2h", "significance": 0.0035},
+            {"epoch": 2, "symmetry": "Oh", "significance": 0.002}]  # learned early, then worn below the threshold
+    for seed, ((subgroup, breaking, noise), curve) in enumerate([((D4H_X, 0.05, 0.005), worn),
+                                                                 ((None, 0.0, BLOCK_TOL * 48 ** 0.5 / 5), worn)]):
         layer = OctahedralConv(regular, regular, num_filter_banks=2, kernel_size=3)
         layer.set_relaxed_weights_on_group(trained_like(subgroup, breaking, noise, seed=seed).float())
         results.append({"data": "a.h5", "augment": None, "kind": "rgcnn", "seed": seed, "forcing": "anisotropic",
                         "axis": 0, "forcing_label": "anisotropic, axis x", "forcing_keeps": "D4h, axis x",
-                        "data_statistics": None, "report": symmetry_report(layer).to_dict()})
+                        "data_statistics": None, "report": symmetry_report(layer).to_dict(), "curve": curve})
     (row,) = discovery_summary(results)
     assert row["per_seed"] == ["D4h, axis x", "Oh"] and row["resolved"] == [True, False]
+    assert row["last_resolved"] == [None, {"epoch": 2, "symmetry": "D2h", "significance": 0.0035}]
     cell = summary_markdown([row])[4].split(" | ")[3]
     assert cell.startswith("0: D4h, axis x (s = ") and "; 1: Oh, no breaking resolved (s = " in cell
+    assert cell.endswith("; D2h until epoch 2, s = 0.0035)")
+
+
+def test_a_run_whose_breaking_never_resolved_has_no_last_resolved_epoch():
+    from test_symmetry import trained_like
+
+    from steerable_sr import fields
+    from steerable_sr.nn import OctahedralConv
+    from steerable_sr.study.discover import last_resolved_epoch
+    from steerable_sr.symmetry import BLOCK_TOL, symmetry_report
+
+    regular = fields.regular_type("Oh", 1)
+    layer = OctahedralConv(regular, regular, num_filter_banks=2, kernel_size=3)
+    layer.set_relaxed_weights_on_group(trained_like(None, 0.0, BLOCK_TOL * 48 ** 0.5 / 5).float())
+    quiet = [{"epoch": e, "symmetry": "Oh", "significance": 0.001} for e in range(3)]
+    assert last_resolved_epoch({"report": symmetry_report(layer).to_dict(), "curve": quiet}) is None
 
 
 @pytest.fixture(scope="module")

@@ -108,11 +108,14 @@ def summary_markdown(summary: Sequence[dict]) -> list[str]:
         training = f"batches symmetrised by random {row['augment']} elements" if row["augment"] else "plain"
         kappas = row.get("direction_noise") or [None] * len(row["seeds"])
         resolved = row.get("resolved") or [True] * len(row["seeds"])
+        last = row.get("last_resolved") or [None] * len(row["seeds"])
         seeds = "; ".join(f"{seed}: {_kept(name, at_most)}" + ("" if ok else ", no breaking resolved")
-                          + f" (s = {s:.2g}" + ("" if kappa is None else f", kappa {kappa:.2g}") + ")"
-                          for seed, name, at_most, s, kappa, ok
+                          + f" (s = {s:.2g}" + ("" if kappa is None else f", kappa {kappa:.2g}")
+                          + ("" if early is None else f"; {early['symmetry']} until epoch {early['epoch']}, "
+                                                      f"s = {early['significance']:.2g}") + ")"
+                          for seed, name, at_most, s, kappa, ok, early
                           in zip(row["seeds"], row["per_seed"], row["per_seed_at_most"], row["significance"], kappas,
-                                 resolved))
+                                 resolved, last))
         lines.append(f"| `{row['data']}` ({row['forcing_label']}) | {training} | {row['kind']} | {seeds} "
                      f"| {_kept(row['consensus'], row['consensus_at_most'], bold=True)} "
                      f"| {row.get('sample_keeps') or '-'} | {row.get('forcing_keeps') or '-'} |")

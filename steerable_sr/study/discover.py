@@ -344,6 +344,32 @@ def saved_models(path: Path, data: dict[str, Any]) -> list[torch.nn.Module] | No
     return models
 
 
+def last_resolved_epoch(run: dict) -> dict[str, Any] | None:
+    """The last epoch whose read-out broke part of the group, for a run whose final weights resolve no
+    breaking (a breaking learned early and worn away by the penalty tells apart from none ever).
+
+    Parameters
+    ----------
+    run : dict
+        A run of :func:`run_discover` (its ``report`` and its ``curve``, the read-out after each epoch).
+
+    Returns
+    -------
+    dict or None
+        ``{"epoch", "symmetry", "significance"}`` (epoch counted from 1); ``None`` when the final
+        weights resolve breaking or no epoch did.
+    """
+    report = SymmetryReport.from_dict(run["report"])
+    if report.resolved:
+        return None
+    whole = subgroup_name(list(range(len(report.defects))), report.group)
+    broke = [row for row in run["curve"] if row.get("symmetry", whole) != whole]
+    if not broke:
+        return None
+    row = broke[-1]
+    return {"epoch": row["epoch"] + 1, "symmetry": row["symmetry"], "significance": row["significance"]}
+
+
 def discovery_summary(results: Sequence[dict]) -> list[dict[str, Any]]:
     """Per dataset, training (plain or symmetrised) and kind: the symmetry each seed kept with
     confidence and at most, and the consensus over seeds of both
@@ -358,8 +384,9 @@ def discovery_summary(results: Sequence[dict]) -> list[dict[str, Any]]:
     -------
     list of dict
         One row per dataset, training and kind, in order of first appearance: per seed the kept
-        symmetry, the most it may be, the largest significance, ``kappa`` and whether any breaking is
-        resolved (:attr:`steerable_sr.symmetry.SymmetryReport.resolved`); the consensus of both.
+        symmetry, the most it may be, the largest significance, ``kappa``, whether any breaking is
+        resolved (:attr:`steerable_sr.symmetry.SymmetryReport.resolved`) and, where the end resolves
+        none, the last epoch that did (:func:`last_resolved_epoch`); the consensus of both.
     """
     runs: dict[tuple, list[dict]] = {}
     for r in results:
@@ -379,6 +406,7 @@ def discovery_summary(results: Sequence[dict]) -> list[dict[str, Any]]:
                         "per_seed_at_most": [r["report"]["at_most_name"] for r in rows],
                         "significance": [r["report"]["significance"] for r in rows],
                         "resolved": [SymmetryReport.from_dict(r["report"]).resolved for r in rows],
+                        "last_resolved": [last_resolved_epoch(r) for r in rows],
                         "direction_noise": [r["report"].get("direction_noise") for r in rows],
                         "consensus": subgroup_name(consensus, group), "consensus_stabilizer": consensus,
                         "consensus_at_most": subgroup_name(at_most, group)})
