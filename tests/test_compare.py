@@ -35,13 +35,18 @@ def test_parse_kind():
         parse_kind("mlp")
 
 
-@pytest.fixture(scope="module")
-def toy_data(tmp_path_factory):
+def toy_dataset(tmp_path_factory, name: str, frames: int):
+    """A generated 16^3 dataset of ``frames`` frames, ``name.h5`` in a new folder."""
     from steerable_sr.data.generate import generate_dataset
 
-    path = tmp_path_factory.mktemp("cmp") / "toy.h5"
-    generate_dataset(path, n=16, frames=14, spinup=0.2, progress=False)
+    path = tmp_path_factory.mktemp(name) / f"{name}.h5"
+    generate_dataset(path, n=16, frames=frames, spinup=0.2, progress=False)
     return path
+
+
+@pytest.fixture(scope="module")
+def toy_data(tmp_path_factory):
+    return toy_dataset(tmp_path_factory, "toy", frames=14)
 
 
 def test_compare_end_to_end_at_toy_size(toy_data, tmp_path):
@@ -372,3 +377,42 @@ def test_a_saved_discovery_is_read_again_from_its_weights(toy_data, tmp_path, mo
     with pytest.raises(ValueError, match=r"does not hold the weights of its run"):
         render_discovery_from_json([path], tmp_path / "bad", log=lambda *a: None)
     assert not (tmp_path / "bad").exists() or not any((tmp_path / "bad").iterdir())  # nothing half-written
+
+
+@pytest.fixture(scope="module")
+def toy_record(tmp_path_factory):
+    """A toy dataset with enough training windows for 3 time blocks."""
+    return toy_dataset(tmp_path_factory, "record", frames=30)
+
+
+def test_discover_with_the_score_test_tests_each_plain_run_and_reports_it(toy_record, tmp_path):
+    torch.set_num_threads(1)
+    cfg = StudyConfig(data=str(toy_record), out=str(tmp_path / "disc"), seeds=(0,), crop=8, batch_size=1,
+                      crops_per_window=1, max_epochs=1, max_steps=2, limit_val_batches=1, limit_test_batches=1,
+                      test_equivariance_elements=2, build_time=False, model_overrides=DISCOVERY_OVERRIDES)
+    result = run_discover([str(toy_record)], cfg, kinds=("rgcnn",), control=True, score_blocks=3, log=lambda *a: None)
+    plain, control = result["results"]
+    assert control["score_test"] is None  # a symmetrised control keeps its group by construction
+    test = plain["score_test"]
+    assert test["blocks"] == 3 and len(test["p_value"]) == 48 and test["p_value"][0] == 1.0
+    assert test["keeps_name"] and 0 in test["keeps"]
+    row = result["summary"][0]
+    assert row["score_keeps"] == [test["keeps_name"]]
+    md = (tmp_path / "disc" / "discover.md").read_text()
+    assert md.count("Score test (the training data's loss gradient") == 1
+    assert f"score test at most {test['keeps_name']}" in md
+
+
+def test_discover_refuses_more_score_test_blocks_than_training_windows_before_training(toy_data, tmp_path):
+    cfg = StudyConfig(data=str(toy_data), out=str(tmp_path / "disc"), seeds=(0,), build_time=False)
+    with pytest.raises(ValueError, match="training windows cannot make 1000 time blocks"):
+        run_discover([str(toy_data)], cfg, kinds=("rgcnn",), score_blocks=1000, log=lambda *a: None)
+    assert not (tmp_path / "disc").exists()
+
+
+@pytest.mark.parametrize("extra, match", [(["--score-blocks", "2"], "at least 3"),
+                                          (["--score-blocks", "-1"], "at least 3"),
+                                          (["--score-blocks", "3", "--from-json", "x.json"], "needs training")])
+def test_bad_score_test_options_are_usage_errors(extra, match, capsys):
+    args = ["discover"] + ([] if "--from-json" in extra else ["data.h5"]) + extra
+    assert main(args) == 2 and match in capsys.readouterr().err

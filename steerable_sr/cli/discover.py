@@ -42,6 +42,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also train on batches of every generated dataset symmetrised by the group its forcing "
                              "keeps (O_h, D4h about the axis, D2h for Kolmogorov): a control, which also calibrates "
                              "the noise of every run's read-out")
+    parser.add_argument("--score-blocks", type=int, default=0, metavar="B",
+                        help="also run the score test of each plain run (steerable_sr.score_test): the training "
+                             "data's loss gradient on the relaxed weights over B time blocks of the record, which "
+                             "finds breaking the penalty holds at zero; blocks must outlast the flow's correlation "
+                             "time (8 for the 118- and 478-frame records, docs/results.md) (default: 0, none)")
     parser.add_argument("--tol", type=float, default=None,
                         help="strict stabilizer tolerance (default: the robust criterion of steerable_sr.symmetry)")
     parser.add_argument("--augment", default=argparse.SUPPRESS,
@@ -62,6 +67,10 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("discover: give either datasets to train on or --from-json, not both")
     if not datasets and not args.from_json:
         raise UsageError("discover: give the datasets to train on (or --from-json)")
+    if args.score_blocks in (1, 2) or args.score_blocks < 0:
+        raise UsageError(f"discover: --score-blocks must be 0 (no score test) or at least 3, got {args.score_blocks}")
+    if args.score_blocks and args.from_json:
+        raise UsageError("discover: --score-blocks needs training (the data's gradients), not --from-json")
     check_writable(Path(settings["out"]) / "discover.json")
     if args.from_json:
         render_discovery_from_json(args.from_json, settings["out"], overwrite=settings["overwrite"])
@@ -69,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     cfg = StudyConfig(**settings)
     result = run_discover(datasets, cfg, kinds=cfg.kinds, penalty_weight=cfg.penalty_weight, tol=args.tol,
-                          control=args.control)
+                          control=args.control, score_blocks=args.score_blocks)
     print((Path(cfg.out) / "discover.md").read_text())
     print(f"[discover] wrote {cfg.out}/discover.md, discover.json ({len(result['results'])} runs)")
     return 0

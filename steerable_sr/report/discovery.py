@@ -12,6 +12,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..groups import AXES, subgroup_elements
+from ..score_test import ScoreTest
 from ..symmetry import SymmetryReport
 
 __all__ = ["discovery_markdown", "run_markdown", "statistics_line", "summary_markdown"]
@@ -77,6 +78,8 @@ def run_markdown(entry: dict[str, Any]) -> list[str]:
     if stats:
         md += [statistics_line(stats, entry.get("forcing_keeps")), ""]
     md += [SymmetryReport.from_dict(entry["report"]).to_markdown(), ""]
+    if entry.get("score_test"):
+        md += [score_test_markdown(ScoreTest(**entry["score_test"])), ""]
     along = [f"{row['epoch'] + 1}: {_kept(row['symmetry'], row['at_most'])} (s = {row['significance']:.2g}, "
              f"{row['largest_block']})" for row in entry["curve"] if "symmetry" in row]
     if along:
@@ -84,6 +87,15 @@ def run_markdown(entry: dict[str, Any]) -> list[str]:
                "its block): " + "; ".join(along) + ".", ""]
     return md + [f"Test MAE {entry['test'].get('mae', float('nan')):.4f}, equivariance error "
                  f"{entry['test'].get('equiv_err', float('nan')):.2e}.", ""]
+
+
+def score_test_markdown(test: ScoreTest) -> str:
+    """The score test of one run in a paragraph: what it keeps at most, and each broken element's
+    statistic and p-value."""
+    broken = ", ".join(f"{k} (R = {test.statistic[k]:.3g}, p = {test.p_value[k]:.2g})" for k in test.broken)
+    return (f"Score test (the training data's loss gradient on the relaxed weights, {test.blocks} time blocks, "
+            f"family-wise level {test.alpha:g}): keeps at most **{test.keeps_name}**; "
+            + (f"breaks elements {broken}." if broken else "breaks no element."))
 
 
 def summary_markdown(summary: Sequence[dict]) -> list[str]:
@@ -109,13 +121,15 @@ def summary_markdown(summary: Sequence[dict]) -> list[str]:
         kappas = row.get("direction_noise") or [None] * len(row["seeds"])
         resolved = row.get("resolved") or [True] * len(row["seeds"])
         last = row.get("last_resolved") or [None] * len(row["seeds"])
+        scores = row.get("score_keeps") or [None] * len(row["seeds"])
         seeds = "; ".join(f"{seed}: {_kept(name, at_most)}" + ("" if ok else ", no breaking resolved")
                           + f" (s = {s:.2g}" + ("" if kappa is None else f", kappa {kappa:.2g}")
                           + ("" if early is None else f"; {early['symmetry']} until epoch {early['epoch']}, "
-                                                      f"s = {early['significance']:.2g}") + ")"
-                          for seed, name, at_most, s, kappa, ok, early
+                                                      f"s = {early['significance']:.2g}")
+                          + ("" if score is None else f"; score test at most {score}") + ")"
+                          for seed, name, at_most, s, kappa, ok, early, score
                           in zip(row["seeds"], row["per_seed"], row["per_seed_at_most"], row["significance"], kappas,
-                                 resolved, last))
+                                 resolved, last, scores))
         lines.append(f"| `{row['data']}` ({row['forcing_label']}) | {training} | {row['kind']} | {seeds} "
                      f"| {_kept(row['consensus'], row['consensus_at_most'], bold=True)} "
                      f"| {row.get('sample_keeps') or '-'} | {row.get('forcing_keeps') or '-'} |")

@@ -17,7 +17,8 @@ Run from ``steerable-sr compare`` and ``steerable-sr discover`` (arguments:
 * :mod:`~steerable_sr.study.discover`: :func:`~steerable_sr.study.discover.run_discover` trains
   relaxed kinds with an equivariance penalty on one or more datasets and writes, per dataset and
   kind, the :func:`steerable_sr.symmetry.symmetry_report` of the learned relaxed weights
-  (``discover.md`` / ``discover.json``) and the trained weights;
+  (``discover.md`` / ``discover.json``) and the trained weights, optionally with the
+  :mod:`steerable_sr.score_test` of the training data's gradient;
 * :mod:`~steerable_sr.study.output`: the output directory of both, refused before any training
   when it holds results (unless ``overwrite``), with the finished runs in ``partial/`` while a study
   trains and all outputs published together at the end.

@@ -15,7 +15,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-from ..data.dataset import is_generated, load_generated
+from ..data.dataset import SuperResolutionDataset, TurbulenceDataModule, is_generated, load_generated
 from ..data.spectral import forcing_label, forcing_symmetry
 from ..data.statistics import dataset_statistics
 from ..groups import subgroup_elements, subgroup_name
@@ -24,6 +24,7 @@ from ..models import RELAXED_KINDS, build_model
 from ..nn.relaxed import relaxed_layers
 from ..report import discovery_markdown
 from ..report.discovery import statistics_line, summary_markdown
+from ..score_test import ScoreTest, relaxed_gradients, score_test
 from ..symmetry import SymmetryReport, consensus_stabilizer, direction_noise, symmetry_report
 from .config import StudyConfig, parse_kind
 from .output import StudyOutput
@@ -68,7 +69,7 @@ def weights_name(data: str, augment: str | None, spec: str, seed: int) -> str:
 
 def run_discover(datasets: Sequence[str], cfg: StudyConfig, kinds: Sequence[str] = RELAXED_KINDS,
                  penalty_weight: float = 1e-3, tol: float | None = None, control: bool = False,
-                 log: Callable[[str], Any] = print) -> dict[str, Any]:
+                 score_blocks: int = 0, log: Callable[[str], Any] = print) -> dict[str, Any]:
     """Train relaxed kinds on each dataset and write the symmetry reports of the learned weights.
 
     Parameters
@@ -90,6 +91,10 @@ def run_discover(datasets: Sequence[str], cfg: StudyConfig, kinds: Sequence[str]
         distribution with exactly the physics' symmetry, whatever the finite sample's asymmetry.
         With robust read-outs (``tol`` None), every run is then read again with the direction noise
         those controls measure (:func:`calibrate_on_controls`).
+    score_blocks : int
+        With ``B >= 3``, the score test of every plain run (:mod:`steerable_sr.score_test`) on its
+        training windows in ``B`` time blocks (:func:`score_test_blocks`, read before any training);
+        ``0``: none. Symmetrised controls are not tested (their batches keep their group exactly).
     log : callable
         Progress lines: the sample statistics of each dataset, each run's read-out, the summary.
 
@@ -112,6 +117,8 @@ def run_discover(datasets: Sequence[str], cfg: StudyConfig, kinds: Sequence[str]
     for data in datasets:
         if not Path(data).exists():
             raise FileNotFoundError(f"dataset not found: {data} (make one with `steerable-sr generate`)")
+    # Read (and checked) once, before any training; the same batches test every run of a dataset.
+    score_batches = {data: score_test_blocks(data, score_blocks, cfg.crop) for data in datasets} if score_blocks else {}
     output = discovery_output(cfg.out)
     output.check(cfg.overwrite)
     set_threads(cfg)
@@ -131,15 +138,20 @@ def run_discover(datasets: Sequence[str], cfg: StudyConfig, kinds: Sequence[str]
                 with atomic_output(staging / weights_name(data, job.augment, spec, seed), overwrite=True) as tmp:
                     torch.save(model.state_dict(), tmp)
                 report = symmetry_report(model, **({} if tol is None else {"tol": tol}))
+                score = None
+                if score_blocks and not job.augment:
+                    score = score_test(relaxed_gradients(model, score_batches[data]), cfg.group).to_dict()
                 results.append({"data": data, "forcing": attrs.get("forcing"), "axis": attrs.get("axis"),
                                 "forcing_label": forcing_label(attrs), "forcing_keeps": forcing_symmetry(attrs),
                                 "kind": spec, "augment": job.augment,
                                 "augment_elements": subgroup_elements(job.augment) if job.augment else None,
                                 "data_statistics": statistics[data], "seed": seed,
                                 "penalty_weight": penalty_weight, "steps": r["steps"], "fit_s": r["fit_s"],
-                                "test": r["test"], "curve": r["curve"], "report": report.to_dict()})
+                                "test": r["test"], "curve": r["curve"], "report": report.to_dict(),
+                                "score_test": score})
                 log(f"[discover] {spec} on {data}{' (' + job.augment + '-symmetrised)' if job.augment else ''} "
-                    f"seed {seed}: {report.in_words()}")
+                    f"seed {seed}: {report.in_words()}"
+                    + ("" if score is None else f"; {ScoreTest(**score).in_words()}"))
                 write_discovery(staging, {"config": asdict(cfg), "results": results})
     if tol is None:
         for line in calibrate_on_controls(results, models):
@@ -152,6 +164,49 @@ def run_discover(datasets: Sequence[str], cfg: StudyConfig, kinds: Sequence[str]
         log(f"[discover] {row['kind']} on {row['data']}{' (' + row['augment'] + '-symmetrised)' if row['augment'] else ''}: "
             f"kept {'; '.join(row['per_seed'])}; consensus {row['consensus']} (at most {row['consensus_at_most']})")
     return result
+
+
+def score_test_blocks(data: str, blocks: int, crop: int | None, crops_per_window: int = 2
+                      ) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
+    """The training windows of a dataset in contiguous time blocks, the batches of
+    :func:`steerable_sr.score_test.relaxed_gradients`.
+
+    Parameters
+    ----------
+    data : str
+        A dataset given to ``discover``.
+    blocks : int
+        ``B >= 3``; at most the number of training windows.
+    crop : int, optional
+        The training crop (``None``: whole volumes).
+    crops_per_window : int
+        Fixed crops per window, one batch.
+
+    Returns
+    -------
+    list of list of (low_res, high_res)
+        ``B`` blocks of consecutive windows (sizes differing by at most one), each window one batch
+        ``(crops_per_window, 9, n, n, n)``, ``(crops_per_window, 3, 4n, 4n, 4n)``, normalised as in
+        training.
+    """
+    if not isinstance(blocks, int) or blocks < 3:
+        raise ValueError(f"the score test needs at least 3 time blocks, got {blocks!r}")
+    dm = TurbulenceDataModule(data, crop=crop)
+    dm.setup("fit")
+    try:
+        windows = SuperResolutionDataset(dm.frames, dm.splits["train"], crop=crop, periodic=dm.periodic,
+                                         normalization=dm.velocity_scale, crops_per_window=crops_per_window)
+        count = len(windows.windows)
+        if count < blocks:
+            raise ValueError(f"{data}: {count} training windows cannot make {blocks} time blocks for the score test")
+        out = []
+        for chunk in np.array_split(np.arange(count), blocks):
+            samples = [[windows[int(w) * crops_per_window + c] for c in range(crops_per_window)] for w in chunk]
+            out.append([(torch.stack([x["low_res"] for x in window]), torch.stack([x["high_res"] for x in window]))
+                        for window in samples])
+        return out
+    finally:
+        dm.teardown("fit")
 
 
 def discovery_jobs(attributes: Mapping[str, Mapping[str, Any]], cfg: StudyConfig, control: bool = False
@@ -386,7 +441,8 @@ def discovery_summary(results: Sequence[dict]) -> list[dict[str, Any]]:
         One row per dataset, training and kind, in order of first appearance: per seed the kept
         symmetry, the most it may be, the largest significance, ``kappa``, whether any breaking is
         resolved (:attr:`steerable_sr.symmetry.SymmetryReport.resolved`) and, where the end resolves
-        none, the last epoch that did (:func:`last_resolved_epoch`); the consensus of both.
+        none, the last epoch that did (:func:`last_resolved_epoch`), what the score test keeps at most
+        (``None`` where it did not run); the consensus of both read-outs of the weights.
     """
     runs: dict[tuple, list[dict]] = {}
     for r in results:
@@ -407,6 +463,7 @@ def discovery_summary(results: Sequence[dict]) -> list[dict[str, Any]]:
                         "significance": [r["report"]["significance"] for r in rows],
                         "resolved": [SymmetryReport.from_dict(r["report"]).resolved for r in rows],
                         "last_resolved": [last_resolved_epoch(r) for r in rows],
+                        "score_keeps": [(r.get("score_test") or {}).get("keeps_name") for r in rows],
                         "direction_noise": [r["report"].get("direction_noise") for r in rows],
                         "consensus": subgroup_name(consensus, group), "consensus_stabilizer": consensus,
                         "consensus_at_most": subgroup_name(at_most, group)})
