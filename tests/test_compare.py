@@ -416,3 +416,14 @@ def test_discover_refuses_more_score_test_blocks_than_training_windows_before_tr
 def test_bad_score_test_options_are_usage_errors(extra, match, capsys):
     args = ["discover"] + ([] if "--from-json" in extra else ["data.h5"]) + extra
     assert main(args) == 2 and match in capsys.readouterr().err
+
+
+def test_score_test_blocks_are_consecutive_windows_read_again_on_each_pass(toy_record):
+    from steerable_sr.study.discover import score_test_blocks
+
+    blocks = score_test_blocks(str(toy_record), 3, crop=8)
+    windows = [w for block in blocks for w in block.windows]
+    assert windows == list(range(len(windows))) and max(map(len, blocks)) - min(map(len, blocks)) <= 1
+    first, again = list(blocks[1]), list(blocks[1])
+    assert len(first) == len(blocks[1]) and first[0][0].shape == (2, 9, 2, 2, 2) and first[0][1].shape == (2, 3, 8, 8, 8)
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(first, again))

@@ -117,7 +117,7 @@ def run_discover(datasets: Sequence[str], cfg: StudyConfig, kinds: Sequence[str]
     for data in datasets:
         if not Path(data).exists():
             raise FileNotFoundError(f"dataset not found: {data} (make one with `steerable-sr generate`)")
-    # Read (and checked) once, before any training; the same batches test every run of a dataset.
+    # Checked before any training; the same blocks test every run of a dataset.
     score_batches = {data: score_test_blocks(data, score_blocks, cfg.crop) for data in datasets} if score_blocks else {}
     output = discovery_output(cfg.out)
     output.check(cfg.overwrite)
@@ -166,8 +166,35 @@ def run_discover(datasets: Sequence[str], cfg: StudyConfig, kinds: Sequence[str]
     return result
 
 
-def score_test_blocks(data: str, blocks: int, crop: int | None, crops_per_window: int = 2
-                      ) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
+class WindowBatches:
+    """Consecutive training windows as batches, read from the dataset each time they are iterated
+    (a record need not fit in memory).
+
+    Parameters
+    ----------
+    dataset : SuperResolutionDataset
+        Fixed crops (``random_crop`` off).
+    windows : sequence of int
+        Window indices into ``dataset.windows``.
+
+    Yields ``(low_res, high_res)`` per window: ``(c, 9, n, n, n)`` and ``(c, 3, 4n, 4n, 4n)``, ``c`` the
+    dataset's crops per window.
+    """
+
+    def __init__(self, dataset: SuperResolutionDataset, windows: Sequence[int]) -> None:
+        self.dataset, self.windows = dataset, [int(w) for w in windows]
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    def __iter__(self):
+        c = self.dataset.crops_per_window
+        for w in self.windows:
+            samples = [self.dataset[w * c + i] for i in range(c)]
+            yield torch.stack([x["low_res"] for x in samples]), torch.stack([x["high_res"] for x in samples])
+
+
+def score_test_blocks(data: str, blocks: int, crop: int | None, crops_per_window: int = 2) -> list[WindowBatches]:
     """The training windows of a dataset in contiguous time blocks, the batches of
     :func:`steerable_sr.score_test.relaxed_gradients`.
 
@@ -178,35 +205,28 @@ def score_test_blocks(data: str, blocks: int, crop: int | None, crops_per_window
     blocks : int
         ``B >= 3``; at most the number of training windows.
     crop : int, optional
-        The training crop (``None``: whole volumes).
+        The training crop (``None``: whole volumes, one per window).
     crops_per_window : int
         Fixed crops per window, one batch.
 
     Returns
     -------
-    list of list of (low_res, high_res)
-        ``B`` blocks of consecutive windows (sizes differing by at most one), each window one batch
-        ``(crops_per_window, 9, n, n, n)``, ``(crops_per_window, 3, 4n, 4n, 4n)``, normalised as in
-        training.
+    list of WindowBatches
+        ``B`` blocks of consecutive windows (sizes differing by at most one), normalised as in
+        training, read when iterated.
     """
     if not isinstance(blocks, int) or blocks < 3:
         raise ValueError(f"the score test needs at least 3 time blocks, got {blocks!r}")
     dm = TurbulenceDataModule(data, crop=crop)
     dm.setup("fit")
-    try:
-        windows = SuperResolutionDataset(dm.frames, dm.splits["train"], crop=crop, periodic=dm.periodic,
-                                         normalization=dm.velocity_scale, crops_per_window=crops_per_window)
-        count = len(windows.windows)
-        if count < blocks:
-            raise ValueError(f"{data}: {count} training windows cannot make {blocks} time blocks for the score test")
-        out = []
-        for chunk in np.array_split(np.arange(count), blocks):
-            samples = [[windows[int(w) * crops_per_window + c] for c in range(crops_per_window)] for w in chunk]
-            out.append([(torch.stack([x["low_res"] for x in window]), torch.stack([x["high_res"] for x in window]))
-                        for window in samples])
-        return out
-    finally:
-        dm.teardown("fit")
+    dm.teardown("fit")  # the frames open again when read
+    dataset = SuperResolutionDataset(dm.frames, dm.splits["train"], crop=crop, periodic=dm.periodic,
+                                     normalization=dm.velocity_scale,
+                                     crops_per_window=crops_per_window if crop is not None else 1)
+    count = len(dataset.windows)
+    if count < blocks:
+        raise ValueError(f"{data}: {count} training windows cannot make {blocks} time blocks for the score test")
+    return [WindowBatches(dataset, chunk) for chunk in np.array_split(np.arange(count), blocks)]
 
 
 def discovery_jobs(attributes: Mapping[str, Mapping[str, Any]], cfg: StudyConfig, control: bool = False
