@@ -168,7 +168,8 @@ def run_discover(datasets: Sequence[str], cfg: StudyConfig, kinds: Sequence[str]
 
 class WindowBatches:
     """Consecutive training windows as batches, read from the dataset each time they are iterated
-    (a record need not fit in memory).
+    (a record need not fit in memory): per window ``(low_res, high_res)``, ``(c, 9, n, n, n)`` and
+    ``(c, 3, 4n, 4n, 4n)`` with ``c`` the dataset's crops per window.
 
     Parameters
     ----------
@@ -176,9 +177,6 @@ class WindowBatches:
         Fixed crops (``random_crop`` off).
     windows : sequence of int
         Window indices into ``dataset.windows``.
-
-    Yields ``(low_res, high_res)`` per window: ``(c, 9, n, n, n)`` and ``(c, 3, 4n, 4n, 4n)``, ``c`` the
-    dataset's crops per window.
     """
 
     def __init__(self, dataset: SuperResolutionDataset, windows: Sequence[int]) -> None:
