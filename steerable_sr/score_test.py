@@ -142,7 +142,8 @@ def relaxed_gradients(model: torch.nn.Module, blocks: Sequence[Iterable[tuple[to
         mode hold a fixed filter, without a gradient). Its mode and its state (the batch norms'
         running statistics) are restored afterwards; no ``.grad`` is touched.
     blocks : sequence of iterables of (low_res, high_res)
-        The batches of each time block, ``(N, C_in, n, n, n)`` and ``(N, 3, s n, s n, s n)``.
+        The batches of each time block, ``(N, C_in, n, n, n)`` and ``(N, 3, s n, s n, s n)``, on any
+        device (moved to the model's).
     block_tol : float
         Irrep blocks of the weights with a larger significance are projected out.
 
@@ -157,6 +158,7 @@ def relaxed_gradients(model: torch.nn.Module, blocks: Sequence[Iterable[tuple[to
     phi, _ = peter_weyl_basis(layers[0].group)
     masks = [_insignificant_mask(layer, block_tol) for layer in layers]
     params = [layer.relaxed.deviation for layer in layers]
+    device = params[0].device
     state, training = {k: v.clone() for k, v in model.state_dict().items()}, model.training
     model.train()
     try:
@@ -164,7 +166,7 @@ def relaxed_gradients(model: torch.nn.Module, blocks: Sequence[Iterable[tuple[to
         for batches in blocks:
             total, count = [torch.zeros_like(p) for p in params], 0
             for low_res, high_res in batches:
-                loss = F.l1_loss(model(low_res), high_res)
+                loss = F.l1_loss(model(low_res.to(device)), high_res.to(device))
                 for t, g in zip(total, torch.autograd.grad(loss, params)):
                     t += g
                 count += 1
