@@ -40,6 +40,9 @@ from .nn.fourier import peter_weyl_basis
 from .nn.relaxed import relaxed_layers
 from .symmetry import ALPHA, BLOCK_TOL, block_significance
 
+#: The fewest time blocks: the unbiased estimate of ``tr(Sigma^2)`` divides by ``B - 2``.
+MIN_BLOCKS = 3
+
 
 @dataclass
 class ScoreTest:
@@ -91,7 +94,7 @@ def score_test(gradients: np.ndarray, group: str = "Oh", alpha: float = ALPHA) -
     ----------
     gradients : array ``(B, L, |G|)``
         Per time block, the mean loss gradient on the relaxed values of ``L`` banks (every layer's
-        banks stacked), ``B >= 3``.
+        banks stacked), ``B >=`` :data:`MIN_BLOCKS`.
     group : {"Oh", "O"}
     alpha : float
         Family-wise level over the non-identity elements.
@@ -102,8 +105,8 @@ def score_test(gradients: np.ndarray, group: str = "Oh", alpha: float = ALPHA) -
     """
     G = np.asarray(gradients, dtype=np.float64)
     order = group_order(group)
-    if G.ndim != 3 or G.shape[0] < 3 or G.shape[2] != order:
-        raise ValueError(f"gradients must have shape (B >= 3, L, {order}), got {G.shape}")
+    if G.ndim != 3 or G.shape[0] < MIN_BLOCKS or G.shape[2] != order:
+        raise ValueError(f"gradients must have shape (B >= {MIN_BLOCKS}, L, {order}), got {G.shape}")
     if not np.isfinite(G).all():
         raise ValueError("gradients contain NaN or Inf")
     if not 0 < alpha < 1:

@@ -57,6 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..io import check_writable
+    from ..score_test import MIN_BLOCKS
     from ..study.config import StudyConfig
     from ..study.discover import render_discovery_from_json, run_discover
 
@@ -67,8 +68,9 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("discover: give either datasets to train on or --from-json, not both")
     if not datasets and not args.from_json:
         raise UsageError("discover: give the datasets to train on (or --from-json)")
-    if args.score_blocks in (1, 2) or args.score_blocks < 0:
-        raise UsageError(f"discover: --score-blocks must be 0 (no score test) or at least 3, got {args.score_blocks}")
+    if args.score_blocks != 0 and args.score_blocks < MIN_BLOCKS:
+        raise UsageError(f"discover: --score-blocks must be 0 (no score test) or at least {MIN_BLOCKS}, "
+                         f"got {args.score_blocks}")
     if args.score_blocks and args.from_json:
         raise UsageError("discover: --score-blocks needs training (the data's gradients), not --from-json")
     check_writable(Path(settings["out"]) / "discover.json")

@@ -24,7 +24,7 @@ from ..models import RELAXED_KINDS, build_model
 from ..nn.relaxed import relaxed_layers
 from ..report import discovery_markdown
 from ..report.discovery import statistics_line, summary_markdown
-from ..score_test import ScoreTest, relaxed_gradients, score_test
+from ..score_test import MIN_BLOCKS, ScoreTest, relaxed_gradients, score_test
 from ..symmetry import SymmetryReport, consensus_stabilizer, direction_noise, symmetry_report
 from .config import StudyConfig, parse_kind
 from .output import StudyOutput
@@ -92,9 +92,9 @@ def run_discover(datasets: Sequence[str], cfg: StudyConfig, kinds: Sequence[str]
         With robust read-outs (``tol`` None), every run is then read again with the direction noise
         those controls measure (:func:`calibrate_on_controls`).
     score_blocks : int
-        With ``B >= 3``, the score test of every plain run (:mod:`steerable_sr.score_test`) on its
-        training windows in ``B`` time blocks (:func:`score_test_blocks`, read before any training);
-        ``0``: none. Symmetrised controls are not tested (their batches keep their group exactly).
+        With ``B >=`` :data:`~steerable_sr.score_test.MIN_BLOCKS`, the score test of every plain run
+        (:mod:`steerable_sr.score_test`) on its training windows in ``B`` time blocks
+        (:func:`score_test_blocks`, checked before any training); ``0``: none. Symmetrised controls are not tested (their batches keep their group exactly).
     log : callable
         Progress lines: the sample statistics of each dataset, each run's read-out, the summary.
 
@@ -201,7 +201,7 @@ def score_test_blocks(data: str, blocks: int, crop: int | None, crops_per_window
     data : str
         A dataset given to ``discover``.
     blocks : int
-        ``B >= 3``; at most the number of training windows.
+        ``B >=`` :data:`~steerable_sr.score_test.MIN_BLOCKS`; at most the number of training windows.
     crop : int, optional
         The training crop (``None``: whole volumes, one per window).
     crops_per_window : int
@@ -213,8 +213,8 @@ def score_test_blocks(data: str, blocks: int, crop: int | None, crops_per_window
         ``B`` blocks of consecutive windows (sizes differing by at most one), normalised as in
         training, read when iterated.
     """
-    if not isinstance(blocks, int) or blocks < 3:
-        raise ValueError(f"the score test needs at least 3 time blocks, got {blocks!r}")
+    if not isinstance(blocks, int) or blocks < MIN_BLOCKS:
+        raise ValueError(f"the score test needs at least {MIN_BLOCKS} time blocks, got {blocks!r}")
     dm = TurbulenceDataModule(data, crop=crop)
     dm.setup("fit")
     dm.teardown("fit")  # the frames open again when read
