@@ -314,6 +314,21 @@ def test_data_module_on_generated_data(generated):
     assert dm.state_dict() == {"velocity_scale": pytest.approx(float(data["attrs"]["velocity_scale"]))}
 
 
+def test_evaluation_crops_do_not_depend_on_the_training_seed(generated):
+    """Runs with other training seeds are scored on the same val / test crops; their training crops differ."""
+    def offsets(dm, split):
+        return [tuple(dm.datasets[split][i]["offset"].tolist()) for i in range(len(dm.datasets[split]))]
+
+    a, b = (TurbulenceDataModule(str(generated), crop=4, crops_per_window=3, seed=s) for s in (1, 2))
+    for dm in (a, b):
+        dm.setup("fit")
+    assert offsets(a, "val") == offsets(b, "val") and offsets(a, "test") == offsets(b, "test")
+    assert offsets(a, "train") != offsets(b, "train")
+    other = TurbulenceDataModule(str(generated), crop=4, crops_per_window=3, seed=1, eval_seed=7)
+    other.setup("fit")
+    assert offsets(other, "test") != offsets(a, "test")
+
+
 def test_normalization_uses_the_training_split_only(tmp_path):
     velocity = torch.ones(20, 3, 4, 4, 4)
     splits = split_frames(20, (0.6, 0.2, 0.2))

@@ -379,8 +379,10 @@ class TurbulenceDataModule(L.LightningDataModule):
     normalize : bool
         Divide by the training split's rms velocity (:attr:`velocity_scale`).
     seed : int
-        Seed of the shuffling order, of the training crop positions of every epoch and of the fixed
-        val / test crop positions.
+        Seed of the shuffling order and of the training crop positions of every epoch.
+    eval_seed : int
+        Seed of the fixed val / test crop positions. Apart from ``seed``, so that runs with different
+        training seeds are scored on the same crops (their spread is the training's alone).
     periodic : bool, optional
         Periodic volume (crops may wrap); ``None``: True for generated data, False for JHTDB cutouts.
     val_fraction, test_fraction : float
@@ -410,6 +412,7 @@ class TurbulenceDataModule(L.LightningDataModule):
         pin_memory: bool | None = None,
         normalize: bool = True,
         seed: int = 0,
+        eval_seed: int = 0,
         periodic: bool | None = None,
         val_fraction: float = 0.1,
         test_fraction: float = 0.1,
@@ -436,7 +439,8 @@ class TurbulenceDataModule(L.LightningDataModule):
             if name not in self.datasets and self.splits[name].size:
                 self.datasets[name] = SuperResolutionDataset(
                     self.frames, self.splits[name], crop=hp.crop, periodic=self.periodic,
-                    normalization=self.velocity_scale, seed=hp.seed, random_crop=name == "train",
+                    normalization=self.velocity_scale, seed=hp.seed if name == "train" else hp.eval_seed,
+                    random_crop=name == "train",
                     crops_per_window=hp.crops_per_window)
         if stage in (None, "predict") and "predict" not in self.datasets and self.splits["test"].size:
             check_crop(None, self.frames.spatial, self.source)

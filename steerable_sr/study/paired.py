@@ -1,8 +1,9 @@
 """Paired comparisons of a study: relaxed minus exact twin, seed by seed (:func:`paired_differences`),
 and whether a run's validation curve has flattened (:func:`convergence`).
 
-Two runs of a comparison with the same seed see the same crops (the seed draws them), so the
-difference of their test metrics cancels the variance of the test set; over ``n`` seeds the
+Every run of a comparison is tested on the same crops (the data module's ``eval_seed``), and two
+runs with the same seed were also trained on the same crops, so the difference of their test metrics
+cancels the variance of the test set and of the training crops; over ``n`` seeds the
 differences give a Student-t interval for the mean with ``n - 1`` degrees of freedom.
 """
 from __future__ import annotations
@@ -118,7 +119,7 @@ def paired_markdown(runs: Sequence[dict], metric: str = "mae") -> str:
     lines = []
     if pairs:
         level = round(100 * pairs[0]["confidence"])
-        lines += [f"Paired by seed (same test crops), test {metric}, relaxed minus exact:", "",
+        lines += [f"Paired by seed (same training and test crops), test {metric}, relaxed minus exact:", "",
                   f"| pair | per seed | mean | {level}% interval | exact's seed spread (std) | relative to exact |",
                   "| --- | --- | ---: | --- | ---: | ---: |"]
         for p in pairs:

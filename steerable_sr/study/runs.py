@@ -188,7 +188,8 @@ def train_one(spec: str, seed: int, cfg: StudyConfig, data: str | None = None, p
     spec : str
         A study kind (:func:`~steerable_sr.study.config.parse_kind`).
     seed : int
-        Seeds the weights, the crops and the batches.
+        Seeds the weights, the training crops and the batches (the test crops are the same for every
+        seed).
     cfg : StudyConfig
     data : str, optional
         The dataset (default ``cfg.data``).
