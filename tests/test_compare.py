@@ -35,6 +35,13 @@ def test_parse_kind():
         parse_kind("mlp")
 
 
+def test_a_held_kind_builds_its_relaxed_model_and_only_relaxed_kinds_can_be_held():
+    assert parse_kind("rgcnn_held") == ("rgcnn", {})
+    assert parse_kind("rgcnn_separable_held") == ("rgcnn", {"separable": True})
+    with pytest.raises(ValueError, match="only relaxed kinds"):
+        parse_kind("gcnn_held")
+
+
 def toy_dataset(tmp_path_factory, name: str, frames: int):
     """A generated 16^3 dataset of ``frames`` frames, ``name.h5`` in a new folder."""
     from steerable_sr.data.generate import generate_dataset
@@ -73,6 +80,22 @@ def test_compare_end_to_end_at_toy_size(toy_data, tmp_path):
     # a saved (possibly partial) results.json renders again
     again = render_from_json(out / "results.json", str(tmp_path / "again"), log=lambda *a: None)
     assert set(again["table"]) == {"cnn", "rgcnn"} and (tmp_path / "again" / "results.md").is_file()
+
+
+def test_a_held_relaxed_kind_trains_exactly_equivariant_and_is_paired_with_the_free_one(toy_data, tmp_path):
+    from steerable_sr.testing import EQUIVARIANT_TOL
+
+    torch.set_num_threads(1)
+    cfg = StudyConfig(data=str(toy_data), out=str(tmp_path / "out"), kinds=("rgcnn", "rgcnn_held"), seeds=(0,),
+                      crop=8, batch_size=1, crops_per_window=1, max_epochs=1, max_steps=3, limit_val_batches=1,
+                      limit_test_batches=1, test_equivariance_elements=4, build_time=False,
+                      model_overrides={"hidden": 1}, lr=1e-2)
+    result = run_compare(cfg, log=lambda *a: None)
+    table = result["table"]
+    assert table["rgcnn_held"]["equiv_err"]["mean"] < EQUIVARIANT_TOL < table["rgcnn"]["equiv_err"]["mean"]
+    # the frozen deviations are not trained parameters
+    assert table["rgcnn_held"]["params"] < table["rgcnn"]["params"]
+    assert [p["pair"] for p in result["paired"]] == ["rgcnn - rgcnn_held"]
 
 
 def fake_run(spec: str, seed: int, cfg: StudyConfig, **kwargs) -> dict:

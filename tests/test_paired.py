@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from steerable_sr.study.paired import convergence, exact_twin, paired_differences, paired_markdown
+from steerable_sr.study.paired import baselines, convergence, exact_twin, paired_differences, paired_markdown
 
 
 def _runs(values: dict[str, list[float]]) -> list[dict]:
@@ -19,6 +19,23 @@ def test_a_relaxed_kind_is_paired_with_its_exact_twin():
     assert exact_twin("gcnn") is None and exact_twin("cnn") is None
 
 
+def test_a_free_relaxed_kind_is_also_paired_with_its_held_form_and_a_held_kind_with_the_exact_twin():
+    assert exact_twin("rgcnn_held") == "gcnn" and exact_twin("rgcnn_separable_held") == "gcnn_separable"
+    assert baselines("rsteer") == ["steer", "rsteer_held"]
+    assert baselines("rsteer_held") == ["steer"]
+    assert baselines("steer") == [] and baselines("cnn") == []
+    rng = np.random.default_rng(1)
+    exact = rng.uniform(0.1, 0.3, 3)
+    held = exact - 0.02 + rng.normal(0, 1e-3, 3)
+    free = held - 0.005 + rng.normal(0, 1e-3, 3)
+    pairs = {p["pair"]: p for p in paired_differences(_runs({"gcnn": list(exact), "rgcnn": list(free),
+                                                                "rgcnn_held": list(held)}))}
+    assert set(pairs) == {"rgcnn - gcnn", "rgcnn - rgcnn_held", "rgcnn_held - gcnn"}
+    np.testing.assert_allclose(pairs["rgcnn - rgcnn_held"]["differences"], free - held, rtol=0, atol=1e-15)
+    np.testing.assert_allclose(pairs["rgcnn_held - gcnn"]["differences"], held - exact, rtol=0, atol=1e-15)
+    assert pairs["rgcnn - rgcnn_held"]["baseline_mean"] == pytest.approx(held.mean(), rel=1e-12)
+
+
 def test_the_difference_is_taken_seed_by_seed():
     rng = np.random.default_rng(0)
     exact = rng.uniform(0.1, 0.3, 4)
@@ -29,7 +46,7 @@ def test_the_difference_is_taken_seed_by_seed():
     assert pair["mean"] == pytest.approx(shift.mean(), abs=1e-15)
     assert pair["std"] == pytest.approx(shift.std(ddof=1), rel=1e-12)
     # the seed spread of the exact kind is large, the paired one small: the pairing cancels it
-    assert pair["exact_std"] == pytest.approx(exact.std(ddof=1), rel=1e-12)
+    assert pair["baseline_std"] == pytest.approx(exact.std(ddof=1), rel=1e-12)
 
 
 def test_the_interval_is_students_t_with_n_minus_one_degrees_of_freedom():

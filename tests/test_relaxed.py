@@ -137,6 +137,36 @@ def test_an_adam_step_commutes_with_moving_the_weights_by_an_element():
         assert torch.allclose(stepped[k], stepped[0][:, move], atol=1e-6), k
 
 
+def test_a_held_layer_stays_exactly_equivariant_through_training_steps(spatial):
+    """Held at the invariants, a layer whose weights start broken is set back to constant weights,
+    and Adam steps (weight decay included) on a loss that is not invariant, whose gradient on free
+    weights would break the symmetry, move only the banks' means: the layer stays equivariant to
+    round-off."""
+    from steerable_sr.nn.relaxed import hold_at_invariants
+
+    regular = fields.regular_type("Oh", 1)
+    layer = OctahedralConv(regular, regular, num_filter_banks=2, **spatial)
+    layer.set_relaxed_weights_on_group(torch.randn(2, 48))
+    assert hold_at_invariants(layer) == 1
+    optimiser = torch.optim.Adam([p for p in layer.parameters() if p.requires_grad], lr=0.1, weight_decay=0.1)
+    x, target = random_field(regular), torch.randn(1)
+    for _ in range(3):
+        optimiser.zero_grad()
+        loss = (layer(x).tensor[..., 0, 0, 0].sum() - target) ** 2
+        loss.backward()
+        optimiser.step()
+    assert torch.count_nonzero(layer.relaxed.deviation) == 0
+    assert layer.equivariance_penalty() == 0
+    assert_equivariant(layer, random_field(regular))
+
+
+def test_holding_a_module_without_relaxed_layers_holds_nothing():
+    from steerable_sr.nn.relaxed import hold_at_invariants
+
+    exact = OctahedralConv(fields.regular_type("Oh", 1), fields.regular_type("Oh", 1), num_filter_banks=None, **CONV)
+    assert hold_at_invariants(exact) == 0
+
+
 def test_a_state_dict_with_fourier_coefficients_loads_as_the_same_weights():
     """Checkpoints written when the parameter was the Fourier coefficients load unchanged."""
     from steerable_sr.nn.relaxed import RelaxedWeights

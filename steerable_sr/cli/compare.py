@@ -19,7 +19,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"dataset (.h5 from `steerable-sr generate`, or JHTDB cutouts) "
                              f"(default: {defaults['data']!r})")
     parser.add_argument("--kinds", nargs="+", default=argparse.SUPPRESS,
-                        help="model kinds: cnn gcnn rgcnn steer rsteer, and gcnn_separable rgcnn_separable "
+                        help="model kinds: cnn gcnn rgcnn steer rsteer, gcnn_separable rgcnn_separable, and a relaxed "
+                             "kind held equivariant: rgcnn_held rsteer_held rgcnn_separable_held "
                              f"(default: {' '.join(defaults['kinds'])})")
     parser.add_argument("--no-build-time", dest="build_time", action="store_false", default=argparse.SUPPRESS,
                         help="skip the cold/warm build-time measurement")

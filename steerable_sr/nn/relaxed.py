@@ -176,3 +176,31 @@ def relaxed_layers(module: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]
     """
     return [(name.removesuffix(".module") or type(m).__name__, m) for name, m in module.named_modules()
             if isinstance(m, RelaxedLayerMixin) and m.relaxed is not None]
+
+
+@torch.no_grad()
+def hold_at_invariants(module: torch.nn.Module) -> int:
+    """Hold the relaxed weights of every relaxed layer in ``module`` at G-invariant functions.
+
+    Each bank's deviation from its mean is set to zero and frozen (``requires_grad=False``); the
+    means stay learnable. Every relaxed layer is then ``sum_l w_l K_l`` with constants ``w_l``, an
+    exactly equivariant convolution reached through the relaxed layer's parametrisation: the
+    control that tells what a relaxed network gains by breaking the symmetry from what it gains by
+    its parametrisation. Optimisers skip the frozen deviations (their gradient is ``None``), so they
+    stay zero through training; loading a state dict replaces them like any other parameter.
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+        A network or a single layer.
+
+    Returns
+    -------
+    int
+        The number of relaxed layers held (0 for an exactly equivariant ``module``).
+    """
+    layers = relaxed_layers(module)
+    for _, layer in layers:
+        layer.relaxed.deviation.zero_()
+        layer.relaxed.deviation.requires_grad_(False)
+    return len(layers)

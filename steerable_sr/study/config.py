@@ -2,17 +2,20 @@
 
 Kinds are those of :data:`steerable_sr.models.KINDS`, or ``<kind>_separable`` for the separable
 regular kinds (``gcnn_separable``, ``rgcnn_separable``: ``build_model(kind, separable=True)`` with
-the preset's ``<kind>_separable`` widths).
+the preset's ``<kind>_separable`` widths), and ``<relaxed kind>_held`` (``rgcnn_held``,
+``rsteer_held``, ``rgcnn_separable_held``): the relaxed network trained with its relaxed weights held
+at the invariants (:func:`steerable_sr.nn.relaxed.hold_at_invariants`), exactly equivariant.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from ..models import KINDS, SEPARABLE_KINDS
+from ..models import KINDS, RELAXED_KINDS, SEPARABLE_KINDS
 from ..groups import subgroup_elements
 
 SEPARABLE_SUFFIX = "_separable"
+HELD_SUFFIX = "_held"
 
 #: Discovery models: narrow, and without the trilinear skip. The skip is an exactly equivariant path
 #: that already carries the input's large-scale anisotropy to the output, so a relaxed network with it
@@ -105,29 +108,44 @@ class StudyConfig:
             subgroup_elements(self.augment, "Oh")  # a ValueError now for an unknown name
 
 
+def split_held(spec: str) -> tuple[str, bool]:
+    """A study kind without its ``_held`` suffix, and whether it had one (``"rgcnn_held" -> ("rgcnn",
+    True)``, ``"gcnn" -> ("gcnn", False)``)."""
+    if spec.endswith(HELD_SUFFIX):
+        return spec[: -len(HELD_SUFFIX)], True
+    return spec, False
+
+
 def parse_kind(spec: str) -> tuple[str, dict[str, Any]]:
     """The model kind of a study's kind name and its ``build_model`` overrides.
 
     Parameters
     ----------
     spec : str
-        A kind (``"gcnn"``) or a separable form (``"gcnn_separable"``).
+        A kind (``"gcnn"``), a separable form (``"gcnn_separable"``), or a relaxed one held at the
+        invariants (``"rgcnn_held"``, ``"rgcnn_separable_held"``; :func:`split_held` tells it apart,
+        the model is built alike).
 
     Returns
     -------
     tuple of (str, dict)
         ``("gcnn", {})``, ``("gcnn", {"separable": True})``; ``ValueError`` for an unknown kind.
     """
-    kind, overrides = spec, {}
-    if spec.endswith(SEPARABLE_SUFFIX):
-        kind, overrides = spec[: -len(SEPARABLE_SUFFIX)], {"separable": True}
+    base, held = split_held(spec)
+    kind, overrides = base, {}
+    if base.endswith(SEPARABLE_SUFFIX):
+        kind, overrides = base[: -len(SEPARABLE_SUFFIX)], {"separable": True}
         if kind not in SEPARABLE_KINDS:
             raise ValueError(f"{spec!r}: separable models are not available for kind {kind!r}")
     if kind not in KINDS:
         raise ValueError(f"unknown model kind {spec!r}; allowed values: {', '.join(available_kinds())}")
+    if held and kind not in RELAXED_KINDS:
+        raise ValueError(f"{spec!r}: only relaxed kinds ({', '.join(RELAXED_KINDS)}) have weights to hold")
     return kind, overrides
 
 
 def available_kinds() -> tuple[str, ...]:
-    """Every kind of the registry, plus ``<kind>_separable`` for the kinds that allow it."""
-    return KINDS + tuple(k + SEPARABLE_SUFFIX for k in SEPARABLE_KINDS)
+    """Every kind of the registry, ``<kind>_separable`` for the kinds that allow it, and
+    ``<kind>_held`` for the relaxed ones."""
+    kinds = KINDS + tuple(k + SEPARABLE_SUFFIX for k in SEPARABLE_KINDS)
+    return kinds + tuple(k + HELD_SUFFIX for k in kinds if parse_kind(k)[0] in RELAXED_KINDS)

@@ -26,7 +26,7 @@ from ..report import discovery_markdown
 from ..report.discovery import statistics_line, summary_markdown
 from ..score_test import MIN_BLOCKS, ScoreTest, relaxed_gradients, score_test
 from ..symmetry import SymmetryReport, consensus_stabilizer, direction_noise, symmetry_report
-from .config import StudyConfig, parse_kind
+from .config import StudyConfig, parse_kind, split_held
 from .output import StudyOutput
 from .runs import set_threads, train_one
 
@@ -112,8 +112,9 @@ def run_discover(datasets: Sequence[str], cfg: StudyConfig, kinds: Sequence[str]
     if not datasets or not kinds or not cfg.seeds:
         raise ValueError("symmetry discovery needs at least one dataset, one relaxed kind and one seed")
     for spec in kinds:
-        if parse_kind(spec)[0] not in RELAXED_KINDS:
-            raise ValueError(f"symmetry discovery needs a relaxed kind ({', '.join(RELAXED_KINDS)}), got {spec!r}")
+        if parse_kind(spec)[0] not in RELAXED_KINDS or split_held(spec)[1]:
+            raise ValueError(f"symmetry discovery needs a relaxed kind with free weights "
+                             f"({', '.join(RELAXED_KINDS)}), got {spec!r}")
     for data in datasets:
         if not Path(data).exists():
             raise FileNotFoundError(f"dataset not found: {data} (make one with `steerable-sr generate`)")

@@ -18,10 +18,10 @@ from torch.utils.data import DataLoader
 from .. import groups, metrics
 from ..data.dataset import TurbulenceDataModule
 from ..groups import subgroup_elements
-from ..nn.relaxed import relaxed_layers
+from ..nn.relaxed import hold_at_invariants, relaxed_layers
 from ..symmetry import block_significance, symmetry_report
 from ..training import SuperResolutionModule
-from .config import StudyConfig, parse_kind
+from .config import StudyConfig, parse_kind, split_held
 
 _BUILD_SNIPPET = """
 import json, sys, time
@@ -201,7 +201,8 @@ def train_one(spec: str, seed: int, cfg: StudyConfig, data: str | None = None, p
     Returns
     -------
     dict
-        ``kind``, ``seed``, ``params``, ``build_in_process_s``, ``fit_s``, ``steps``, ``step_s``
+        ``kind``, ``seed``, ``params`` (trained ones: a held kind's frozen deviations are left out),
+        ``build_in_process_s``, ``fit_s``, ``steps``, ``step_s``
         (median step time, the first two excluded), ``curve`` (:class:`Recorder`), ``test``
         (metrics), ``spectra`` (:func:`mean_spectra` of the test split), and ``model`` with
         ``keep_model``.
@@ -217,6 +218,8 @@ def train_one(spec: str, seed: int, cfg: StudyConfig, data: str | None = None, p
                                    penalty_weight=cfg.penalty_weight if penalty_weight is None else penalty_weight,
                                    val_equivariance_elements=0,
                                    test_equivariance_elements=cfg.test_equivariance_elements)
+    if split_held(spec)[1]:
+        hold_at_invariants(module.model)
     build_in_process = time.perf_counter() - t0
     recorder = Recorder()
     callbacks = [recorder] + ([Augment(cfg.augment)] if cfg.augment else [])
