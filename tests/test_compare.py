@@ -169,6 +169,50 @@ def test_compare_with_overwrite_publishes_a_new_set_of_results(earlier_compariso
     assert "5.5000" in (out / "results.md").read_text() and not (out / "partial").exists()
 
 
+def _fake_study(toy_data, out: Path, monkeypatch, seeds, **settings) -> Path:
+    monkeypatch.setattr("steerable_sr.study.compare.train_one", fake_run)
+    cfg = StudyConfig(data=str(toy_data), out=str(out), kinds=("gcnn", "rgcnn"), seeds=seeds, build_time=False,
+                      **settings)
+    run_compare(cfg, log=lambda *a: None)
+    return out / "results.json"
+
+
+def test_studies_of_other_seeds_merge_into_one_paired_table(toy_data, tmp_path, monkeypatch):
+    first = _fake_study(toy_data, tmp_path / "a", monkeypatch, (0, 1), threads=2)
+    second = _fake_study(toy_data, tmp_path / "b", monkeypatch, (2,), threads=1)
+    merged = render_from_json([first, second], str(tmp_path / "merged"), log=lambda *a: None)
+    assert merged["table"]["gcnn"]["mae"]["n"] == 3
+    assert merged["paired"][0]["pair"] == "rgcnn - gcnn" and merged["paired"][0]["seeds"] == [0, 1, 2]
+    assert json.loads((tmp_path / "merged" / "results.json").read_text())["config"]["seeds"] == [0, 1, 2]
+
+
+@pytest.mark.parametrize("second_seeds, settings, match", [
+    ((2,), {"max_epochs": 3}, r"b/results.json: max_epochs = 3, not 6 as in .*a/results.json"),
+    ((1,), {}, r"b/results.json: gcnn seed 1 is also in .*a/results.json"),
+])
+def test_merging_studies_trained_otherwise_or_holding_the_same_run_is_refused(toy_data, tmp_path, monkeypatch,
+                                                                              second_seeds, settings, match):
+    first = _fake_study(toy_data, tmp_path / "a", monkeypatch, (0, 1))
+    second = _fake_study(toy_data, tmp_path / "b", monkeypatch, second_seeds, **settings)
+    with pytest.raises(ValueError, match=match):
+        render_from_json([first, second], str(tmp_path / "merged"), log=lambda *a: None)
+    assert not (tmp_path / "merged").exists()
+
+
+@pytest.mark.parametrize("content, error, match", [
+    (None, FileNotFoundError, "not found"),
+    ("garbage", ValueError, "not valid JSON"),
+    ('{"runs": []}', ValueError, "not a results.json"),
+])
+def test_rendering_a_bad_results_file_names_the_file(tmp_path, content, error, match):
+    path = tmp_path / "results.json"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(error, match=match):
+        render_from_json([path], str(tmp_path / "out"), log=lambda *a: None)
+    assert not (tmp_path / "out").exists()
+
+
 def test_aggregate_mean_and_spread():
     runs = [{"kind": "cnn", "seed": s, "params": 10, "step_s": 0.1 * (s + 1), "test": {"mae": float(s)}}
             for s in range(3)]

@@ -24,8 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              f"(default: {' '.join(defaults['kinds'])})")
     parser.add_argument("--no-build-time", dest="build_time", action="store_false", default=argparse.SUPPRESS,
                         help="skip the cold/warm build-time measurement")
-    parser.add_argument("--from-json", metavar="RESULTS_JSON",
-                        help="only render the table and plots of a saved (possibly partial) results.json into --out")
+    parser.add_argument("--from-json", nargs="+", metavar="RESULTS_JSON",
+                        help="only render the table and plots of saved (possibly partial) results.json files into "
+                             "--out, merging their runs (same settings, other kinds or seeds)")
     add_study_arguments(parser, defaults)
 
 

@@ -280,17 +280,27 @@ def render(directory: Path, cfg: StudyConfig, runs: Sequence[dict], build: dict[
     return result
 
 
-def render_from_json(path: str | os.PathLike, out: str | None = None, log: Callable[[str], Any] = print,
-                     overwrite: bool = False) -> dict[str, Any]:
-    """Render a saved, possibly partial, ``results.json`` of :func:`run_compare` again.
+#: Settings that do not change what a run learns or how it is tested: comparisons that differ only
+#: in these may be merged (:func:`render_from_json`).
+MERGEABLE_SETTINGS = frozenset({"out", "kinds", "seeds", "build_time", "threads", "progress", "overwrite",
+                                "accelerator", "devices"})
+
+
+def render_from_json(paths: str | os.PathLike | Sequence[str | os.PathLike], out: str | None = None,
+                     log: Callable[[str], Any] = print, overwrite: bool = False) -> dict[str, Any]:
+    """Render saved, possibly partial, ``results.json`` files of :func:`run_compare` again, merging
+    their runs.
+
+    Studies of other kinds or seeds under the same settings (e.g. two halves of the seeds run side by
+    side) merge into one table, paired differences over all their seeds included.
 
     Parameters
     ----------
-    path : str or os.PathLike
-        ``OUT/results.json``, or ``OUT/partial/results.json`` of an interrupted comparison.
+    paths : path or sequence of paths
+        ``OUT/results.json`` files, or ``OUT/partial/results.json`` of an interrupted comparison.
     out : str, optional
-        The output directory (default: the saved one); refused if it holds a comparison's results,
-        unless ``overwrite``.
+        The output directory (default: the first file's); refused if it holds a comparison's
+        results, unless ``overwrite``.
     log : callable
         Receives the table.
     overwrite : bool
@@ -299,17 +309,53 @@ def render_from_json(path: str | os.PathLike, out: str | None = None, log: Calla
     -------
     dict
         As :func:`run_compare`.
+
+    Raises
+    ------
+    FileNotFoundError, ValueError
+        Naming the file: missing, not a ``results.json``, trained with other settings than the first
+        (any but :data:`MERGEABLE_SETTINGS`), or holding a kind and seed another file holds too.
     """
-    saved = json.loads(Path(path).read_text())
-    config = dict(saved["config"])
+    paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+    if not paths:
+        raise ValueError("no results.json to render")
+    saved = [_load_results(path) for path in paths]
+    config = dict(saved[0]["config"])
+    runs: list[dict] = []
+    owner: dict[tuple[str, int], str | os.PathLike] = {}
+    for path, data in zip(paths, saved):
+        for key in config.keys() - MERGEABLE_SETTINGS:
+            if data["config"].get(key) != config[key]:
+                raise ValueError(f"{path}: {key} = {data['config'].get(key)!r}, not {config[key]!r} as in {paths[0]}: "
+                                 "only comparisons with the same settings merge")
+        for run in data["runs"]:
+            key = (run["kind"], run["seed"])
+            if key in owner:
+                raise ValueError(f"{path}: {run['kind']} seed {run['seed']} is also in {owner[key]}")
+            owner[key] = path
+            runs.append(run)
+    build = {k: v for data in saved for k, v in (data.get("build") or {}).items()}
     if out is not None:
         config["out"] = out
     config["overwrite"] = overwrite
     cfg = StudyConfig(**{k: v for k, v in config.items() if k in StudyConfig.__dataclass_fields__})
-    cfg.kinds = tuple(dict.fromkeys(r["kind"] for r in saved["runs"])) or cfg.kinds
+    cfg.kinds = tuple(dict.fromkeys(r["kind"] for r in runs)) or cfg.kinds
+    cfg.seeds = tuple(sorted({r["seed"] for r in runs})) or cfg.seeds
     output = comparison_output(cfg.out)
     output.check(overwrite, partial=False)
     with output.publish() as tmp:
-        result = render(tmp, cfg, saved["runs"], saved.get("build") or {})
-    log(table_markdown(result["table"], cfg) + "\n\n" + paired_markdown(saved["runs"]))
+        result = render(tmp, cfg, runs, build)
+    log(table_markdown(result["table"], cfg) + "\n\n" + paired_markdown(runs))
     return result
+
+
+def _load_results(path: str | os.PathLike) -> dict[str, Any]:
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"comparison results not found: {path}")
+    try:
+        data = json.loads(Path(path).read_text())
+    except ValueError as exc:
+        raise ValueError(f"{path} is not valid JSON ({exc})") from None
+    if not isinstance(data, dict) or not {"config", "runs"} <= data.keys():
+        raise ValueError(f"{path} is not a results.json of `steerable-sr compare` (no config and runs)")
+    return data
