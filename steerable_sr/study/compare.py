@@ -3,7 +3,6 @@ test metrics over seeds (:func:`aggregate`, :func:`table_markdown`) and the two 
 together (:func:`render`)."""
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import asdict
@@ -16,7 +15,7 @@ from matplotlib.figure import Figure
 from ..io import to_json, write_text
 from ..plots import plot_spectra, save_png
 from .config import StudyConfig
-from .output import StudyOutput
+from .output import StudyOutput, read_saved
 from .paired import convergence, paired_differences, paired_markdown
 from .runs import measure_build_time, set_threads, train_one
 
@@ -319,7 +318,7 @@ def render_from_json(paths: str | os.PathLike | Sequence[str | os.PathLike], out
     paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
     if not paths:
         raise ValueError("no results.json to render")
-    saved = [_load_results(path) for path in paths]
+    saved = [read_saved(path, "results.json", "compare", ("config", "runs")) for path in paths]
     config = dict(saved[0]["config"])
     runs: list[dict] = []
     owner: dict[tuple[str, int], str | os.PathLike] = {}
@@ -348,14 +347,3 @@ def render_from_json(paths: str | os.PathLike | Sequence[str | os.PathLike], out
     log(table_markdown(result["table"], cfg) + "\n\n" + paired_markdown(runs))
     return result
 
-
-def _load_results(path: str | os.PathLike) -> dict[str, Any]:
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"comparison results not found: {path}")
-    try:
-        data = json.loads(Path(path).read_text())
-    except ValueError as exc:
-        raise ValueError(f"{path} is not valid JSON ({exc})") from None
-    if not isinstance(data, dict) or not {"config", "runs"} <= data.keys():
-        raise ValueError(f"{path} is not a results.json of `steerable-sr compare` (no config and runs)")
-    return data

@@ -4,7 +4,6 @@ relaxed weights kept per seed and the consensus over seeds (:func:`discovery_sum
 :func:`steerable_sr.report.discovery_markdown`)."""
 from __future__ import annotations
 
-import json
 import os
 import pickle
 import re
@@ -27,7 +26,7 @@ from ..report.discovery import statistics_line, summary_markdown
 from ..score_test import MIN_BLOCKS, ScoreTest, relaxed_gradients, score_test
 from ..symmetry import SymmetryReport, consensus_stabilizer, direction_noise, symmetry_report
 from .config import StudyConfig, parse_kind, split_held
-from .output import StudyOutput
+from .output import StudyOutput, read_saved
 from .runs import set_threads, train_one
 
 
@@ -349,14 +348,7 @@ def render_discovery_from_json(paths: Sequence[str | os.PathLike], out: str | os
     output.check(overwrite, partial=False)
     saved = []
     for path in paths:
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"discovery results not found: {path}")
-        try:
-            data = json.loads(Path(path).read_text())
-        except ValueError as exc:
-            raise ValueError(f"{path} is not valid JSON ({exc})") from None
-        if not isinstance(data, dict) or not {"config", "results"} <= data.keys():
-            raise ValueError(f"{path} is not a discover.json of `steerable-sr discover` (no config and results)")
+        data = read_saved(path, "discover.json", "discover", ("config", "results"))
         models = saved_models(Path(path), data)
         if models is None and not all(isinstance(entry, dict) and "decisions" in entry.get("report", {})
                                       for entry in data["results"]):

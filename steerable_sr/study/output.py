@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import json
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 from ..io import atomic_files
 
@@ -107,3 +109,35 @@ class StudyOutput:
             yield tmp
         if staging is not None:
             shutil.rmtree(staging)
+
+
+def read_saved(path: str | os.PathLike, filename: str, command: str, keys: tuple[str, ...]) -> dict[str, Any]:
+    """A study's saved results file, read and checked before any work.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The file.
+    filename, command : str
+        What it should be, for the messages (``"results.json"`` of ``"compare"``).
+    keys : tuple of str
+        The top-level keys it must have.
+
+    Returns
+    -------
+    dict
+
+    Raises
+    ------
+    FileNotFoundError, ValueError
+        In one line naming the file: missing, not JSON, or not such a file.
+    """
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{filename} not found: {path}")
+    try:
+        data = json.loads(Path(path).read_text())
+    except ValueError as exc:
+        raise ValueError(f"{path} is not valid JSON ({exc})") from None
+    if not isinstance(data, dict) or not set(keys) <= data.keys():
+        raise ValueError(f"{path} is not a {filename} of `steerable-sr {command}` (no {' and '.join(keys)})")
+    return data
