@@ -9,7 +9,11 @@ A relaxed network's read-out (:mod:`steerable_sr.symmetry`) is the symmetry of t
 * :func:`odd_parts`: per element, the part of each statistic that the element reverses;
 * :func:`sample_symmetry`: the elements whose odd parts are within the sampling noise, estimated
   from the spread over consecutive time blocks, and the largest subgroup among them;
-* :func:`dataset_statistics`: all of it for a split of a generated dataset.
+* :func:`resolved_part`: the part of a field that a low-resolution input shows (the trilinear
+  upsampling of its block average); the rest, what a super-resolution network must add, can be
+  given to every function above in its place;
+* :func:`dataset_statistics`: all of it for a split of a generated dataset, for the whole field or
+  either part.
 
 Velocity records are ``(T, 3, n, n, n)`` periodic frames in the public convention
 (``docs/conventions.md``, "Axes and vectors"); the group acts by ``(R.u)(p) = R u(R^-1 p)``.
@@ -22,18 +26,21 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .. import groups
 from ..metrics import velocity_gradient, vorticity
-from .dataset import load_generated
+from .dataset import FACTOR, downsample, load_generated
 
 __all__ = [
     "NOISE_BLOCKS",
     "NOISE_FACTOR",
+    "PARTS",
     "dataset_statistics",
     "frame_moments",
     "moment_statistics",
     "odd_parts",
+    "resolved_part",
     "sample_symmetry",
     "transform_statistics",
 ]
@@ -42,6 +49,37 @@ __all__ = [
 NOISE_BLOCKS = 4
 #: A statistic's odd part under an element is noise up to this many block standard errors.
 NOISE_FACTOR = 3.0
+#: The parts of a field :func:`dataset_statistics` describes.
+PARTS = ("whole", "resolved", "unresolved")
+
+
+def resolved_part(u: torch.Tensor, factor: int = FACTOR) -> torch.Tensor:
+    """The part of periodic frames that their low-resolution version shows.
+
+    The block average by ``factor`` (:func:`steerable_sr.data.dataset.downsample`, the input of the
+    networks) upsampled back trilinearly (``align_corners=False``, the trilinear skip of the
+    networks), with periodic wrap-around instead of the clamped edges of a crop. ``u -
+    resolved_part(u)`` is what a super-resolution network must add to the trilinear baseline.
+
+    Both steps commute with the action of O_h on vector fields (a signed permutation of the axes
+    maps blocks to blocks and the interpolation weights to themselves), so each part of a field has
+    the field's symmetry.
+
+    Parameters
+    ----------
+    u : torch.Tensor
+        ``(T, 3, n, n, n)`` periodic frames, ``n`` a multiple of ``factor``.
+    factor : int
+        Block size.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(T, 3, n, n, n)``, the dtype of ``u``.
+    """
+    low = F.pad(downsample(u, factor), (1,) * 6, mode="circular")  # one low cell of wrap-around per side
+    up = F.interpolate(low, scale_factor=factor, mode="trilinear", align_corners=False)
+    return up[..., factor:-factor, factor:-factor, factor:-factor]
 
 
 def frame_moments(u: torch.Tensor, chunk: int = 8) -> dict[str, torch.Tensor]:
@@ -204,7 +242,7 @@ def sample_symmetry(moments: dict[str, torch.Tensor], group: str = "Oh", blocks:
             "sample_keeps": groups.subgroup_name(keeps, group)}
 
 
-def dataset_statistics(path: str, split: str = "train") -> dict[str, Any]:
+def dataset_statistics(path: str, split: str = "train", part: str = "whole") -> dict[str, Any]:
     """Anisotropy, chirality and symmetry of the frames of a generated dataset's split.
 
     Parameters
@@ -212,26 +250,35 @@ def dataset_statistics(path: str, split: str = "train") -> dict[str, Any]:
     path : str
         A file of :func:`steerable_sr.data.generate.generate_dataset`.
     split : {"train", "val", "test"}
+    part : {"whole", "resolved", "unresolved"}
+        The frames themselves, their :func:`resolved_part`, or the rest (what the networks add).
 
     Returns
     -------
     dict
-        ``frames``; ``energy_fractions`` (the fraction of the kinetic energy in each component, 1/3
-        each for isotropic statistics); ``relative_helicity`` ``<u.w> / (rms|u| rms|w|)`` (0 for
-        mirror-symmetric statistics) and its range over frames; ``velocity_skewness`` of each
+        ``frames``; ``part``; ``energy_fractions`` (the fraction of the kinetic energy in each
+        component, 1/3 each for isotropic statistics); ``anisotropy``, the Frobenius norm of
+        ``<u_a u_b> / <|u|^2> - delta_ab / 3`` (0 for isotropic statistics, at most ``sqrt(2/3)``);
+        ``relative_helicity`` ``<u.w> / (rms|u| rms|w|)`` (0 for mirror-symmetric statistics) and its range over frames; ``velocity_skewness`` of each
         component (0 if the flip of its axis is a symmetry); ``cross_correlation`` of ``u_x u_y``,
         ``u_x u_z``, ``u_y u_z`` (0 under the flip of either axis); ``derivative_skewness`` of each
         ``d u_a / d x_b`` ``(3, 3)``; and every entry of :func:`sample_symmetry`.
     """
+    if part not in PARTS:
+        raise ValueError(f"part must be one of {', '.join(PARTS)}, got {part!r}")
     data = load_generated(path)
     frames = np.sort(data["splits"][split])
     u = data["velocity"][torch.from_numpy(frames)].double()
+    if part != "whole":
+        resolved = resolved_part(u)
+        u = resolved if part == "resolved" else u - resolved
     moments = frame_moments(u)
     symmetry = sample_symmetry(moments)
     stats = symmetry["statistics"]
     second = np.asarray(stats["second_moment"])
     helicity = moments["helicity"]
-    return {"frames": len(frames), "energy_fractions": (np.diag(second) / np.trace(second)).tolist(),
+    return {"frames": len(frames), "part": part, "energy_fractions": (np.diag(second) / np.trace(second)).tolist(),
+            "anisotropy": float(np.linalg.norm(second / np.trace(second) - np.eye(3) / 3)),
             "relative_helicity": stats["relative_helicity"],
             "relative_helicity_range": [float(helicity.min()), float(helicity.max())],
             "velocity_skewness": [stats["third_moment"][a][a][a] for a in range(3)],
